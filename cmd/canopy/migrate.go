@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/ingest"
+)
+
+func newMigrate(cfg *config) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Create or update the PostgreSQL and ClickHouse schemas (idempotent)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runMigrate(cmd.Context(), cfg)
+		},
+	}
+}
+
+func runMigrate(ctx context.Context, cfg *config) error {
+	log := cfg.logger()
+	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := hierarchy.NewStore(pool).Migrate(ctx); err != nil {
+		return err
+	}
+	log.Info("postgres schema up to date")
+	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ch.Close() }()
+	chs, err := cfg.chSchema()
+	if err != nil {
+		return usageError{err}
+	}
+	if err := ingest.MigrateClickHouse(ctx, ch, chs); err != nil {
+		return err
+	}
+	log.Info("clickhouse schema up to date", "database", chs.Database, "measures", chs.Measures.Names())
+	return nil
+}

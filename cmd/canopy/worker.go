@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/schema"
+)
+
+func newWorker(cfg *config) *cobra.Command {
+	return &cobra.Command{
+		Use:   "worker",
+		Short: "Consume events, fan them out over the hierarchy and write rollups (a consumer-group member)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runWorker(cmd.Context(), cfg, nil)
+		},
+	}
+}
+
+// runWorker runs one worker until ctx ends. extra Kafka options are for dev
+// mode and tests.
+func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...kgo.Opt) error {
+	log := cfg.logger()
+	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ch.Close() }()
+	chs, err := cfg.chSchema()
+	if err != nil {
+		return usageError{err}
+	}
+	policy, _ := cfg.suspendedPolicy()
+
+	store := hierarchy.NewStore(pool)
+	start := time.Now()
+	tree, err := store.Load(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := ingest.NewMetrics(reg)
+	metrics.SetHierarchyVersion(tree.Version())
+
+	producer, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation()}, extra...)...)
+	if err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
+	}
+	defer producer.Close()
+
+	hostname, _ := os.Hostname()
+	proc := &ingest.Processor{
+		Decoder:   ingest.NewDecoder(cfg.measures, 0),
+		Resolver:  treeResolver{tree},
+		Ledger:    &pgledger.Ledger{Pool: pool},
+		Sink:      &ingest.ClickHouseSink{Conn: ch, Schema: chs},
+		DLQ:       &ingest.KafkaDeadLetters{Client: producer, Topic: cfg.get("kafka.dlq_topic")},
+		Suspended: policy,
+		Metrics:   metrics,
+		Log:       log,
+	}
+	w, err := ingest.NewWorker(ingest.WorkerConfig{
+		Brokers:        cfg.brokers(),
+		Topic:          cfg.get("kafka.events_topic"),
+		Group:          cfg.get("kafka.group"),
+		Owner:          fmt.Sprintf("%s-%d", hostname, os.Getpid()),
+		MaxPollRecords: cfg.int("ingest.max_poll_records"),
+		SessionTimeout: cfg.duration("ingest.session_timeout"),
+	}, proc, log, extra...)
+	if err != nil {
+		return usageError{err}
+	}
+
+	var healthy atomic.Bool
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error {
+		return followHierarchy(gctx, log, store, tree, ch, chs, metrics, &healthy)
+	})
+	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
+	if err != nil {
+		return err
+	}
+	log.Info("worker started", "metrics", "http://"+addr+"/metrics", "topic", cfg.get("kafka.events_topic"), "group", cfg.get("kafka.group"))
+	if ready != nil {
+		ready <- addr
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info("worker stopped")
+	if errors.Is(err, context.Canceled) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// serveHTTP serves /metrics, /healthz (the process runs) and /readyz (joined
+// the group and the hierarchy is current).
+func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy *atomic.Bool) (*http.Server, string, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-w.Ready():
+			if healthy.Load() {
+				_, _ = rw.Write([]byte("ready\n"))
+				return
+			}
+		default:
+		}
+		http.Error(rw, "not ready", http.StatusServiceUnavailable)
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", usageError{fmt.Errorf("http.addr %s: %w", addr, err)}
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, ln.Addr().String(), nil
+}
+
+// followHierarchy applies new hierarchy changes from PostgreSQL to the tree
+// and refreshes the ClickHouse entities table after changes.
+func followHierarchy(ctx context.Context, log *slog.Logger, store *hierarchy.Store, tree *hierarchy.Tree,
+	ch driver.Conn, chs schema.ClickHouse, metrics *ingest.Metrics, healthy *atomic.Bool) error {
+	written := int64(-1)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		changes, err := store.ChangesSince(ctx, tree.Version(), 10000)
+		if err != nil && ctx.Err() == nil {
+			healthy.Store(false)
+			log.Warn("hierarchy poll failed", "err", err)
+		}
+		for _, c := range changes {
+			if err := tree.Apply(c); err != nil {
+				log.Error("hierarchy change not applied", "seq", c.Seq, "err", err)
+			}
+		}
+		if err == nil {
+			healthy.Store(true)
+			metrics.SetHierarchyVersion(tree.Version())
+		}
+		if v := tree.Version(); err == nil && len(changes) < 10000 && v != written {
+			if werr := syncEntities(ctx, store, tree, ch, chs); werr != nil {
+				log.Warn("entities table refresh failed", "err", werr)
+			} else {
+				written = v
+			}
+		}
+		if len(changes) == 10000 {
+			continue // catching up
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// treeResolver adapts hierarchy.Tree to ingest.Resolver.
+type treeResolver struct{ t *hierarchy.Tree }
+
+func (r treeResolver) Version() int64 { return r.t.Version() }
+
+func (r treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) ([]ingest.Ancestor, bool) {
+	var buf [32]hierarchy.Ancestor
+	chain, ok := r.t.AncestorsAsOf(id, at, asOf, buf[:0])
+	if !ok {
+		return dst, false
+	}
+	for _, a := range chain {
+		dst = append(dst, ingest.Ancestor{ID: a.ID, Depth: a.Depth, Suspended: a.Status != hierarchy.StatusActive})
+	}
+	return dst, true
+}

@@ -1,0 +1,79 @@
+package hierarchy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Errors a hierarchy change can fail with. Each one is a refusal of the
+// change, not a fault: nothing was written, retrying will not help, and a CLI
+// prints the message and exits 1. The store wraps them with the database's
+// own message, so test with errors.Is.
+var (
+	// ErrCycle: the move would make an entity its own ancestor.
+	ErrCycle = errors.New("hierarchy: change would create a cycle")
+	// ErrUnknownParent: the parent id is not in canopy.entities.
+	ErrUnknownParent = errors.New("hierarchy: unknown parent")
+	// ErrClosedParent: the new parent is closed and cannot take children.
+	ErrClosedParent = errors.New("hierarchy: parent is closed")
+	// ErrNotFound: the entity id is not in canopy.entities.
+	ErrNotFound = errors.New("hierarchy: entity not found")
+	// ErrExists: Create named an id that is already taken.
+	ErrExists = errors.New("hierarchy: entity already exists")
+	// ErrDeleteRefused: entities are never deleted, only closed, so that
+	// history and past rollups keep their meaning.
+	ErrDeleteRefused = errors.New("hierarchy: entities cannot be deleted, close them instead")
+	// ErrBackDated: the effective time precedes the entity's last change.
+	ErrBackDated = errors.New("hierarchy: back-dated change before the entity's last change is not supported yet")
+	// ErrBadStatus: a status name other than active, suspended, closed.
+	ErrBadStatus = errors.New("hierarchy: bad status")
+	// ErrInvalidImport: the import file breaks a rule; nothing was written.
+	ErrInvalidImport = errors.New("hierarchy: invalid import")
+)
+
+// SQLSTATEs raised by the triggers in schema/postgres/0001_hierarchy.sql.
+const (
+	codeCycle        = "CN001"
+	codeClosedParent = "CN002"
+	codeNoParent     = "CN003"
+	codeDelete       = "CN004"
+	codeBackDated    = "CN005"
+
+	codeForeignKey = "23503"
+	codeUnique     = "23505"
+)
+
+// classify maps a PostgreSQL refusal to its sentinel, keeping the server's
+// message (which names the entities involved). Other errors pass unchanged.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	var sentinel error
+	switch pgErr.Code {
+	case codeCycle:
+		sentinel = ErrCycle
+	case codeClosedParent:
+		sentinel = ErrClosedParent
+	case codeNoParent:
+		sentinel = ErrUnknownParent
+	case codeDelete:
+		sentinel = ErrDeleteRefused
+	case codeBackDated:
+		sentinel = ErrBackDated
+	case codeForeignKey:
+		sentinel = ErrUnknownParent
+	case codeUnique:
+		if pgErr.TableName != "entities" {
+			return err
+		}
+		return ErrExists
+	default:
+		return err
+	}
+	return fmt.Errorf("%w: %s", sentinel, strings.TrimPrefix(pgErr.Message, "canopy: "))
+}

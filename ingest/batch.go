@@ -1,0 +1,224 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Record is one source record: what the processor needs of a Kafka record
+// (or of a line of a backfill file).
+type Record struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       []byte
+	Value     []byte
+}
+
+// Processor turns a contiguous run of one partition's records into a written,
+// acknowledged batch. It is the exactly-once core shared by the worker and
+// other sources; docs/exactly-once.md walks through it step by step.
+// A Processor is safe for concurrent use on different partitions.
+type Processor struct {
+	Decoder   *Decoder
+	Resolver  Resolver
+	Ledger    Ledger
+	Sink      Sink
+	DLQ       DeadLetters
+	Suspended SuspendedPolicy
+	Metrics   *Metrics // may be nil
+	Log       *slog.Logger
+	Now       func() time.Time // default time.Now
+}
+
+// Process handles a prefix of recs (same topic and partition, increasing
+// offsets) and returns how many records it consumed; the caller commits the
+// offset after them. It consumes nothing (0, nil) when recs stop short of a
+// batch an earlier attempt recorded: the caller waits for more records.
+func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	first := recs[0]
+	in, found, err := p.Ledger.Intent(ctx, first.Topic, first.Partition, first.Offset)
+	if err != nil {
+		return 0, err
+	}
+	if found && in.Done {
+		// Everything of that batch, ack included, is written; only the
+		// offset commit was lost. Skip its records.
+		if n := cut(recs, in.Last); n >= 0 {
+			return n, nil
+		}
+		return len(recs), nil
+	}
+	if found && in.First != first.Offset {
+		return 0, fmt.Errorf("%w: %s/%d offset %d is inside batch %d…%d", ErrOverlap, first.Topic, first.Partition, first.Offset, in.First, in.Last)
+	}
+	if !found {
+		in = Intent{
+			Source:           Source{Topic: first.Topic, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
+			HierarchyVersion: p.Resolver.Version(),
+			CreatedAt:        p.now().UTC().Truncate(time.Second),
+		}
+	}
+	for {
+		n := cut(recs, in.Last)
+		if n < 0 {
+			return 0, nil // the recorded batch is longer than what was fetched so far
+		}
+		got, again, err := p.attempt(ctx, epoch, in, recs[:n])
+		if err != nil {
+			return 0, fmt.Errorf("%s/%d offsets %d…%d: %w", in.Topic, in.Partition, in.First, in.Last, err)
+		}
+		if again {
+			in = got // another attempt recorded this batch first: replay it exactly
+			continue
+		}
+		return n, nil
+	}
+}
+
+// cut returns how many records have offsets <= last, or -1 when the records
+// do not reach last.
+func cut(recs []Record, last int64) int {
+	if recs[len(recs)-1].Offset < last {
+		return -1
+	}
+	for i, r := range recs {
+		if r.Offset > last {
+			return i
+		}
+	}
+	return len(recs)
+}
+
+type decoded struct {
+	ev     Event
+	offset int64
+	chain  []Ancestor
+}
+
+// attempt processes exactly the records of in. again is true when Begin
+// found a different intent recorded for the same first offset.
+func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []Record) (Intent, bool, error) {
+	if in.Replay && p.Resolver.Version() < in.HierarchyVersion {
+		return in, false, fmt.Errorf("%w: have %d, batch needs %d", ErrHierarchyBehind, p.Resolver.Version(), in.HierarchyVersion)
+	}
+	var (
+		failures []Failure
+		valid    []decoded
+		claims   []Claim
+		seen     = make(map[string]bool, len(recs))
+		counts   = Counts{Records: uint32(len(recs))}
+		chainBuf = make([]Ancestor, 0, 32*len(recs))
+	)
+	for _, r := range recs {
+		var d decoded
+		d.offset = r.Offset
+		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
+			pe, _ := IsPoison(err)
+			failures = append(failures, p.failure(r, nil, pe.Class, pe.Msg))
+			continue
+		}
+		start := len(chainBuf)
+		chain, ok := expand(p.Resolver, &d.ev, in.HierarchyVersion, p.Suspended, chainBuf[start:])
+		if !ok {
+			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
+				fmt.Sprintf("entity %d is not in the hierarchy (version %d)", d.ev.EntityID, in.HierarchyVersion)))
+			continue
+		}
+		chainBuf = append(chainBuf, chain...)
+		d.chain = chainBuf[start:len(chainBuf):len(chainBuf)]
+		if seen[d.ev.ID] {
+			counts.Duplicates++ // the earlier record of this batch owns the id
+			continue
+		}
+		seen[d.ev.ID] = true
+		valid = append(valid, d)
+		claims = append(claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset})
+	}
+
+	got, owned, err := p.Ledger.Begin(ctx, epoch, in, claims)
+	if err != nil {
+		return in, false, err
+	}
+	if got.Last != in.Last || got.HierarchyVersion != in.HierarchyVersion || !got.CreatedAt.Equal(in.CreatedAt) {
+		return got, true, nil
+	}
+	in = got
+
+	b := &Batch{Intent: in, Hourly: NewRollup(len(p.Decoder.measures)), Daily: NewRollup(len(p.Decoder.measures))}
+	for i := range valid {
+		d := &valid[i]
+		if !owned[d.offset] {
+			counts.Duplicates++ // claimed by an earlier record elsewhere
+			continue
+		}
+		b.Events = append(b.Events, Accepted{Event: d.ev, Offset: d.offset})
+		addFanout(b.Hourly, b.Daily, &d.ev, d.chain)
+	}
+	b.Hourly.Sort()
+	b.Daily.Sort()
+	counts.Accepted = uint32(len(b.Events))
+	counts.DeadLettered = uint32(len(failures))
+	b.Counts = counts
+
+	// Dead letters go out before the acknowledgement, so a crash can repeat
+	// them (at-least-once, keyed by source offset) but never lose them.
+	if len(failures) > 0 {
+		if err := p.DLQ.Publish(ctx, failures); err != nil {
+			return in, false, fmt.Errorf("dead-letter publish: %w", err)
+		}
+		if err := p.Sink.WriteFailures(ctx, failures); err != nil {
+			return in, false, fmt.Errorf("write failures: %w", err)
+		}
+	}
+	// The exactly-once step: every block of b is a function of (records,
+	// intent), so if this attempt or a zombie's already wrote it, ClickHouse
+	// drops the repeat (docs/exactly-once.md, step 4).
+	start := time.Now()
+	if err := p.Sink.Write(ctx, b); err != nil {
+		return in, false, fmt.Errorf("write batch: %w", err)
+	}
+	if err := p.Ledger.Done(ctx, in.Source); err != nil {
+		return in, false, fmt.Errorf("mark batch done: %w", err)
+	}
+	p.Metrics.observeBatch(b, len(failures), time.Since(start))
+	if in.Replay {
+		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
+	}
+	return in, false, nil
+}
+
+func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
+	f := Failure{
+		Source:   Source{Topic: r.Topic, Partition: r.Partition, First: r.Offset, Last: r.Offset},
+		Key:      r.Key,
+		Raw:      r.Value,
+		Class:    c,
+		Message:  msg,
+		Attempts: 1,
+		At:       p.now().UTC().Truncate(time.Second),
+	}
+	if ev != nil {
+		f.EventID, f.EntityID = ev.ID, ev.EntityID
+	}
+	return f
+}
+
+func (p *Processor) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+func (p *Processor) log() *slog.Logger {
+	if p.Log != nil {
+		return p.Log
+	}
+	return slog.Default()
+}

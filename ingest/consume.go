@@ -1,0 +1,333 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// WorkerConfig configures a consumer-group worker.
+type WorkerConfig struct {
+	Brokers []string
+	Topic   string // default "canopy.events"
+	Group   string // default "canopy"
+	Owner   string // this member's name in partition leases; default hostname-pid
+	// MaxPollRecords caps the records taken per poll; default 50000.
+	MaxPollRecords int
+	// FetchMaxWait is how long the broker may hold a fetch to fill
+	// FetchMinBytes; default 250ms.
+	FetchMaxWait time.Duration
+	// SessionTimeout is the group session timeout; default 10s. A member
+	// that is silent longer loses its partitions (a zombie if it wakes).
+	SessionTimeout time.Duration
+	// ShutdownTimeout bounds the final commit on shutdown; default 10s.
+	ShutdownTimeout time.Duration
+	// RetryBackoffMax caps the backoff between attempts of a batch that
+	// failed transiently; default 10s.
+	RetryBackoffMax time.Duration
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *WorkerConfig) Validate() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("ingest: no Kafka brokers configured")
+	}
+	if c.Topic == "" {
+		c.Topic = "canopy.events"
+	}
+	if c.Group == "" {
+		c.Group = "canopy"
+	}
+	if c.MaxPollRecords <= 0 {
+		c.MaxPollRecords = 50000
+	}
+	if c.FetchMaxWait <= 0 {
+		c.FetchMaxWait = 250 * time.Millisecond
+	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.RetryBackoffMax <= 0 {
+		c.RetryBackoffMax = 10 * time.Second
+	}
+	return nil
+}
+
+type partitionKey struct {
+	topic     string
+	partition int32
+}
+
+// Worker is one consumer-group member: poll → decode → expand → aggregate →
+// write → ack → commit, one loop iteration per poll, partitions processed in
+// parallel. Construct with NewWorker; Run until the context ends.
+type Worker struct {
+	cfg  WorkerConfig
+	proc *Processor
+	cl   *kgo.Client
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	epochs map[partitionKey]int64    // lease epoch per owned partition
+	buf    map[partitionKey][]Record // fetched, not yet processed
+
+	ready chan struct{} // closed after the first successful poll
+	once  sync.Once
+}
+
+// NewWorker builds the Kafka client of a worker. extra options (e.g. for
+// tests) are appended last.
+func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo.Opt) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	w := &Worker{cfg: cfg, proc: proc, log: log, epochs: map[partitionKey]int64{}, buf: map[partitionKey][]Record{}, ready: make(chan struct{})}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.DisableAutoCommit(),
+		// Processing between polls is atomic with respect to rebalances, so
+		// a commit never covers a partition this member no longer owns.
+		kgo.BlockRebalanceOnPoll(),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.FetchMaxWait(cfg.FetchMaxWait),
+		kgo.FetchMinBytes(1 << 20),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.OnPartitionsAssigned(w.assigned),
+		kgo.OnPartitionsRevoked(w.revoked),
+		kgo.OnPartitionsLost(w.revoked),
+	}
+	cl, err := kgo.NewClient(append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	w.cl = cl
+	return w, nil
+}
+
+// Ready is closed once the worker has joined its group and polled.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// assigned takes the lease of every new partition before any of its records
+// is processed; a zombie still holding the old epoch is fenced from then on.
+func (w *Worker) assigned(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+	for topic, parts := range m {
+		for _, p := range parts {
+			backoff := 100 * time.Millisecond
+			for {
+				epoch, err := w.proc.Ledger.Acquire(ctx, topic, p, w.cfg.Owner)
+				if err == nil {
+					w.mu.Lock()
+					w.epochs[partitionKey{topic, p}] = epoch
+					w.mu.Unlock()
+					w.log.Info("partition assigned", "topic", topic, "partition", p, "epoch", epoch)
+					break
+				}
+				w.log.Warn("acquire lease failed, retrying", "topic", topic, "partition", p, "err", err)
+				if !sleep(ctx, backoff) {
+					return
+				}
+				backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+			}
+		}
+	}
+}
+
+func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for topic, parts := range m {
+		for _, p := range parts {
+			k := partitionKey{topic, p}
+			delete(w.epochs, k)
+			delete(w.buf, k)
+			w.log.Info("partition revoked", "topic", topic, "partition", p)
+		}
+	}
+}
+
+// Run consumes until ctx ends, then commits what is finished and leaves the
+// group. An in-flight batch is abandoned on cancel: nothing of it is
+// committed, so the next owner replays it (harmlessly, see Processor).
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.close()
+	for {
+		fetches := w.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			w.cl.AllowRebalance()
+			return nil
+		}
+		w.once.Do(func() { close(w.ready) })
+		fetches.EachError(func(t string, p int32, err error) {
+			w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		})
+		w.buffer(fetches)
+		commits := w.processAll(ctx)
+		if len(commits) > 0 {
+			w.commit(ctx, commits)
+		}
+		w.cl.AllowRebalance()
+	}
+}
+
+func (w *Worker) buffer(fetches kgo.Fetches) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		k := partitionKey{fp.Topic, fp.Partition}
+		if _, owned := w.epochs[k]; !owned {
+			return
+		}
+		for _, r := range fp.Records {
+			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
+		}
+		if n := len(fp.Records); n > 0 {
+			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)
+		}
+	})
+}
+
+// processAll processes every buffered partition in parallel and returns the
+// offsets to commit.
+func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochOffset {
+	type result struct {
+		k    partitionKey
+		next int64
+	}
+	w.mu.Lock()
+	work := make(map[partitionKey][]Record, len(w.buf))
+	epochs := make(map[partitionKey]int64, len(w.buf))
+	for k, recs := range w.buf {
+		if len(recs) > 0 {
+			work[k], epochs[k] = recs, w.epochs[k]
+		}
+	}
+	w.mu.Unlock()
+
+	results := make(chan result, len(work))
+	var wg sync.WaitGroup
+	for k, recs := range work {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := w.processPartition(ctx, epochs[k], recs)
+			if n > 0 {
+				results <- result{k, recs[n-1].Offset + 1}
+			}
+			w.mu.Lock()
+			if cur, ok := w.buf[k]; ok && len(cur) >= n {
+				w.buf[k] = cur[n:]
+			}
+			w.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(results)
+	commits := map[string]map[int32]kgo.EpochOffset{}
+	for r := range results {
+		if commits[r.k.topic] == nil {
+			commits[r.k.topic] = map[int32]kgo.EpochOffset{}
+		}
+		commits[r.k.topic][r.k.partition] = kgo.EpochOffset{Epoch: -1, Offset: r.next}
+	}
+	return commits
+}
+
+// processPartition processes as many whole batches of recs as it can and
+// returns how many records are done. Transient failures are retried with
+// capped exponential backoff: the partition waits (backpressure) rather than
+// skipping anything.
+func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) int {
+	done := 0
+	backoff := 100 * time.Millisecond
+	for done < len(recs) {
+		n, err := w.proc.Process(ctx, epoch, recs[done:])
+		switch {
+		case err == nil:
+			if n == 0 {
+				return done // a recorded batch needs more records than fetched yet
+			}
+			done += n
+			backoff = 100 * time.Millisecond
+		case errors.Is(err, ErrFenced):
+			w.proc.Metrics.batchError("fenced")
+			w.log.Warn("partition taken over by another worker; abandoning batch", "err", err)
+			return done
+		case errors.Is(err, ErrOverlap):
+			w.proc.Metrics.batchError("overlap")
+			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)
+			return done
+		case ctx.Err() != nil:
+			return done
+		default:
+			w.proc.Metrics.batchError("transient")
+			w.log.Warn("batch failed, retrying", "err", err, "backoff", backoff)
+			if !sleep(ctx, backoff) {
+				return done
+			}
+			backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+		}
+	}
+	return done
+}
+
+func (w *Worker) commit(ctx context.Context, offsets map[string]map[int32]kgo.EpochOffset) {
+	cctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(context.Background(), w.cfg.ShutdownTimeout)
+		defer cancel()
+	}
+	w.cl.CommitOffsetsSync(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			// A lost commit only means a replay of finished batches, which
+			// the ledger skips.
+			w.log.Warn("offset commit failed", "err", err)
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if p.ErrorCode != 0 {
+					w.log.Warn("offset commit refused", "topic", t.Topic, "partition", p.Partition, "code", p.ErrorCode)
+				}
+			}
+		}
+	})
+}
+
+func (w *Worker) close() {
+	w.cl.Close() // leaves the group
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func minDuration(a, b time.Duration) time.Duration {
+	if a < b {
+		return a
+	}
+	return b
+}

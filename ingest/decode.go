@@ -1,0 +1,364 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+
+	"github.com/canopyhq/canopy/schema"
+)
+
+// Event is one decoded, valid event.
+type Event struct {
+	ID         string
+	EntityID   int64
+	OccurredAt time.Time // UTC
+	Type       string
+	// Measures holds one value per declared measure, in schema order: a count
+	// of 10^-scale units for decimals, the value for int64s. Missing = 0.
+	Measures []int64
+}
+
+// Limits of a valid event.
+const (
+	maxEventIDBytes = 128
+	maxTypeBytes    = 64
+	// DefaultMaxRecordBytes is the largest record the decoder accepts.
+	DefaultMaxRecordBytes = 1 << 20
+)
+
+// Times outside what ClickHouse DateTime holds cannot be bucketed.
+var (
+	minTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxTime = time.Date(2106, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// Decoder turns raw record values into Events. It is strict: a record that
+// breaks a rule of the SPEC is a *PoisonError naming the rule, never a
+// silently repaired event. A Decoder is safe for concurrent use.
+type Decoder struct {
+	measures schema.Measures
+	index    map[string]int
+	maxBytes int
+}
+
+// NewDecoder returns a decoder for the given (validated) measures. maxBytes
+// <= 0 means DefaultMaxRecordBytes.
+func NewDecoder(ms schema.Measures, maxBytes int) *Decoder {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxRecordBytes
+	}
+	d := &Decoder{measures: ms, index: make(map[string]int, len(ms)), maxBytes: maxBytes}
+	for i, m := range ms {
+		d.index[m.Name] = i
+	}
+	return d
+}
+
+// Decode parses raw into ev (reusing ev.Measures). The error, if any, is a
+// *PoisonError.
+func (d *Decoder) Decode(raw []byte, ev *Event) error {
+	if len(raw) > d.maxBytes {
+		return poison(ClassOversize, "record of %d bytes exceeds the limit of %d", len(raw), d.maxBytes)
+	}
+	if !utf8.Valid(raw) {
+		return poison(ClassInvalidUTF8, "record is not valid UTF-8")
+	}
+	if !json.Valid(raw) {
+		return poison(ClassInvalidJSON, "record is not valid JSON")
+	}
+	s := scanner{b: raw}
+	s.space()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return poison(ClassNotObject, "record is JSON but not an object")
+	}
+	s.i++
+
+	if cap(ev.Measures) < len(d.measures) {
+		ev.Measures = make([]int64, len(d.measures))
+	}
+	ev.Measures = ev.Measures[:len(d.measures)]
+	for i := range ev.Measures {
+		ev.Measures[i] = 0
+	}
+	var have struct{ id, entity, at, typ bool }
+	var seenMeasure uint64 // bit per measure index < 64
+	var seenOther map[string]bool
+
+	for {
+		s.space()
+		if s.b[s.i] == '}' {
+			break
+		}
+		if s.b[s.i] == ',' {
+			s.i++
+			s.space()
+		}
+		key := s.str()
+		s.space()
+		s.i++ // ':'
+		s.space()
+		val := s.value()
+
+		dup := false
+		switch key {
+		case "event_id":
+			dup, have.id = have.id, true
+			if !dup {
+				if err := decodeString(val, "event_id", maxEventIDBytes, &ev.ID); err != nil {
+					return err
+				}
+			}
+		case "entity_id":
+			dup, have.entity = have.entity, true
+			if !dup {
+				if err := decodeEntityID(val, &ev.EntityID); err != nil {
+					return err
+				}
+			}
+		case "occurred_at":
+			dup, have.at = have.at, true
+			if !dup {
+				if err := decodeTime(val, &ev.OccurredAt); err != nil {
+					return err
+				}
+			}
+		case "type":
+			dup, have.typ = have.typ, true
+			if !dup {
+				if err := decodeString(val, "type", maxTypeBytes, &ev.Type); err != nil {
+					return err
+				}
+			}
+		default:
+			if mi, ok := d.index[key]; ok && mi < 64 {
+				dup = seenMeasure&(1<<mi) != 0
+				seenMeasure |= 1 << mi
+				if !dup {
+					v, err := decodeMeasure(val, d.measures[mi])
+					if err != nil {
+						return err
+					}
+					ev.Measures[mi] = v
+				}
+			} else {
+				// Unknown fields are ignored, but a repeated one is still an
+				// ambiguous record.
+				if seenOther == nil {
+					seenOther = map[string]bool{}
+				}
+				dup = seenOther[key]
+				seenOther[key] = true
+			}
+		}
+		if dup {
+			return poison(ClassDuplicateKey, "field %q appears more than once", key)
+		}
+	}
+	switch {
+	case !have.id:
+		return poison(ClassMissingField, "event_id is missing")
+	case !have.entity:
+		return poison(ClassMissingField, "entity_id is missing")
+	case !have.at:
+		return poison(ClassMissingField, "occurred_at is missing")
+	case !have.typ:
+		return poison(ClassMissingField, "type is missing")
+	}
+	return nil
+}
+
+func isNull(val []byte) bool { return len(val) == 4 && string(val) == "null" }
+
+func decodeString(val []byte, field string, maxLen int, dst *string) error {
+	if isNull(val) {
+		return poison(ClassMissingField, "%s is null", field)
+	}
+	if val[0] != '"' {
+		return poison(ClassWrongType, "%s must be a string", field)
+	}
+	s, err := unquote(val)
+	if err != nil {
+		return poison(ClassInvalidField, "%s: %v", field, err)
+	}
+	if len(s) == 0 {
+		return poison(ClassInvalidField, "%s is empty", field)
+	}
+	if len(s) > maxLen {
+		return poison(ClassInvalidField, "%s is %d bytes, more than %d", field, len(s), maxLen)
+	}
+	if !utf8.ValidString(s) {
+		return poison(ClassInvalidUTF8, "%s is not valid UTF-8", field)
+	}
+	*dst = s
+	return nil
+}
+
+func decodeEntityID(val []byte, dst *int64) error {
+	if isNull(val) {
+		return poison(ClassMissingField, "entity_id is null")
+	}
+	if !isNumber(val) {
+		return poison(ClassWrongType, "entity_id must be a JSON integer")
+	}
+	v, err := schema.ParseInt(val)
+	switch {
+	case err == schema.ErrNumberRange:
+		return poison(ClassOverflow, "entity_id %s is out of range", val)
+	case err != nil:
+		return poison(ClassInvalidField, "entity_id %s is not an integer", val)
+	case v < 1:
+		return poison(ClassInvalidField, "entity_id %d must be at least 1", v)
+	}
+	*dst = v
+	return nil
+}
+
+func decodeTime(val []byte, dst *time.Time) error {
+	if isNull(val) {
+		return poison(ClassMissingField, "occurred_at is null")
+	}
+	if val[0] != '"' {
+		return poison(ClassWrongType, "occurred_at must be an RFC 3339 string")
+	}
+	s, err := unquote(val)
+	if err != nil {
+		return poison(ClassBadTimestamp, "occurred_at: %v", err)
+	}
+	// time.RFC3339 requires an offset ("Z" or ±hh:mm); a time without a zone
+	// is ambiguous and refused.
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return poison(ClassBadTimestamp, "occurred_at %q is not RFC 3339 with an offset", s)
+	}
+	t = t.UTC()
+	if t.Before(minTime) || !t.Before(maxTime) {
+		return poison(ClassBadTimestamp, "occurred_at %q is outside 1970 … 2105", s)
+	}
+	*dst = t
+	return nil
+}
+
+func decodeMeasure(val []byte, m schema.Measure) (int64, error) {
+	if isNull(val) {
+		return 0, nil // a null measure is a missing measure
+	}
+	lit := val
+	if val[0] == '"' {
+		if m.Kind != schema.KindDecimal {
+			return 0, poison(ClassWrongType, "%s must be a JSON integer", m.Name)
+		}
+		s, err := unquote(val)
+		if err != nil {
+			return 0, poison(ClassBadDecimal, "%s: %v", m.Name, err)
+		}
+		lit = []byte(s)
+	} else if !isNumber(val) {
+		return 0, poison(ClassWrongType, "%s must be a number", m.Name)
+	}
+	var v int64
+	var err error
+	if m.Kind == schema.KindDecimal {
+		v, err = schema.ParseDecimal(lit, m.Scale)
+	} else {
+		v, err = schema.ParseInt(lit)
+	}
+	switch err {
+	case nil:
+		return v, nil
+	case schema.ErrNumberRange:
+		return 0, poison(ClassOverflow, "%s %s is out of range", m.Name, lit)
+	case schema.ErrTooManyDecimals:
+		return 0, poison(ClassBadDecimal, "%s %s has more than %d decimal places", m.Name, lit, m.Scale)
+	default:
+		if m.Kind == schema.KindDecimal {
+			return 0, poison(ClassBadDecimal, "%s %q is not a decimal number", m.Name, lit)
+		}
+		return 0, poison(ClassInvalidField, "%s %s is not an integer", m.Name, lit)
+	}
+}
+
+func isNumber(val []byte) bool {
+	c := val[0]
+	return c == '-' || (c >= '0' && c <= '9')
+}
+
+// unquote decodes a JSON string literal, taking the fast path when it has no
+// escapes.
+func unquote(val []byte) (string, error) {
+	inner := val[1 : len(val)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner), nil
+	}
+	var s string
+	err := json.Unmarshal(val, &s)
+	return s, err
+}
+
+// scanner walks JSON that json.Valid has already accepted, so it checks
+// nothing and cannot run past the end.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) space() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// str returns the decoded string at the cursor (a key).
+func (s *scanner) str() string {
+	v := s.value()
+	k, _ := unquote(v)
+	return k
+}
+
+// value returns the raw bytes of the value at the cursor and moves past it.
+func (s *scanner) value() []byte {
+	start := s.i
+	switch s.b[s.i] {
+	case '"':
+		s.i++
+		for s.b[s.i] != '"' {
+			if s.b[s.i] == '\\' {
+				s.i++
+			}
+			s.i++
+		}
+		s.i++
+	case '{', '[':
+		depth := 0
+		for {
+			switch s.b[s.i] {
+			case '"':
+				s.value()
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+			}
+			s.i++
+			if depth == 0 {
+				break
+			}
+		}
+	default:
+		for s.i < len(s.b) {
+			switch s.b[s.i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return s.b[start:s.i]
+			}
+			s.i++
+		}
+	}
+	return s.b[start:s.i]
+}

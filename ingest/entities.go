@@ -1,0 +1,47 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/canopyhq/canopy/schema"
+)
+
+// EntityRow is one row of the ClickHouse entities table.
+type EntityRow struct {
+	ID       int64
+	ParentID int64 // 0 = root
+	Name     string
+	Status   string
+	Level    uint8
+	Path     []int64 // root … self
+}
+
+// WriteEntities inserts rows at the given hierarchy version; the table is a
+// ReplacingMergeTree(version), so the newest version of each id wins.
+func WriteEntities(ctx context.Context, conn driver.Conn, s schema.ClickHouse, version int64, rows []EntityRow) error {
+	const chunk = 200000
+	for start := 0; start < len(rows); start += chunk {
+		end := min(start+chunk, len(rows))
+		batch, err := conn.PrepareBatch(ctx, s.Insert(schema.TableEntities, s.EntityColumns()))
+		if err != nil {
+			return fmt.Errorf("prepare insert into entities: %w", err)
+		}
+		for _, r := range rows[start:end] {
+			path := make([]uint64, len(r.Path))
+			for i, id := range r.Path {
+				path[i] = uint64(id) //nolint:gosec // ids >= 1
+			}
+			if err := batch.Append(uint64(r.ID), uint64(r.ParentID), r.Name, r.Status, r.Level, path, uint64(version)); err != nil { //nolint:gosec // ids, versions >= 0
+				_ = batch.Abort()
+				return fmt.Errorf("insert into entities: %w", err)
+			}
+		}
+		if err := batch.Send(); err != nil {
+			return fmt.Errorf("insert into entities: %w", err)
+		}
+	}
+	return nil
+}

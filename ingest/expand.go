@@ -1,0 +1,49 @@
+package ingest
+
+import "time"
+
+// Ancestor is one link of an entity's chain as it was at an event's time.
+type Ancestor struct {
+	ID        int64
+	Depth     uint8 // 0 = the entity itself
+	Suspended bool  // suspended or closed at that time
+}
+
+// Resolver answers ancestor chains from the hierarchy. Implementations must
+// be safe for concurrent use.
+type Resolver interface {
+	// Ancestors appends the chain of id (self first, then parent … root) as
+	// it was at `at`, using only hierarchy changes up to and including
+	// version asOf, so that a replayed batch resolves exactly as the first
+	// attempt did. ok is false when id is unknown at that version.
+	Ancestors(id int64, at time.Time, asOf int64, dst []Ancestor) (chain []Ancestor, ok bool)
+	// Version is the newest hierarchy change applied.
+	Version() int64
+}
+
+// SuspendedPolicy says whether a suspended (or closed) ancestor receives its
+// downline's rollups. An entity's own events (depth 0) always count.
+type SuspendedPolicy int
+
+const (
+	// SuspendedInclude: suspended ancestors still receive rollups (default).
+	SuspendedInclude SuspendedPolicy = iota
+	// SuspendedSkip: a suspended ancestor's row is skipped; the walk goes on
+	// above it with depths unchanged.
+	SuspendedSkip
+)
+
+// expand returns the chain of ev's entity with the policy applied.
+func expand(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
+	chain, ok := r.Ancestors(ev.EntityID, ev.OccurredAt, asOf, buf[:0])
+	if !ok || policy == SuspendedInclude {
+		return chain, ok
+	}
+	out := chain[:1]
+	for _, a := range chain[1:] {
+		if !a.Suspended {
+			out = append(out, a)
+		}
+	}
+	return out, true
+}

@@ -1,0 +1,57 @@
+package ingest
+
+import (
+	"context"
+	"time"
+)
+
+// Source names a contiguous range of records of one partition: the unit that
+// is processed, written, acknowledged and replayed as a whole.
+type Source struct {
+	Topic     string
+	Partition int32
+	First     int64 // first offset, inclusive
+	Last      int64 // last offset, inclusive
+}
+
+// Intent is the durable record of a batch made before anything of it is
+// written. A replay of the same source range reuses it, so the replay
+// accepts the same events, resolves them against the same hierarchy version
+// and stamps the same ingest time: it produces byte-identical blocks.
+type Intent struct {
+	Source
+	HierarchyVersion int64
+	CreatedAt        time.Time // becomes events.ingested_at and ingest_acks.processed_at
+	Replay           bool      // an earlier attempt recorded this intent
+	Done             bool      // that attempt finished: every block and the ack are written
+}
+
+// Claim asks for ownership of an event id by the record carrying it.
+type Claim struct {
+	EventID    string
+	OccurredAt time.Time
+	Offset     int64
+}
+
+// Ledger is the transactional bookkeeping behind exactly-once: partition
+// leases that fence zombies, batch intents, and event-id claims that make a
+// repeated event count once wherever it arrives. Implementations must be
+// safe for concurrent use.
+type Ledger interface {
+	// Acquire takes the lease of a partition for a new owner and returns its
+	// epoch. Every later Begin of an older epoch fails with ErrFenced.
+	Acquire(ctx context.Context, topic string, partition int32, owner string) (epoch int64, err error)
+	// Intent returns the recorded intent that contains offset first, if any:
+	// usually one starting there (a replay), or one that started earlier when
+	// offsets were moved by hand.
+	Intent(ctx context.Context, topic string, partition int32, first int64) (in Intent, found bool, err error)
+	// Begin atomically checks the lease epoch, records the intent (or finds
+	// the one an earlier attempt recorded), claims the event ids of a new
+	// batch, and returns the offsets within src whose records own their
+	// event id. On a replay no new claim is made. It fails with ErrFenced
+	// when the epoch is stale; then nothing was recorded.
+	Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error)
+	// Done marks the batch complete. Losing this call only costs an
+	// identical, deduplicated replay.
+	Done(ctx context.Context, src Source) error
+}

@@ -1,0 +1,75 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/canopyhq/canopy/schema"
+)
+
+// MigrateClickHouse brings the ClickHouse database to the state schema
+// describes: it creates what is missing and adds the columns of measures
+// declared since the tables were created. It never drops or changes a
+// column, so it is idempotent and safe to run while workers write.
+func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHouse) error {
+	if err := conn.Exec(ctx, s.CreateDatabase()); err != nil {
+		return fmt.Errorf("create database %s: %w", s.Database, err)
+	}
+	for _, t := range s.Tables() {
+		if err := conn.Exec(ctx, s.Create(t)); err != nil {
+			return fmt.Errorf("create table %s.%s: %w", s.Database, t.Name, err)
+		}
+		have, err := columns(ctx, conn, s.Database, t.Name)
+		if err != nil {
+			return err
+		}
+		for i, col := range t.Columns {
+			typ, ok := have[col.Name]
+			if ok {
+				if typ != col.Type && !sameType(typ, col.Type) {
+					return fmt.Errorf("table %s.%s: column %s is %s, canopy.yaml wants %s; change it by hand or rename the measure",
+						s.Database, t.Name, col.Name, typ, col.Type)
+				}
+				continue
+			}
+			if err := conn.Exec(ctx, s.AddColumn(t, col, t.Columns[i-1].Name)); err != nil {
+				return fmt.Errorf("add column %s to %s.%s: %w", col.Name, s.Database, t.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func columns(ctx context.Context, conn driver.Conn, db, table string) (map[string]string, error) {
+	rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", db, table)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", db, table, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
+			return nil, err
+		}
+		out[name] = typ
+	}
+	return out, rows.Err()
+}
+
+// sameType forgives spelling differences between what Canopy writes and what
+// ClickHouse reports back ("Decimal(18, 4)" vs "Decimal(18,4)").
+func sameType(a, b string) bool {
+	strip := func(s string) string {
+		out := make([]byte, 0, len(s))
+		for i := 0; i < len(s); i++ {
+			if s[i] != ' ' {
+				out = append(out, s[i])
+			}
+		}
+		return string(out)
+	}
+	return strip(a) == strip(b)
+}

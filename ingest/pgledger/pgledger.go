@@ -1,0 +1,176 @@
+// Package pgledger implements ingest.Ledger on PostgreSQL: partition leases,
+// batch intents and event-id claims in one transaction per batch. The tables
+// are created by schema/postgres/0100_ingest_ledger.sql.
+package pgledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/canopyhq/canopy/ingest"
+)
+
+// Ledger is an ingest.Ledger over a pgx pool. Safe for concurrent use.
+type Ledger struct {
+	Pool *pgxpool.Pool
+}
+
+var _ ingest.Ledger = (*Ledger)(nil)
+
+// Acquire implements ingest.Ledger.
+func (l *Ledger) Acquire(ctx context.Context, topic string, partition int32, owner string) (int64, error) {
+	var epoch int64
+	err := l.Pool.QueryRow(ctx, `
+		insert into canopy.partition_leases (src_topic, src_partition, epoch, owner)
+		values ($1, $2, 1, $3)
+		on conflict (src_topic, src_partition) do update
+		   set epoch = canopy.partition_leases.epoch + 1, owner = excluded.owner, acquired_at = now()
+		returning epoch`, topic, partition, owner).Scan(&epoch)
+	if err != nil {
+		return 0, fmt.Errorf("acquire lease %s/%d: %w", topic, partition, err)
+	}
+	return epoch, nil
+}
+
+// Intent implements ingest.Ledger.
+func (l *Ledger) Intent(ctx context.Context, topic string, partition int32, first int64) (ingest.Intent, bool, error) {
+	in := ingest.Intent{Source: ingest.Source{Topic: topic, Partition: partition}}
+	var done *time.Time
+	err := l.Pool.QueryRow(ctx, `
+		select first_offset, last_offset, hierarchy_version, created_at, done_at
+		  from canopy.ingest_intents
+		 where src_topic = $1 and src_partition = $2 and first_offset <= $3 and last_offset >= $3
+		 order by first_offset desc limit 1`, topic, partition, first).
+		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.CreatedAt, &done)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return in, false, nil
+	}
+	if err != nil {
+		return in, false, fmt.Errorf("look up intent %s/%d@%d: %w", topic, partition, first, err)
+	}
+	in.CreatedAt = in.CreatedAt.UTC()
+	in.Replay = true
+	in.Done = done != nil
+	return in, true, nil
+}
+
+// Begin implements ingest.Ledger.
+func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claims []ingest.Claim) (ingest.Intent, map[int64]bool, error) {
+	var owned map[int64]bool
+	err := pgx.BeginFunc(ctx, l.Pool, func(tx pgx.Tx) error {
+		// FOR SHARE: a concurrent Acquire (an UPDATE) waits for this batch
+		// to commit, and this batch sees any Acquire that committed first.
+		var current int64
+		err := tx.QueryRow(ctx, `select epoch from canopy.partition_leases
+			where src_topic = $1 and src_partition = $2 for share`, in.Topic, in.Partition).Scan(&current)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && current != epoch) {
+			return fmt.Errorf("%w (epoch %d, current %d)", ingest.ErrFenced, epoch, current)
+		}
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `
+			insert into canopy.ingest_intents
+			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, created_at)
+			values ($1, $2, $3, $4, $5, $6, $7)
+			on conflict do nothing`,
+			in.Topic, in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, in.CreatedAt)
+		if err != nil {
+			return fmt.Errorf("record intent: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			// An earlier attempt recorded this batch: replay it as it was,
+			// claiming nothing new.
+			var done *time.Time
+			if err := tx.QueryRow(ctx, `
+				select last_offset, hierarchy_version, created_at, done_at from canopy.ingest_intents
+				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
+				in.Topic, in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.CreatedAt, &done); err != nil {
+				return fmt.Errorf("read intent: %w", err)
+			}
+			in.CreatedAt = in.CreatedAt.UTC()
+			in.Replay, in.Done = true, done != nil
+		} else if len(claims) > 0 {
+			if err := insertClaims(ctx, tx, in.Source, claims); err != nil {
+				return err
+			}
+		}
+		rows, err := tx.Query(ctx, `
+			select src_offset from canopy.event_claims
+			 where src_topic = $1 and src_partition = $2 and src_offset between $3 and $4`,
+			in.Topic, in.Partition, in.First, in.Last)
+		if err != nil {
+			return fmt.Errorf("read claims: %w", err)
+		}
+		offsets, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return fmt.Errorf("read claims: %w", err)
+		}
+		owned = make(map[int64]bool, len(offsets))
+		for _, o := range offsets {
+			owned[o] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return in, nil, err
+	}
+	return in, owned, nil
+}
+
+// insertClaims claims ids in sorted order, so two batches claiming
+// overlapping ids lock them in the same order and cannot deadlock.
+func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []ingest.Claim) error {
+	sorted := make([]ingest.Claim, len(claims))
+	copy(sorted, claims)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].EventID < sorted[j].EventID })
+	ids := make([]string, len(sorted))
+	at := make([]time.Time, len(sorted))
+	offs := make([]int64, len(sorted))
+	for i, c := range sorted {
+		ids[i], at[i], offs[i] = c.EventID, c.OccurredAt, c.Offset
+	}
+	_, err := tx.Exec(ctx, `
+		insert into canopy.event_claims (event_id, occurred_at, src_topic, src_partition, src_offset)
+		select id, at, $4, $5, off from unnest($1::text[], $2::timestamptz[], $3::bigint[]) as c(id, at, off)
+		on conflict (event_id) do nothing`, ids, at, offs, src.Topic, src.Partition)
+	if err != nil {
+		return fmt.Errorf("claim event ids: %w", err)
+	}
+	return nil
+}
+
+// Done implements ingest.Ledger.
+func (l *Ledger) Done(ctx context.Context, src ingest.Source) error {
+	_, err := l.Pool.Exec(ctx, `update canopy.ingest_intents set done_at = now()
+		where src_topic = $1 and src_partition = $2 and first_offset = $3 and done_at is null`,
+		src.Topic, src.Partition, src.First)
+	if err != nil {
+		return fmt.Errorf("mark %s/%d@%d done: %w", src.Topic, src.Partition, src.First, err)
+	}
+	return nil
+}
+
+// Purge forgets event ids whose occurred_at is older than the deduplication
+// horizon and that were claimed longer than the horizon ago (so a backfill of
+// old history stays deduplicated while it runs), and finished intents older
+// than keepIntents. It returns how many claims it removed.
+func (l *Ledger) Purge(ctx context.Context, horizon, keepIntents time.Duration) (int64, error) {
+	tag, err := l.Pool.Exec(ctx, `delete from canopy.event_claims
+		where occurred_at < now() - make_interval(secs => $1) and claimed_at < now() - make_interval(secs => $1)`,
+		horizon.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("purge claims: %w", err)
+	}
+	if _, err := l.Pool.Exec(ctx, `delete from canopy.ingest_intents where done_at < now() - make_interval(secs => $1)`,
+		keepIntents.Seconds()); err != nil {
+		return 0, fmt.Errorf("purge intents: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -1,0 +1,65 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Accepted is an event that counts, with the offset of the record that
+// carried it.
+type Accepted struct {
+	Event
+	Offset int64
+}
+
+// Counts are the outcomes of a batch's records, written to ingest_acks.
+type Counts struct {
+	Records      uint32
+	Accepted     uint32
+	Duplicates   uint32
+	DeadLettered uint32
+	Retried      uint32
+}
+
+// Batch is everything one source range writes. Every field is a function of
+// the records and the batch's Intent, so an attempt and its replay are equal.
+type Batch struct {
+	Intent Intent
+	Events []Accepted
+	Hourly *Rollup
+	Daily  *Rollup
+	Counts Counts
+}
+
+// Unit is the batch's identity inside rollup blocks (see schema.RollupColumns).
+func (b *Batch) Unit() string {
+	return fmt.Sprintf("%s/%d/%d", b.Intent.Topic, b.Intent.Partition, b.Intent.First)
+}
+
+// Failure is a record that did not become an event.
+type Failure struct {
+	Source   Source // Source.First == Source.Last == the record's offset
+	EventID  string // when it could be read
+	EntityID int64  // when it could be read
+	Key      []byte // the original record key
+	Raw      []byte
+	Class    Class
+	Message  string
+	Attempts uint32
+	At       time.Time
+}
+
+// Sink writes batches. Write must be idempotent for an identical batch: a
+// replay after a crash writes the same batch again, and so may a zombie that
+// lost its partition while writing (see docs/exactly-once.md).
+type Sink interface {
+	Write(ctx context.Context, b *Batch) error
+	WriteFailures(ctx context.Context, fs []Failure) error
+}
+
+// DeadLetters publishes records that will never succeed to the dead-letter
+// topic, with the original bytes and headers naming the failure.
+type DeadLetters interface {
+	Publish(ctx context.Context, fs []Failure) error
+}

@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// binary is the canopy command built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "canopy-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "canopy")
+	build := exec.Command("go", "build", "-race", "-o", binary, "../../cmd/canopy")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build canopy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// services are the real Kafka, PostgreSQL and ClickHouse of scripts/services.
+type services struct {
+	brokers []string
+	pgDSN   string
+	chDSN   string
+}
+
+// needServices returns the services from the environment. Locally a test
+// skips without them; under CI=true a missing service is a failure.
+func needServices(t *testing.T) services {
+	t.Helper()
+	s := services{
+		brokers: strings.Split(os.Getenv("CANOPY_KAFKA_BROKERS"), ","),
+		pgDSN:   os.Getenv("CANOPY_POSTGRES_DSN"),
+		chDSN:   os.Getenv("CANOPY_CLICKHOUSE_DSN"),
+	}
+	if s.brokers[0] == "" || s.pgDSN == "" || s.chDSN == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CANOPY_KAFKA_BROKERS, CANOPY_POSTGRES_DSN and CANOPY_CLICKHOUSE_DSN must be set under CI (scripts/services env)")
+		}
+		t.Skip("real services not configured; run scripts/services up and eval \"$(scripts/services env)\"")
+	}
+	return s
+}
+
+// env is one test's isolated world: its own PostgreSQL database, ClickHouse
+// database, topics and consumer group on the shared servers.
+type env struct {
+	t      *testing.T
+	svc    services
+	name   string
+	pgDSN  string
+	chDB   string
+	topic  string
+	dlq    string
+	vars   []string
+	ch     driver.Conn
+	pg     *pgx.Conn
+	kafka  *kgo.Client
+	admin  *kadm.Client
+	logDir string
+}
+
+func newEnv(t *testing.T, partitions int32) *env {
+	t.Helper()
+	svc := needServices(t)
+	ctx := context.Background()
+	name := fmt.Sprintf("canopy_e2e_%d_%d", time.Now().Unix()%100000, rand.IntN(100000))
+	e := &env{t: t, svc: svc, name: name, chDB: name, topic: name + ".events", dlq: name + ".dlq", logDir: t.TempDir()}
+
+	admin, err := pgx.Connect(ctx, svc.pgDSN)
+	if err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	if _, err := admin.Exec(ctx, "create database "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	u, _ := url.Parse(svc.pgDSN)
+	u.Path = "/" + name
+	e.pgDSN = u.String()
+	e.pg, err = pgx.Connect(ctx, e.pgDSN)
+	if err != nil {
+		t.Fatalf("postgres %s: %v", name, err)
+	}
+
+	opts, err := clickhouse.ParseDSN(svc.chDSN)
+	if err != nil {
+		t.Fatalf("clickhouse dsn: %v", err)
+	}
+	opts.Auth.Database = "default"
+	e.ch, err = clickhouse.Open(opts)
+	if err != nil {
+		t.Fatalf("clickhouse: %v", err)
+	}
+
+	e.kafka, err = kgo.NewClient(kgo.SeedBrokers(svc.brokers...), kgo.ProducerLinger(5*time.Millisecond))
+	if err != nil {
+		t.Fatalf("kafka: %v", err)
+	}
+	e.admin = kadm.NewClient(e.kafka)
+	if _, err := e.admin.CreateTopic(ctx, partitions, 1, nil, e.topic); err != nil {
+		t.Fatalf("create topic: %v", err)
+	}
+
+	e.vars = append(os.Environ(),
+		"CANOPY_POSTGRES_DSN="+e.pgDSN,
+		"CANOPY_CLICKHOUSE_DATABASE="+e.chDB,
+		"CANOPY_KAFKA_EVENTS_TOPIC="+e.topic,
+		"CANOPY_KAFKA_DLQ_TOPIC="+e.dlq,
+		"CANOPY_KAFKA_GROUP="+name,
+		"CANOPY_HTTP_ADDR=127.0.0.1:0",
+		"CANOPY_INGEST_SESSION_TIMEOUT=6s",
+	)
+	t.Cleanup(e.close)
+	e.run("migrate")
+	return e
+}
+
+func (e *env) close() {
+	ctx := context.Background()
+	if e.t.Failed() {
+		e.t.Logf("kept PostgreSQL database and ClickHouse database %s for inspection", e.name)
+	} else {
+		_ = e.ch.Exec(ctx, "DROP DATABASE IF EXISTS "+e.chDB)
+		_, _ = e.admin.DeleteTopics(ctx, e.topic, e.dlq)
+	}
+	_ = e.pg.Close(ctx)
+	_ = e.ch.Close()
+	e.kafka.Close()
+	if !e.t.Failed() {
+		if admin, err := pgx.Connect(ctx, e.svc.pgDSN); err == nil {
+			_, _ = admin.Exec(ctx, "drop database if exists "+e.name+" with (force)")
+			_ = admin.Close(ctx)
+		}
+	}
+}
+
+// run runs a canopy command to completion and fails the test on error.
+func (e *env) run(args ...string) string {
+	e.t.Helper()
+	out, err := e.runErr(args...)
+	if err != nil {
+		e.t.Fatalf("canopy %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (e *env) runErr(args ...string) (string, error) {
+	cmd := exec.Command(binary, args...)
+	cmd.Env = e.vars
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// worker is a running `canopy worker` process.
+type worker struct {
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{} // closed when the process has exited
+}
+
+func (e *env) startWorker(i int) *worker {
+	e.t.Helper()
+	log := filepath.Join(e.logDir, fmt.Sprintf("worker-%d-%d.log", i, time.Now().UnixNano()))
+	f, err := os.Create(log)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "worker")
+	cmd.Env = e.vars
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	w := &worker{cmd: cmd, log: log, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); _ = f.Close(); close(w.done) }()
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		if e.t.Failed() {
+			b, _ := os.ReadFile(log)
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			e.t.Logf("tail of %s:\n%s", log, b)
+		}
+	})
+	return w
+}
+
+// stop stops a worker gracefully and waits for it.
+func (w *worker) stop(t *testing.T) {
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-w.done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("worker %d did not stop within 30s of SIGTERM", w.cmd.Process.Pid)
+		_ = w.cmd.Process.Kill()
+		<-w.done
+	}
+}
+
+// produce sends values to the test topic with the given keys and waits for
+// every ack.
+func (e *env) produce(keys, values [][]byte) {
+	e.t.Helper()
+	recs := make([]*kgo.Record, len(values))
+	for i := range values {
+		recs[i] = &kgo.Record{Topic: e.topic, Key: keys[i], Value: values[i]}
+	}
+	const chunk = 10000
+	for start := 0; start < len(recs); start += chunk {
+		end := min(start+chunk, len(recs))
+		if err := e.kafka.ProduceSync(context.Background(), recs[start:end]...).FirstErr(); err != nil {
+			e.t.Fatalf("produce: %v", err)
+		}
+	}
+}
+
+// ackedRecords is how many source records ingest_acks covers for the topic.
+func (e *env) ackedRecords(ctx context.Context) (uint64, error) {
+	var n uint64
+	err := e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT sum(records) FROM (
+		SELECT partition, first_offset, any(records) AS records FROM %s.ingest_acks
+		WHERE topic = ? GROUP BY partition, first_offset)`, e.chDB), e.topic).Scan(&n)
+	return n, err
+}
+
+// waitAcked waits until ingest_acks covers n records.
+func (e *env) waitAcked(n uint64, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got uint64
+	for time.Now().Before(deadline) {
+		var err error
+		got, err = e.ackedRecords(context.Background())
+		if err == nil && got >= n {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	e.t.Fatalf("after %s ingest_acks covers %d of %d records", timeout, got, n)
+}

@@ -1,0 +1,230 @@
+package schema
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Table names in the ClickHouse database.
+const (
+	TableEvents       = "events"
+	TableRollupHourly = "rollup_hourly"
+	TableRollupDaily  = "rollup_daily"
+	TableEntities     = "entities"
+	TableAcks         = "ingest_acks"
+	TableFailures     = "ingest_failures"
+)
+
+// Column is one ClickHouse column.
+type Column struct {
+	Name string
+	Type string
+}
+
+// Table is one ClickHouse table as Canopy wants it.
+type Table struct {
+	Name    string
+	Columns []Column
+	// Engine, partition, order and settings clauses, after the column list.
+	Tail string
+}
+
+// ClickHouse derives Canopy's ClickHouse tables from the measures.
+//
+// Every table uses a Replicated* engine: on ClickHouse 18.16 that is the only
+// engine that deduplicates a re-inserted identical block, which is what makes
+// a replayed batch harmless (see docs/exactly-once.md). A single server with
+// ZooKeeper (or ClickHouse Keeper) and the {shard} and {replica} macros is
+// enough.
+type ClickHouse struct {
+	Database string   // default "canopy"
+	Measures Measures // validated
+	// ZooKeeperPrefix is the replication path prefix; default
+	// "/clickhouse/tables/{shard}". The database and table names are appended.
+	ZooKeeperPrefix string
+	// Replica is the replica name; default "{replica}".
+	Replica string
+	// DedupWindow is replicated_deduplication_window: how many recent blocks a
+	// table remembers for deduplication. Default 100000.
+	DedupWindow int
+}
+
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
+
+// Validate fills defaults and checks names.
+func (c *ClickHouse) Validate() error {
+	if c.Database == "" {
+		c.Database = "canopy"
+	}
+	if !identifier.MatchString(c.Database) {
+		return fmt.Errorf("schema: clickhouse database name %q is not a plain identifier", c.Database)
+	}
+	if c.ZooKeeperPrefix == "" {
+		c.ZooKeeperPrefix = "/clickhouse/tables/{shard}"
+	}
+	if c.Replica == "" {
+		c.Replica = "{replica}"
+	}
+	if c.DedupWindow == 0 {
+		c.DedupWindow = 100000
+	}
+	return c.Measures.Validate()
+}
+
+func (c ClickHouse) engine(kind, table, args string) string {
+	path := strings.TrimSuffix(c.ZooKeeperPrefix, "/") + "/" + c.Database + "/" + table
+	e := fmt.Sprintf("Replicated%s('%s', '%s'", kind, path, c.Replica)
+	if args != "" {
+		e += ", " + args
+	}
+	return e + ")"
+}
+
+func (c ClickHouse) settings() string {
+	return fmt.Sprintf("SETTINGS index_granularity = 8192, replicated_deduplication_window = %d", c.DedupWindow)
+}
+
+// EventColumns is the column order of the events table and of its INSERT.
+func (c ClickHouse) EventColumns() []Column {
+	cols := []Column{
+		{"event_id", "String"},
+		{"entity_id", "UInt64"},
+		{"occurred_at", "DateTime('UTC')"},
+		{"type", "String"},
+	}
+	for _, m := range c.Measures {
+		cols = append(cols, Column{m.Name, m.EventType()})
+	}
+	return append(cols,
+		Column{"ingested_at", "DateTime('UTC')"},
+		Column{"src_topic", "String"},
+		Column{"src_partition", "Int32"},
+		Column{"src_offset", "Int64"},
+		Column{"hierarchy_version", "Int64"},
+	)
+}
+
+// RollupColumns is the column order of rollup_hourly and rollup_daily and of
+// their INSERTs. bucketType is DateTime('UTC') for hourly, Date for daily.
+//
+// ingest_unit is not a measure and not part of the key: it makes the block of
+// one batch unique, so that two different batches that happen to produce the
+// same rows are never mistaken for a replay by block deduplication. It is a
+// String so SummingMergeTree does not sum it; after merges it holds any one
+// contributing unit and means nothing.
+func (c ClickHouse) RollupColumns(bucketType string) []Column {
+	cols := []Column{
+		{"entity_id", "UInt64"},
+		{"bucket", bucketType},
+		{"depth", "UInt8"},
+		{"type", "String"},
+		{"events", "UInt64"},
+	}
+	for _, m := range c.Measures {
+		cols = append(cols, Column{m.Name, m.SumType()})
+	}
+	return append(cols, Column{"ingest_unit", "String"})
+}
+
+// AckColumns is the column order of ingest_acks.
+func (c ClickHouse) AckColumns() []Column {
+	return []Column{
+		{"topic", "String"},
+		{"partition", "Int32"},
+		{"first_offset", "Int64"},
+		{"last_offset", "Int64"},
+		{"records", "UInt32"},
+		{"accepted", "UInt32"},
+		{"duplicates", "UInt32"},
+		{"dead_lettered", "UInt32"},
+		{"retried", "UInt32"},
+		{"hierarchy_version", "Int64"},
+		{"processed_at", "DateTime('UTC')"},
+	}
+}
+
+// FailureColumns is the column order of ingest_failures.
+func (c ClickHouse) FailureColumns() []Column {
+	return []Column{
+		{"source_topic", "String"},
+		{"source_partition", "Int32"},
+		{"source_offset", "Int64"},
+		{"event_id", "String"},
+		{"entity_id", "UInt64"},
+		{"raw", "String"},
+		{"error_class", "String"},
+		{"error_message", "String"},
+		{"attempts", "UInt32"},
+		{"first_failure", "DateTime('UTC')"},
+		{"last_failure", "DateTime('UTC')"},
+		{"resolution", "String"},
+	}
+}
+
+// EntityColumns is the column order of the entities table.
+func (c ClickHouse) EntityColumns() []Column {
+	return []Column{
+		{"id", "UInt64"},
+		{"parent_id", "UInt64"}, // 0 for a root
+		{"name", "String"},
+		{"status", "String"},
+		{"level", "UInt8"},        // root = 0
+		{"path", "Array(UInt64)"}, // root … self
+		{"version", "UInt64"},
+	}
+}
+
+// Tables returns every table in creation order.
+func (c ClickHouse) Tables() []Table {
+	return []Table{
+		{TableEvents, c.EventColumns(), "ENGINE = " + c.engine("MergeTree", TableEvents, "") +
+			" PARTITION BY toYYYYMM(occurred_at) ORDER BY (entity_id, occurred_at, event_id) " + c.settings()},
+		{TableRollupHourly, c.RollupColumns("DateTime('UTC')"), "ENGINE = " + c.engine("SummingMergeTree", TableRollupHourly, "") +
+			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
+		{TableRollupDaily, c.RollupColumns("Date"), "ENGINE = " + c.engine("SummingMergeTree", TableRollupDaily, "") +
+			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
+		{TableEntities, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntities, "version") +
+			" ORDER BY id " + c.settings()},
+		{TableAcks, c.AckColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableAcks, "") +
+			" ORDER BY (topic, partition, first_offset) " + c.settings()},
+		{TableFailures, c.FailureColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableFailures, "last_failure") +
+			" ORDER BY (source_topic, source_partition, source_offset) " + c.settings()},
+	}
+}
+
+// CreateDatabase is the statement that creates the database.
+func (c ClickHouse) CreateDatabase() string {
+	return "CREATE DATABASE IF NOT EXISTS " + c.Database
+}
+
+// Create is the CREATE TABLE IF NOT EXISTS statement of t.
+func (c ClickHouse) Create(t Table) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s.%s (\n", c.Database, t.Name)
+	for i, col := range t.Columns {
+		sep := ","
+		if i == len(t.Columns)-1 {
+			sep = ""
+		}
+		fmt.Fprintf(&b, "    %s %s%s\n", col.Name, col.Type, sep)
+	}
+	b.WriteString(") " + t.Tail)
+	return b.String()
+}
+
+// AddColumn is the ALTER that adds a column missing from an existing table
+// (a measure declared after the table was created). Existing rows read 0.
+func (c ClickHouse) AddColumn(t Table, col Column, after string) string {
+	return fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s AFTER %s", c.Database, t.Name, col.Name, col.Type, after)
+}
+
+// Insert is the INSERT statement of a table with every column named, as
+// ClickHouse 18.16 requires from clickhouse-go.
+func (c ClickHouse) Insert(table string, cols []Column) string {
+	names := make([]string, len(cols))
+	for i, col := range cols {
+		names[i] = col.Name
+	}
+	return fmt.Sprintf("INSERT INTO %s.%s (%s)", c.Database, table, strings.Join(names, ", "))
+}
