@@ -11,6 +11,7 @@ import (
 // (or of a line of a backfill file).
 type Record struct {
 	Topic     string
+	Log       string // see Source.Log
 	Partition int32
 	Offset    int64
 	Key       []byte
@@ -42,7 +43,7 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 		return 0, nil
 	}
 	first := recs[0]
-	in, found, err := p.Ledger.Intent(ctx, first.Topic, first.Partition, first.Offset)
+	in, found, err := p.Ledger.Intent(ctx, Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset})
 	if err != nil {
 		return 0, err
 	}
@@ -59,7 +60,7 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 	}
 	if !found {
 		in = Intent{
-			Source:           Source{Topic: first.Topic, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
+			Source:           Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
 			HierarchyVersion: p.Resolver.Version(),
 			CreatedAt:        p.now().UTC().Truncate(time.Second),
 		}
@@ -195,7 +196,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 
 func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
 	f := Failure{
-		Source:   Source{Topic: r.Topic, Partition: r.Partition, First: r.Offset, Last: r.Offset},
+		Source:   Source{Topic: r.Topic, Log: r.Log, Partition: r.Partition, First: r.Offset, Last: r.Offset},
 		Key:      r.Key,
 		Raw:      r.Value,
 		Class:    c,

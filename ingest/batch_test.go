@@ -24,18 +24,18 @@ func newMemLedger() *memLedger {
 	return &memLedger{epoch: map[int32]int64{}, intents: map[int64]Intent{}, claims: map[string]int64{}}
 }
 
-func (l *memLedger) Acquire(_ context.Context, _ string, p int32, _ string) (int64, error) {
+func (l *memLedger) Acquire(_ context.Context, src Source, _ string) (int64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.epoch[p]++
-	return l.epoch[p], nil
+	l.epoch[src.Partition]++
+	return l.epoch[src.Partition], nil
 }
 
-func (l *memLedger) Intent(_ context.Context, _ string, _ int32, first int64) (Intent, bool, error) {
+func (l *memLedger) Intent(_ context.Context, src Source) (Intent, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, in := range l.intents {
-		if in.First <= first && first <= in.Last {
+		if in.First <= src.First && src.First <= in.Last {
 			return in, true, nil
 		}
 	}
@@ -148,7 +148,7 @@ func newTestProcessor() (*Processor, *memLedger, *memSink) {
 
 func TestProcessFansOutAndDeduplicates(t *testing.T) {
 	p, l, s := newTestProcessor()
-	epoch, _ := l.Acquire(context.Background(), "t", 0, "me")
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
 	recs := []Record{
 		record(10, ev("a", 3, "1.50")),
 		record(11, ev("b", 2, "2")),
@@ -192,7 +192,7 @@ func TestProcessFansOutAndDeduplicates(t *testing.T) {
 // hierarchy arrived meanwhile: the written batch is identical.
 func TestProcessReplayIsIdentical(t *testing.T) {
 	p, l, s := newTestProcessor()
-	epoch, _ := l.Acquire(context.Background(), "t", 0, "me")
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
 	recs := []Record{record(0, ev("a", 3, "1")), record(1, ev("b", 2, "2"))}
 	s.failNext = true
 	if _, err := p.Process(context.Background(), epoch, recs); err == nil {
@@ -231,8 +231,8 @@ func TestProcessReplayIsIdentical(t *testing.T) {
 
 func TestProcessFencedWritesNothing(t *testing.T) {
 	p, l, s := newTestProcessor()
-	old, _ := l.Acquire(context.Background(), "t", 0, "zombie")
-	_, _ = l.Acquire(context.Background(), "t", 0, "new owner")
+	old, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "zombie")
+	_, _ = l.Acquire(context.Background(), Source{Topic: "t"}, "new owner")
 	_, err := p.Process(context.Background(), old, []Record{record(0, ev("a", 1, "1"))})
 	if !errors.Is(err, ErrFenced) || len(s.batches) != 0 || len(l.claims) != 0 {
 		t.Fatalf("zombie: err=%v writes=%d claims=%d", err, len(s.batches), len(l.claims))
@@ -241,7 +241,7 @@ func TestProcessFencedWritesNothing(t *testing.T) {
 
 func TestProcessWaitsForRecordedRange(t *testing.T) {
 	p, l, _ := newTestProcessor()
-	epoch, _ := l.Acquire(context.Background(), "t", 0, "me")
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
 	l.intents[0] = Intent{Source: Source{Topic: "t", First: 0, Last: 5}, HierarchyVersion: 7, Replay: true}
 	n, err := p.Process(context.Background(), epoch, []Record{record(0, ev("a", 1, "1"))})
 	if err != nil || n != 0 {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -80,6 +81,7 @@ type Worker struct {
 	mu     sync.Mutex
 	epochs map[partitionKey]int64    // lease epoch per owned partition
 	buf    map[partitionKey][]Record // fetched, not yet processed
+	logs   map[string]string         // topic → topic id (Source.Log)
 
 	ready chan struct{} // closed after the first successful poll
 	once  sync.Once
@@ -94,7 +96,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Worker{cfg: cfg, proc: proc, log: log, epochs: map[partitionKey]int64{}, buf: map[partitionKey][]Record{}, ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, proc: proc, log: log, epochs: map[partitionKey]int64{}, buf: map[partitionKey][]Record{}, logs: map[string]string{}, ready: make(chan struct{})}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -125,12 +127,13 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // assigned takes the lease of every new partition before any of its records
 // is processed; a zombie still holding the old epoch is fenced from then on.
-func (w *Worker) assigned(ctx context.Context, _ *kgo.Client, m map[string][]int32) {
+func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
 	for topic, parts := range m {
+		log := w.topicID(ctx, cl, topic)
 		for _, p := range parts {
 			backoff := 100 * time.Millisecond
 			for {
-				epoch, err := w.proc.Ledger.Acquire(ctx, topic, p, w.cfg.Owner)
+				epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: topic, Log: log, Partition: p}, w.cfg.Owner)
 				if err == nil {
 					w.mu.Lock()
 					w.epochs[partitionKey{topic, p}] = epoch
@@ -148,6 +151,39 @@ func (w *Worker) assigned(ctx context.Context, _ *kgo.Client, m map[string][]int
 	}
 }
 
+// topicID returns the topic's id, retrying until the broker answers or ctx
+// ends. Brokers too old to have topic ids give "".
+func (w *Worker) topicID(ctx context.Context, cl *kgo.Client, topic string) string {
+	w.mu.Lock()
+	id, ok := w.logs[topic]
+	w.mu.Unlock()
+	if ok {
+		return id
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+		if err == nil {
+			err = details.Error()
+		}
+		if err == nil {
+			var zero kadm.TopicID
+			if d := details[topic]; d.ID != zero {
+				id = d.ID.String()
+			}
+			w.mu.Lock()
+			w.logs[topic] = id
+			w.mu.Unlock()
+			return id
+		}
+		w.log.Warn("topic metadata failed, retrying", "topic", topic, "err", err)
+		if !sleep(ctx, backoff) {
+			return ""
+		}
+		backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+	}
+}
+
 func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -156,6 +192,7 @@ func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 			k := partitionKey{topic, p}
 			delete(w.epochs, k)
 			delete(w.buf, k)
+			delete(w.logs, topic) // looked up again on assignment: the topic may have been recreated
 			w.log.Info("partition revoked", "topic", topic, "partition", p)
 		}
 	}
@@ -194,7 +231,7 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 			return
 		}
 		for _, r := range fp.Records {
-			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
+			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: w.logs[r.Topic], Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
 		}
 		if n := len(fp.Records); n > 0 {
 			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)

@@ -8,7 +8,11 @@ import (
 // Source names a contiguous range of records of one partition: the unit that
 // is processed, written, acknowledged and replayed as a whole.
 type Source struct {
-	Topic     string
+	Topic string
+	// Log identifies the incarnation of the topic (Kafka's topic id), so a
+	// topic deleted and created again, or the same name on another cluster,
+	// is never mistaken for the one whose offsets the ledger remembers.
+	Log       string
 	Partition int32
 	First     int64 // first offset, inclusive
 	Last      int64 // last offset, inclusive
@@ -40,11 +44,11 @@ type Claim struct {
 type Ledger interface {
 	// Acquire takes the lease of a partition for a new owner and returns its
 	// epoch. Every later Begin of an older epoch fails with ErrFenced.
-	Acquire(ctx context.Context, topic string, partition int32, owner string) (epoch int64, err error)
-	// Intent returns the recorded intent that contains offset first, if any:
+	Acquire(ctx context.Context, src Source, owner string) (epoch int64, err error)
+	// Intent returns the recorded intent that contains offset src.First, if any:
 	// usually one starting there (a replay), or one that started earlier when
 	// offsets were moved by hand.
-	Intent(ctx context.Context, topic string, partition int32, first int64) (in Intent, found bool, err error)
+	Intent(ctx context.Context, src Source) (in Intent, found bool, err error)
 	// Begin atomically checks the lease epoch, records the intent (or finds
 	// the one an earlier attempt recorded), claims the event ids of a new
 	// batch, and returns the offsets within src whose records own their

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -114,13 +115,14 @@ func runDev(ctx context.Context, cfg *config, o devOptions) error {
 	span := 24 * time.Hour
 	gen := synth.Events{Seed: seed, Count: o.events, Entities: entities, Start: time.Now().UTC().Add(-span), Span: span}
 	produced := make(chan struct{})
+	var acked atomic.Int64
 	g.Go(func() error {
 		defer close(produced)
-		return produceEvents(gctx, cfg, gen, o.rate, nil)
+		return produceEvents(gctx, cfg, gen, o.rate, &acked, nil)
 	})
 	g.Go(func() error {
 		defer stopWorker()
-		return summarize(wctx, ch, chs.Database, before, int64(o.events), produced, o.exit)
+		return summarize(wctx, ch, chs.Database, before, &acked, int64(o.events), produced, o.exit)
 	})
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -135,9 +137,10 @@ func countEvents(ctx context.Context, ch driver.Conn, db string) (uint64, error)
 	return n, err
 }
 
-// summarize prints events/s and the top entities by downline amount every
-// few seconds. With exit set it returns once all events are counted.
-func summarize(ctx context.Context, ch driver.Conn, db string, before uint64, want int64, produced <-chan struct{}, exit bool) error {
+// summarize prints events/s, the lag (produced but not yet counted) and the
+// top entities by downline amount every few seconds. With exit set it
+// returns once all events are counted.
+func summarize(ctx context.Context, ch driver.Conn, db string, before uint64, acked *atomic.Int64, want int64, produced <-chan struct{}, exit bool) error {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	last, lastAt := before, time.Now()
@@ -154,7 +157,8 @@ func summarize(ctx context.Context, ch driver.Conn, db string, before uint64, wa
 		}
 		rate := float64(n-last) / time.Since(lastAt).Seconds()
 		last, lastAt = n, time.Now()
-		fmt.Printf("\n%s  events in ClickHouse: %d (+%d this run, %.0f/s)\n", time.Now().Format("15:04:05"), n, n-before, rate)
+		fmt.Printf("\n%s  events in ClickHouse: %d (+%d this run, %.0f/s), lag %d\n",
+			time.Now().Format("15:04:05"), n, n-before, rate, max(acked.Load()-int64(n-before), 0)) //nolint:gosec // counts
 		rows, err := ch.Query(ctx, `
 			SELECT r.entity_id, any(e.name), toString(sum(r.amount)), sum(r.events)
 			FROM `+db+`.rollup_daily AS r

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -107,7 +108,7 @@ func runGen(ctx context.Context, cfg *config, o genOptions) error {
 	if o.eventsFile != "" {
 		return writeEventsFile(o.eventsFile, gen)
 	}
-	return produceEvents(ctx, cfg, gen, o.rate, nil)
+	return produceEvents(ctx, cfg, gen, o.rate, nil, nil)
 }
 
 func writeEventsFile(path string, gen synth.Events) error {
@@ -130,8 +131,9 @@ func writeEventsFile(path string, gen synth.Events) error {
 }
 
 // produceEvents produces gen to the events topic, keyed by entity id, and
-// waits for every ack. It logs progress every few seconds.
-func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate float64, extra []kgo.Opt) error {
+// waits for every ack. It logs progress every few seconds and, when acked is
+// not nil, counts acknowledged records there.
+func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate float64, acked *atomic.Int64, extra []kgo.Opt) error {
 	log := cfg.logger()
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.brokers()...),
@@ -144,10 +146,12 @@ func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate floa
 	}
 	defer cl.Close()
 	topic := cfg.get("kafka.events_topic")
+	if acked == nil {
+		acked = new(atomic.Int64)
+	}
 	var (
 		mu       sync.Mutex
 		firstErr error
-		acked    int64
 	)
 	start := time.Now()
 	lastLog := start
@@ -167,13 +171,11 @@ func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate floa
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
-			acked++
+			acked.Add(1)
 		})
 		if time.Since(lastLog) > 5*time.Second {
 			lastLog = time.Now()
-			mu.Lock()
-			log.Info("producing", "produced", i+1, "acked", acked, "of", gen.Count, "rate", int(float64(i+1)/time.Since(start).Seconds()))
-			mu.Unlock()
+			log.Info("producing", "produced", i+1, "acked", acked.Load(), "of", gen.Count, "rate", int(float64(i+1)/time.Since(start).Seconds()))
 		}
 		return ctx.Err()
 	})

@@ -23,8 +23,18 @@ type Ledger struct {
 
 var _ ingest.Ledger = (*Ledger)(nil)
 
+// key is the ledger's name of a source log: the topic, qualified by the
+// topic's incarnation when known.
+func key(src ingest.Source) string {
+	if src.Log == "" {
+		return src.Topic
+	}
+	return src.Topic + "@" + src.Log
+}
+
 // Acquire implements ingest.Ledger.
-func (l *Ledger) Acquire(ctx context.Context, topic string, partition int32, owner string) (int64, error) {
+func (l *Ledger) Acquire(ctx context.Context, src ingest.Source, owner string) (int64, error) {
+	topic, partition := key(src), src.Partition
 	var epoch int64
 	err := l.Pool.QueryRow(ctx, `
 		insert into canopy.partition_leases (src_topic, src_partition, epoch, owner)
@@ -39,8 +49,9 @@ func (l *Ledger) Acquire(ctx context.Context, topic string, partition int32, own
 }
 
 // Intent implements ingest.Ledger.
-func (l *Ledger) Intent(ctx context.Context, topic string, partition int32, first int64) (ingest.Intent, bool, error) {
-	in := ingest.Intent{Source: ingest.Source{Topic: topic, Partition: partition}}
+func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, bool, error) {
+	topic, partition, first := key(src), src.Partition, src.First
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: partition}}
 	var done *time.Time
 	err := l.Pool.QueryRow(ctx, `
 		select first_offset, last_offset, hierarchy_version, created_at, done_at
@@ -68,7 +79,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		// to commit, and this batch sees any Acquire that committed first.
 		var current int64
 		err := tx.QueryRow(ctx, `select epoch from canopy.partition_leases
-			where src_topic = $1 and src_partition = $2 for share`, in.Topic, in.Partition).Scan(&current)
+			where src_topic = $1 and src_partition = $2 for share`, key(in.Source), in.Partition).Scan(&current)
 		if errors.Is(err, pgx.ErrNoRows) || (err == nil && current != epoch) {
 			return fmt.Errorf("%w (epoch %d, current %d)", ingest.ErrFenced, epoch, current)
 		}
@@ -80,7 +91,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, created_at)
 			values ($1, $2, $3, $4, $5, $6, $7)
 			on conflict do nothing`,
-			in.Topic, in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, in.CreatedAt)
+			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, in.CreatedAt)
 		if err != nil {
 			return fmt.Errorf("record intent: %w", err)
 		}
@@ -91,7 +102,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			if err := tx.QueryRow(ctx, `
 				select last_offset, hierarchy_version, created_at, done_at from canopy.ingest_intents
 				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
-				in.Topic, in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.CreatedAt, &done); err != nil {
+				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.CreatedAt, &done); err != nil {
 				return fmt.Errorf("read intent: %w", err)
 			}
 			in.CreatedAt = in.CreatedAt.UTC()
@@ -104,7 +115,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		rows, err := tx.Query(ctx, `
 			select src_offset from canopy.event_claims
 			 where src_topic = $1 and src_partition = $2 and src_offset between $3 and $4`,
-			in.Topic, in.Partition, in.First, in.Last)
+			key(in.Source), in.Partition, in.First, in.Last)
 		if err != nil {
 			return fmt.Errorf("read claims: %w", err)
 		}
@@ -139,7 +150,7 @@ func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []in
 	_, err := tx.Exec(ctx, `
 		insert into canopy.event_claims (event_id, occurred_at, src_topic, src_partition, src_offset)
 		select id, at, $4, $5, off from unnest($1::text[], $2::timestamptz[], $3::bigint[]) as c(id, at, off)
-		on conflict (event_id) do nothing`, ids, at, offs, src.Topic, src.Partition)
+		on conflict (event_id) do nothing`, ids, at, offs, key(src), src.Partition)
 	if err != nil {
 		return fmt.Errorf("claim event ids: %w", err)
 	}
@@ -150,7 +161,7 @@ func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []in
 func (l *Ledger) Done(ctx context.Context, src ingest.Source) error {
 	_, err := l.Pool.Exec(ctx, `update canopy.ingest_intents set done_at = now()
 		where src_topic = $1 and src_partition = $2 and first_offset = $3 and done_at is null`,
-		src.Topic, src.Partition, src.First)
+		key(src), src.Partition, src.First)
 	if err != nil {
 		return fmt.Errorf("mark %s/%d@%d done: %w", src.Topic, src.Partition, src.First, err)
 	}
