@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -62,7 +63,8 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	if err != nil {
 		return err
 	}
-	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond))
+	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond),
+		"heap_bytes_per_entity", heapPerEntity(tree.Len()))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -190,6 +192,18 @@ func followHierarchy(ctx context.Context, log *slog.Logger, store *hierarchy.Sto
 		case <-tick.C:
 		}
 	}
+}
+
+// heapPerEntity is the live heap after a collection divided by the number
+// of entities: what holding the hierarchy costs the worker.
+func heapPerEntity(n int) int {
+	if n == 0 {
+		return 0
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int(ms.HeapAlloc) / n //nolint:gosec // heap size fits int
 }
 
 // treeResolver adapts hierarchy.Tree to ingest.Resolver.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -30,7 +31,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "canopy")
-	build := exec.Command("go", "build", "-race", "-o", binary, "../../cmd/canopy")
+	// Tests run the binary with the race detector; benchmarks without it.
+	flag.Parse()
+	args := []string{"build", "-race", "-o", binary, "../../cmd/canopy"}
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		args = []string{"build", "-o", binary, "../../cmd/canopy"}
+	}
+	build := exec.Command("go", args...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build canopy:", err)
@@ -50,7 +57,7 @@ type services struct {
 
 // needServices returns the services from the environment. Locally a test
 // skips without them; under CI=true a missing service is a failure.
-func needServices(t *testing.T) services {
+func needServices(t testing.TB) services {
 	t.Helper()
 	s := services{
 		brokers: strings.Split(os.Getenv("CANOPY_KAFKA_BROKERS"), ","),
@@ -69,7 +76,7 @@ func needServices(t *testing.T) services {
 // env is one test's isolated world: its own PostgreSQL database, ClickHouse
 // database, topics and consumer group on the shared servers.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	svc    services
 	name   string
 	pgDSN  string
@@ -84,7 +91,7 @@ type env struct {
 	logDir string
 }
 
-func newEnv(t *testing.T, partitions int32) *env {
+func newEnv(t testing.TB, partitions int32) *env {
 	t.Helper()
 	svc := needServices(t)
 	ctx := context.Background()
@@ -214,7 +221,7 @@ func (e *env) startWorker(i int) *worker {
 }
 
 // stop stops a worker gracefully and waits for it.
-func (w *worker) stop(t *testing.T) {
+func (w *worker) stop(t testing.TB) {
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-w.done:

@@ -112,7 +112,7 @@ func buildOracle(h history, events []synth.Event) *oracle {
 
 // parseUnits parses a ClickHouse decimal rendering ("-12.3400") into 10^-4
 // units without going through the code under test.
-func parseUnits(t *testing.T, s string) *big.Int {
+func parseUnits(t testing.TB, s string) *big.Int {
 	r, ok := new(big.Rat).SetString(s)
 	if !ok {
 		t.Fatalf("not a decimal: %q", s)
@@ -154,7 +154,7 @@ func (e *env) readRollup(table string, bucketExpr string) map[rollupKey]sums {
 }
 
 // compareRollups reports every difference, up to a limit, with its key.
-func compareRollups(t *testing.T, table string, want, got map[rollupKey]sums) {
+func compareRollups(t testing.TB, table string, want, got map[rollupKey]sums) {
 	t.Helper()
 	var diffs []string
 	for k, w := range want {
@@ -320,7 +320,7 @@ func (e *env) verify(sc *scenario) {
 	e.compareEvents(o.events)
 }
 
-func seedFromEnv(t *testing.T) int64 {
+func seedFromEnv(t testing.TB) int64 {
 	if s := os.Getenv("CANOPY_TEST_SEED"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
