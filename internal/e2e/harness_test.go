@@ -273,3 +273,33 @@ func (e *env) waitAcked(n uint64, timeout time.Duration) {
 	}
 	e.t.Fatalf("after %s ingest_acks covers %d of %d records", timeout, got, n)
 }
+
+// countTopic reads a topic from the start to its end and counts records.
+func (e *env) countTopic(topic string) int {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ends, err := e.admin.ListEndOffsets(ctx, topic)
+	if err != nil {
+		e.t.Fatalf("end offsets of %s: %v", topic, err)
+	}
+	var want int64
+	ends.Each(func(o kadm.ListedOffset) { want += o.Offset })
+	if want == 0 {
+		return 0
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.svc.brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	n := 0
+	for int64(n) < want {
+		f := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			e.t.Fatalf("read %s: %d of %d records", topic, n, want)
+		}
+		n += f.NumRecords()
+	}
+	return n
+}

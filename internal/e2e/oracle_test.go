@@ -341,10 +341,55 @@ func TestPipelineMatchesOracle(t *testing.T) {
 	e := newEnv(t, 4)
 	sc := e.setUp(seed, 10000, 200000)
 	keys, values := sc.records()
+	// Poison records mixed in at random places must each reach the dead
+	// letters with the class written here by hand, and stall nothing.
+	bad := []struct{ raw, class string }{
+		{`{"event_id":"x"`, "invalid_json"},
+		{`[1,2]`, "not_object"},
+		{`{"event_id":"bad-zero","entity_id":0,"occurred_at":"2026-10-28T00:00:00Z","type":"sale"}`, "invalid_field"},
+		{`{"event_id":"bad-type","entity_id":5,"occurred_at":"2026-10-28T00:00:00Z"}`, "missing_field"},
+		{`{"event_id":"bad-zone","entity_id":5,"occurred_at":"2026-10-28T00:00:00","type":"sale"}`, "bad_timestamp"},
+		{`{"event_id":"bad-dec","entity_id":5,"occurred_at":"2026-10-28T00:00:00Z","type":"sale","amount":"1.00001"}`, "bad_decimal"},
+		{`{"event_id":"bad-unknown","entity_id":999999999,"occurred_at":"2026-10-28T00:00:00Z","type":"sale"}`, "unknown_entity"},
+		{"{\"event_id\":\"\xff\"}", "invalid_utf8"},
+	}
+	rng := rand.New(rand.NewPCG(uint64(seed), 3))
+	wantClasses := map[string]int{}
+	for round := 0; round < 5; round++ {
+		for _, b := range bad {
+			i := rng.IntN(len(values) + 1)
+			keys = append(keys[:i], append([][]byte{[]byte("bad")}, keys[i:]...)...)
+			values = append(values[:i], append([][]byte{[]byte(b.raw)}, values[i:]...)...)
+			wantClasses[b.class]++
+		}
+	}
 	e.produce(keys, values)
 	w1, w2 := e.startWorker(1), e.startWorker(2)
 	e.waitAcked(uint64(len(values)), 10*time.Minute)
 	w1.stop(t)
 	w2.stop(t)
 	e.verify(sc)
+
+	rows, err := e.ch.Query(context.Background(), fmt.Sprintf(`SELECT error_class, count() FROM
+		(SELECT source_partition, source_offset, any(error_class) AS error_class FROM %s.ingest_failures
+		 WHERE source_topic = ? GROUP BY source_partition, source_offset) GROUP BY error_class`, e.chDB), e.topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotClasses := map[string]int{}
+	for rows.Next() {
+		var class string
+		var n uint64
+		if err := rows.Scan(&class, &n); err != nil {
+			t.Fatal(err)
+		}
+		gotClasses[class] = int(n)
+	}
+	rows.Close()
+	if fmt.Sprint(gotClasses) != fmt.Sprint(wantClasses) {
+		t.Errorf("ingest_failures by class = %v, want %v", gotClasses, wantClasses)
+	}
+	if n := e.countTopic(e.dlq); n != 5*len(bad) {
+		t.Errorf("dead-letter topic holds %d records, want %d", n, 5*len(bad))
+	}
 }
