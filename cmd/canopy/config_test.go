@@ -11,7 +11,16 @@ import (
 	"github.com/canopyhq/canopy/schema"
 )
 
+// clearEnv hides the caller's CANOPY_* settings from a test.
+func clearEnv(t *testing.T) {
+	for _, s := range newConfig().settings {
+		t.Setenv(s.env(), "")
+	}
+	t.Setenv("CANOPY_CONFIG", "")
+}
+
 func TestConfigPrecedence(t *testing.T) {
+	clearEnv(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "canopy.yaml")
 	if err := os.WriteFile(file, []byte(`
@@ -28,7 +37,6 @@ measures:
 	}
 	t.Setenv("CANOPY_KAFKA_GROUP", "from-env")
 	t.Setenv("CANOPY_CLICKHOUSE_DATABASE", "from_env")
-	t.Setenv("CANOPY_LOG_LEVEL", "")
 
 	root := &cobra.Command{Use: "canopy"}
 	cfg := newConfig()
@@ -57,6 +65,7 @@ measures:
 }
 
 func TestConfigErrorsAreUsageErrors(t *testing.T) {
+	clearEnv(t)
 	dir := t.TempDir()
 	tests := []struct {
 		name string
