@@ -65,12 +65,14 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 			CreatedAt:        p.now().UTC().Truncate(time.Second),
 		}
 	}
+	refreshed := false
 	for {
 		n := cut(recs, in.Last)
 		if n < 0 {
 			return 0, nil // the recorded batch is longer than what was fetched so far
 		}
-		got, again, err := p.attempt(ctx, epoch, in, recs[:n])
+		got, again, err := p.attempt(ctx, epoch, in, recs[:n], !refreshed)
+		refreshed = true
 		if err != nil {
 			return 0, fmt.Errorf("%s/%d offsets %d…%d: %w", in.Topic, in.Partition, in.First, in.Last, err)
 		}
@@ -103,8 +105,10 @@ type decoded struct {
 }
 
 // attempt processes exactly the records of in. again is true when Begin
-// found a different intent recorded for the same first offset.
-func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []Record) (Intent, bool, error) {
+// found a different intent recorded for the same first offset, or when a
+// new batch met unknown entities and the hierarchy could be refreshed (then
+// in carries the newer version).
+func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []Record, mayRefresh bool) (Intent, bool, error) {
 	if in.Replay && p.Resolver.Version() < in.HierarchyVersion {
 		return in, false, fmt.Errorf("%w: have %d, batch needs %d", ErrHierarchyBehind, p.Resolver.Version(), in.HierarchyVersion)
 	}
@@ -140,6 +144,19 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		seen[d.ev.ID] = true
 		valid = append(valid, d)
 		claims = append(claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset})
+	}
+
+	if mayRefresh && !in.Replay && hasClass(failures, ClassUnknownEntity) {
+		if r, ok := p.Resolver.(Refresher); ok {
+			v, err := r.Refresh(ctx)
+			if err != nil {
+				return in, false, fmt.Errorf("refresh hierarchy: %w", err)
+			}
+			if v > in.HierarchyVersion {
+				in.HierarchyVersion = v
+				return in, true, nil
+			}
+		}
 	}
 
 	got, owned, err := p.Ledger.Begin(ctx, epoch, in, claims)
@@ -192,6 +209,15 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
 	return in, false, nil
+}
+
+func hasClass(fs []Failure, c Class) bool {
+	for _, f := range fs {
+		if f.Class == c {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {

@@ -275,3 +275,35 @@ func (s suspendedResolver) Ancestors(id int64, at time.Time, asOf int64, dst []A
 	}
 	return chain, ok
 }
+
+// refreshingResolver learns entity 4 only when asked to catch up.
+type refreshingResolver struct {
+	*mapResolver
+	refreshes int
+}
+
+func (r *refreshingResolver) Refresh(context.Context) (int64, error) {
+	r.refreshes++
+	r.parent[4] = 3
+	r.version++
+	return r.version, nil
+}
+
+// An event for an entity created a moment ago must not be dead-lettered
+// because the follower has not polled yet: the batch catches up first and
+// records the newer version in its intent.
+func TestProcessRefreshesBeforeUnknownEntity(t *testing.T) {
+	p, l, s := newTestProcessor()
+	r := &refreshingResolver{mapResolver: p.Resolver.(*mapResolver)}
+	p.Resolver = r
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
+	n, err := p.Process(context.Background(), epoch, []Record{record(0, ev("a", 4, "1")), record(1, ev("b", 77, "1"))})
+	if err != nil || n != 2 {
+		t.Fatalf("Process = %d, %v", n, err)
+	}
+	b := s.batches[0]
+	if b.Counts.Accepted != 1 || b.Counts.DeadLettered != 1 || r.refreshes != 1 || b.Intent.HierarchyVersion != 8 {
+		t.Fatalf("counts %+v, refreshes %d, version %d; want 1 accepted, 1 dead letter (77), one refresh, version 8",
+			b.Counts, r.refreshes, b.Intent.HierarchyVersion)
+	}
+}

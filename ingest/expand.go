@@ -1,6 +1,9 @@
 package ingest
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Ancestor is one link of an entity's chain as it was at an event's time.
 type Ancestor struct {
@@ -19,6 +22,16 @@ type Resolver interface {
 	Ancestors(id int64, at time.Time, asOf int64, dst []Ancestor) (chain []Ancestor, ok bool)
 	// Version is the newest hierarchy change applied.
 	Version() int64
+}
+
+// Refresher is implemented by a Resolver that can catch up with its store
+// on demand. Before a batch dead-letters an event for an unknown entity, the
+// processor asks it to catch up once: an entity created a moment before its
+// first event must not depend on the follower's polling interval.
+type Refresher interface {
+	// Refresh applies every change committed so far and returns the new
+	// version.
+	Refresh(ctx context.Context) (int64, error)
 }
 
 // SuspendedPolicy says whether a suspended (or closed) ancestor receives its

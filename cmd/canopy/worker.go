@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -80,7 +81,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	hostname, _ := os.Hostname()
 	proc := &ingest.Processor{
 		Decoder:   ingest.NewDecoder(cfg.measures, 0),
-		Resolver:  treeResolver{tree},
+		Resolver:  &treeResolver{t: tree, store: store},
 		Ledger:    &pgledger.Ledger{Pool: pool},
 		Sink:      &ingest.ClickHouseSink{Conn: ch, Schema: chs},
 		DLQ:       &ingest.KafkaDeadLetters{Client: producer, Topic: cfg.get("kafka.dlq_topic")},
@@ -104,7 +105,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
 	g.Go(func() error {
-		return followHierarchy(gctx, log, store, tree, ch, chs, metrics, &healthy)
+		return followHierarchy(gctx, log, proc.Resolver.(*treeResolver), ch, chs, metrics, &healthy)
 	})
 	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
 	if err != nil {
@@ -156,35 +157,27 @@ func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy 
 
 // followHierarchy applies new hierarchy changes from PostgreSQL to the tree
 // and refreshes the ClickHouse entities table after changes.
-func followHierarchy(ctx context.Context, log *slog.Logger, store *hierarchy.Store, tree *hierarchy.Tree,
+func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 	ch driver.Conn, chs schema.ClickHouse, metrics *ingest.Metrics, healthy *atomic.Bool) error {
 	written := int64(-1)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		changes, err := store.ChangesSince(ctx, tree.Version(), 10000)
+		v, err := r.Refresh(ctx)
 		if err != nil && ctx.Err() == nil {
 			healthy.Store(false)
 			log.Warn("hierarchy poll failed", "err", err)
 		}
-		for _, c := range changes {
-			if err := tree.Apply(c); err != nil {
-				log.Error("hierarchy change not applied", "seq", c.Seq, "err", err)
-			}
-		}
 		if err == nil {
 			healthy.Store(true)
-			metrics.SetHierarchyVersion(tree.Version())
-		}
-		if v := tree.Version(); err == nil && len(changes) < 10000 && v != written {
-			if werr := syncEntities(ctx, store, tree, ch, chs); werr != nil {
-				log.Warn("entities table refresh failed", "err", werr)
-			} else {
-				written = v
+			metrics.SetHierarchyVersion(v)
+			if v != written {
+				if werr := syncEntities(ctx, r.store, r.t, ch, chs); werr != nil {
+					log.Warn("entities table refresh failed", "err", werr)
+				} else {
+					written = v
+				}
 			}
-		}
-		if len(changes) == 10000 {
-			continue // catching up
 		}
 		select {
 		case <-ctx.Done():
@@ -206,12 +199,38 @@ func heapPerEntity(n int) int {
 	return int(ms.HeapAlloc) / n //nolint:gosec // heap size fits int
 }
 
-// treeResolver adapts hierarchy.Tree to ingest.Resolver.
-type treeResolver struct{ t *hierarchy.Tree }
+// treeResolver adapts hierarchy.Tree to ingest.Resolver and follows the
+// store's changes. Safe for concurrent use.
+type treeResolver struct {
+	t     *hierarchy.Tree
+	store *hierarchy.Store
+	mu    sync.Mutex // one catch-up at a time
+}
 
-func (r treeResolver) Version() int64 { return r.t.Version() }
+func (r *treeResolver) Version() int64 { return r.t.Version() }
 
-func (r treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) ([]ingest.Ancestor, bool) {
+// Refresh applies every change committed in PostgreSQL since the tree's
+// version (implements ingest.Refresher).
+func (r *treeResolver) Refresh(ctx context.Context) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		changes, err := r.store.ChangesSince(ctx, r.t.Version(), 10000)
+		if err != nil {
+			return r.t.Version(), err
+		}
+		for _, c := range changes {
+			if err := r.t.Apply(c); err != nil {
+				return r.t.Version(), fmt.Errorf("apply hierarchy change %d: %w", c.Seq, err)
+			}
+		}
+		if len(changes) < 10000 {
+			return r.t.Version(), nil
+		}
+	}
+}
+
+func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) ([]ingest.Ancestor, bool) {
 	var buf [32]hierarchy.Ancestor
 	chain, ok := r.t.AncestorsAsOf(id, at, asOf, buf[:0])
 	if !ok {
