@@ -12,29 +12,42 @@ import (
 	"github.com/canopyhq/canopy/schema"
 )
 
-// memLedger is an in-memory Ledger with the same contract as pgledger.
+// memLedger is an in-memory Ledger with the same contract as pgledger:
+// everything is keyed by the source log (topic and topic id) and partition.
 type memLedger struct {
 	mu      sync.Mutex
-	epoch   map[int32]int64
-	intents map[int64]Intent // by first offset (one topic/partition per test)
-	claims  map[string]int64 // event id → owning offset
+	epoch   map[logPartition]int64
+	intents map[logPartition]map[int64]Intent // by first offset
+	claims  map[string]claimOwner             // event id → owning record
 }
 
+type logPartition struct {
+	topic, log string
+	partition  int32
+}
+
+type claimOwner struct {
+	lp     logPartition
+	offset int64
+}
+
+func lpOf(src Source) logPartition { return logPartition{src.Topic, src.Log, src.Partition} }
+
 func newMemLedger() *memLedger {
-	return &memLedger{epoch: map[int32]int64{}, intents: map[int64]Intent{}, claims: map[string]int64{}}
+	return &memLedger{epoch: map[logPartition]int64{}, intents: map[logPartition]map[int64]Intent{}, claims: map[string]claimOwner{}}
 }
 
 func (l *memLedger) Acquire(_ context.Context, src Source, _ string) (int64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.epoch[src.Partition]++
-	return l.epoch[src.Partition], nil
+	l.epoch[lpOf(src)]++
+	return l.epoch[lpOf(src)], nil
 }
 
 func (l *memLedger) Intent(_ context.Context, src Source) (Intent, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, in := range l.intents {
+	for _, in := range l.intents[lpOf(src)] {
 		if in.First <= src.First && src.First <= in.Last {
 			return in, true, nil
 		}
@@ -45,25 +58,29 @@ func (l *memLedger) Intent(_ context.Context, src Source) (Intent, bool, error) 
 func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.epoch[in.Partition] != epoch {
+	lp := lpOf(in.Source)
+	if l.epoch[lp] != epoch {
 		return in, nil, ErrFenced
 	}
-	if got, ok := l.intents[in.First]; ok {
+	if l.intents[lp] == nil {
+		l.intents[lp] = map[int64]Intent{}
+	}
+	if got, ok := l.intents[lp][in.First]; ok {
 		in = got
 	} else {
 		in.Replay = true // as stored: a later reader sees a replay
-		l.intents[in.First] = in
+		l.intents[lp][in.First] = in
 		in.Replay = false
 		for _, c := range claims {
 			if _, taken := l.claims[c.EventID]; !taken {
-				l.claims[c.EventID] = c.Offset
+				l.claims[c.EventID] = claimOwner{lp, c.Offset}
 			}
 		}
 	}
 	owned := map[int64]bool{}
-	for _, off := range l.claims {
-		if off >= in.First && off <= in.Last {
-			owned[off] = true
+	for _, o := range l.claims {
+		if o.lp == lp && o.offset >= in.First && o.offset <= in.Last {
+			owned[o.offset] = true
 		}
 	}
 	return in, owned, nil
@@ -72,9 +89,9 @@ func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Cl
 func (l *memLedger) Done(_ context.Context, src Source) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	in := l.intents[src.First]
+	in := l.intents[lpOf(src)][src.First]
 	in.Done = true
-	l.intents[src.First] = in
+	l.intents[lpOf(src)][src.First] = in
 	return nil
 }
 
@@ -212,7 +229,7 @@ func TestProcessReplayIsIdentical(t *testing.T) {
 	}
 	// The same records once more (a zombie, or a lost Done) are skipped or
 	// rebuilt identically.
-	l.intents[0] = Intent{Source: first.Intent.Source, HierarchyVersion: 7, CreatedAt: first.Intent.CreatedAt, Replay: true}
+	l.intents[lpOf(first.Intent.Source)][0] = Intent{Source: first.Intent.Source, HierarchyVersion: 7, CreatedAt: first.Intent.CreatedAt, Replay: true}
 	if _, err := p.Process(context.Background(), epoch, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +259,7 @@ func TestProcessFencedWritesNothing(t *testing.T) {
 func TestProcessWaitsForRecordedRange(t *testing.T) {
 	p, l, _ := newTestProcessor()
 	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
-	l.intents[0] = Intent{Source: Source{Topic: "t", First: 0, Last: 5}, HierarchyVersion: 7, Replay: true}
+	l.intents[logPartition{topic: "t"}] = map[int64]Intent{0: {Source: Source{Topic: "t", First: 0, Last: 5}, HierarchyVersion: 7, Replay: true}}
 	n, err := p.Process(context.Background(), epoch, []Record{record(0, ev("a", 1, "1"))})
 	if err != nil || n != 0 {
 		t.Fatalf("short of the recorded range: n=%d err=%v, want 0, nil", n, err)

@@ -137,7 +137,11 @@ func (s *ClickHouseSink) insertRollup(ctx context.Context, table, bucketType str
 		if meas.Kind == schema.KindDecimal {
 			col := make([]decimal.Decimal, n)
 			for i, sum := range r.Sums[m] {
-				col[i] = decimal.NewFromBigInt(sum.Big(), -int32(meas.Scale)) //nolint:gosec // scale <= 9
+				if v, ok := sum.Int64(); ok {
+					col[i] = decimal.New(v, -int32(meas.Scale)) //nolint:gosec // scale <= 9
+				} else {
+					col[i] = decimal.NewFromBigInt(sum.Big(), -int32(meas.Scale)) //nolint:gosec // scale <= 9
+				}
 			}
 			cols = append(cols, []any{col})
 		} else {

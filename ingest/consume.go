@@ -69,6 +69,13 @@ type partitionKey struct {
 	partition int32
 }
 
+// lease is what a worker holds for a partition it owns: the lease epoch
+// that fences older owners, and the topic id its records are ledgered under.
+type lease struct {
+	epoch int64
+	log   string
+}
+
 // Worker is one consumer-group member: poll → decode → expand → aggregate →
 // write → ack → commit, one loop iteration per poll, partitions processed in
 // parallel. Construct with NewWorker; Run until the context ends.
@@ -79,9 +86,8 @@ type Worker struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	epochs map[partitionKey]int64    // lease epoch per owned partition
+	leases map[partitionKey]lease    // per owned partition
 	buf    map[partitionKey][]Record // fetched, not yet processed
-	logs   map[string]string         // topic → topic id (Source.Log)
 
 	ready chan struct{} // closed after the first successful poll
 	once  sync.Once
@@ -96,7 +102,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Worker{cfg: cfg, proc: proc, log: log, epochs: map[partitionKey]int64{}, buf: map[partitionKey][]Record{}, logs: map[string]string{}, ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, proc: proc, log: log, leases: map[partitionKey]lease{}, buf: map[partitionKey][]Record{}, ready: make(chan struct{})}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -129,14 +135,14 @@ func (w *Worker) Ready() <-chan struct{} { return w.ready }
 // is processed; a zombie still holding the old epoch is fenced from then on.
 func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
 	for topic, parts := range m {
-		log := w.topicID(ctx, cl, topic)
+		log := topicID(ctx, cl, topic, w.log, w.cfg.RetryBackoffMax)
 		for _, p := range parts {
 			backoff := 100 * time.Millisecond
 			for {
 				epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: topic, Log: log, Partition: p}, w.cfg.Owner)
 				if err == nil {
 					w.mu.Lock()
-					w.epochs[partitionKey{topic, p}] = epoch
+					w.leases[partitionKey{topic, p}] = lease{epoch: epoch, log: log}
 					w.mu.Unlock()
 					w.log.Info("partition assigned", "topic", topic, "partition", p, "epoch", epoch)
 					break
@@ -153,13 +159,7 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 
 // topicID returns the topic's id, retrying until the broker answers or ctx
 // ends. Brokers too old to have topic ids give "".
-func (w *Worker) topicID(ctx context.Context, cl *kgo.Client, topic string) string {
-	w.mu.Lock()
-	id, ok := w.logs[topic]
-	w.mu.Unlock()
-	if ok {
-		return id
-	}
+func topicID(ctx context.Context, cl *kgo.Client, topic string, log *slog.Logger, maxBackoff time.Duration) string {
 	backoff := 100 * time.Millisecond
 	for {
 		details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
@@ -169,18 +169,15 @@ func (w *Worker) topicID(ctx context.Context, cl *kgo.Client, topic string) stri
 		if err == nil {
 			var zero kadm.TopicID
 			if d := details[topic]; d.ID != zero {
-				id = d.ID.String()
+				return d.ID.String()
 			}
-			w.mu.Lock()
-			w.logs[topic] = id
-			w.mu.Unlock()
-			return id
+			return ""
 		}
-		w.log.Warn("topic metadata failed, retrying", "topic", topic, "err", err)
+		log.Warn("topic metadata failed, retrying", "topic", topic, "err", err)
 		if !sleep(ctx, backoff) {
 			return ""
 		}
-		backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+		backoff = minDuration(2*backoff, maxBackoff)
 	}
 }
 
@@ -190,9 +187,8 @@ func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 	for topic, parts := range m {
 		for _, p := range parts {
 			k := partitionKey{topic, p}
-			delete(w.epochs, k)
+			delete(w.leases, k)
 			delete(w.buf, k)
-			delete(w.logs, topic) // looked up again on assignment: the topic may have been recreated
 			w.log.Info("partition revoked", "topic", topic, "partition", p)
 		}
 	}
@@ -227,11 +223,12 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 	defer w.mu.Unlock()
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		k := partitionKey{fp.Topic, fp.Partition}
-		if _, owned := w.epochs[k]; !owned {
+		l, owned := w.leases[k]
+		if !owned {
 			return
 		}
 		for _, r := range fp.Records {
-			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: w.logs[r.Topic], Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
+			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
 		}
 		if n := len(fp.Records); n > 0 {
 			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)
@@ -251,7 +248,7 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 	epochs := make(map[partitionKey]int64, len(w.buf))
 	for k, recs := range w.buf {
 		if len(recs) > 0 {
-			work[k], epochs[k] = recs, w.epochs[k]
+			work[k], epochs[k] = recs, w.leases[k].epoch
 		}
 	}
 	w.mu.Unlock()

@@ -231,5 +231,14 @@ func (s Sum128) Big() *big.Int {
 	return hi.Add(hi, new(big.Int).SetUint64(s.Lo))
 }
 
+// Int64 returns the value and true when it fits an int64.
+func (s Sum128) Int64() (int64, bool) {
+	v := int64(s.Lo) //nolint:gosec // two's complement on purpose
+	if (s.Hi == 0 && v >= 0) || (s.Hi == -1 && v < 0) {
+		return v, true
+	}
+	return 0, false
+}
+
 // IsZero reports whether the sum is zero.
 func (s Sum128) IsZero() bool { return s.Hi == 0 && s.Lo == 0 }

@@ -92,8 +92,14 @@ func TestSum128(t *testing.T) {
 	if got := FormatBigDecimal(s.Big(), 4); got != "2767011611056432.7419" {
 		t.Fatalf("format = %s", got)
 	}
+	if _, ok := s.Int64(); ok {
+		t.Fatal("a sum past int64 reported as fitting")
+	}
 	var neg Sum128
 	neg.Add(-5)
+	if v, ok := neg.Int64(); !ok || v != -5 {
+		t.Fatalf("Int64() = %d, %v", v, ok)
+	}
 	if neg.Big().Int64() != -5 || FormatDecimal(-5, 4) != "-0.0005" {
 		t.Fatalf("negative sums wrong: %s %s", neg.Big(), FormatDecimal(-5, 4))
 	}
