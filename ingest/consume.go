@@ -72,8 +72,9 @@ type partitionKey struct {
 // lease is what a worker holds for a partition it owns: the lease epoch
 // that fences older owners, and the topic id its records are ledgered under.
 type lease struct {
-	epoch int64
-	log   string
+	epoch    int64
+	log      string
+	fencedAt time.Time // first refusal of the current epoch; zero if none
 }
 
 // Worker is one consumer-group member: poll → decode → expand → aggregate →
@@ -112,6 +113,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 		// a commit never covers a partition this member no longer owns.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.HeartbeatInterval(minDuration(3*time.Second, cfg.SessionTimeout/3)),
 		kgo.FetchMaxWait(cfg.FetchMaxWait),
 		kgo.FetchMinBytes(1 << 20),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
@@ -200,14 +202,16 @@ func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.close()
 	for {
-		fetches := w.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
+		fetches := w.poll(ctx)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			w.cl.AllowRebalance()
 			return nil
 		}
 		w.once.Do(func() { close(w.ready) })
 		fetches.EachError(func(t string, p int32, err error) {
-			w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+			}
 		})
 		w.buffer(fetches)
 		commits := w.processAll(ctx)
@@ -216,6 +220,24 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.cl.AllowRebalance()
 	}
+}
+
+// poll waits for records. While buffered records wait for another attempt
+// (a transient failure, a lost lease) it returns after a second even if
+// nothing new arrived, so a quiet partition is retried, not stuck.
+func (w *Worker) poll(ctx context.Context) kgo.Fetches {
+	w.mu.Lock()
+	pending := false
+	for _, recs := range w.buf {
+		pending = pending || len(recs) > 0
+	}
+	w.mu.Unlock()
+	if !pending {
+		return w.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return w.cl.PollRecords(pctx, w.cfg.MaxPollRecords)
 }
 
 func (w *Worker) buffer(fetches kgo.Fetches) {
@@ -259,9 +281,12 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n := w.processPartition(ctx, epochs[k], recs)
+			n, fenced := w.processPartition(ctx, epochs[k], recs)
 			if n > 0 {
 				results <- result{k, recs[n-1].Offset + 1}
+			}
+			if fenced {
+				w.fenced(ctx, k)
 			}
 			w.mu.Lock()
 			if cur, ok := w.buf[k]; ok && len(cur) >= n {
@@ -286,38 +311,73 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 // returns how many records are done. Transient failures are retried with
 // capped exponential backoff: the partition waits (backpressure) rather than
 // skipping anything.
-func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) int {
-	done := 0
+func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) (done int, fenced bool) {
 	backoff := 100 * time.Millisecond
 	for done < len(recs) {
 		n, err := w.proc.Process(ctx, epoch, recs[done:])
 		switch {
 		case err == nil:
 			if n == 0 {
-				return done // a recorded batch needs more records than fetched yet
+				return done, false // a recorded batch needs more records than fetched yet
 			}
 			done += n
 			backoff = 100 * time.Millisecond
 		case errors.Is(err, ErrFenced):
 			w.proc.Metrics.batchError("fenced")
 			w.log.Warn("partition taken over by another worker; abandoning batch", "err", err)
-			return done
+			return done, true
 		case errors.Is(err, ErrOverlap):
 			w.proc.Metrics.batchError("overlap")
 			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)
-			return done
+			return done, false
 		case ctx.Err() != nil:
-			return done
+			return done, false
 		default:
 			w.proc.Metrics.batchError("transient")
 			w.log.Warn("batch failed, retrying", "err", err, "backoff", backoff)
 			if !sleep(ctx, backoff) {
-				return done
+				return done, false
 			}
 			backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
 		}
 	}
-	return done
+	return done, false
+}
+
+// fenced handles a batch refused for a stale lease. Normally this member is
+// a zombie and the group revokes the partition within a session timeout. If
+// that does not happen, the group still says the partition is ours: take the
+// lease again rather than leave the partition stuck. Fencing keeps that safe
+// whoever is right: any other holder's unfinished batch is replayed
+// identically from its intent.
+func (w *Worker) fenced(ctx context.Context, k partitionKey) {
+	w.mu.Lock()
+	l, owned := w.leases[k]
+	if !owned {
+		w.mu.Unlock()
+		return
+	}
+	if l.fencedAt.IsZero() {
+		l.fencedAt = time.Now()
+		w.leases[k] = l
+	}
+	stale := time.Since(l.fencedAt) > 2*w.cfg.SessionTimeout
+	w.mu.Unlock()
+	if !stale {
+		return
+	}
+	epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: k.topic, Log: l.log, Partition: k.partition}, w.cfg.Owner)
+	if err != nil {
+		w.log.Warn("re-acquire lease failed", "topic", k.topic, "partition", k.partition, "err", err)
+		return
+	}
+	w.log.Warn("partition still assigned to this member after being fenced; took the lease again",
+		"topic", k.topic, "partition", k.partition, "epoch", epoch)
+	w.mu.Lock()
+	if _, still := w.leases[k]; still {
+		w.leases[k] = lease{epoch: epoch, log: l.log}
+	}
+	w.mu.Unlock()
 }
 
 func (w *Worker) commit(ctx context.Context, offsets map[string]map[int32]kgo.EpochOffset) {

@@ -111,3 +111,65 @@ func TestWorkersSplitPartitionsThroughRebalances(t *testing.T) {
 		}
 	}
 }
+
+// A member whose lease was taken while the group still assigns it the
+// partition (no rebalance follows) must take the lease back instead of
+// leaving the partition stuck.
+func TestWorkerRecoversLeaseWhenStillAssigned(t *testing.T) {
+	const topic = "events"
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	producer, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.DefaultProduceTopic(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	p, ledger, sink := newTestProcessor()
+	w, err := NewWorker(WorkerConfig{Brokers: cluster.ListenAddrs(), Topic: topic, Group: "g", Owner: "w",
+		FetchMaxWait: 20 * time.Millisecond, SessionTimeout: time.Second},
+		p, slog.New(slog.NewTextHandler(io.Discard, nil)), kgo.FetchMinBytes(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ledger.mu.Lock()
+		n := len(ledger.epoch)
+		ledger.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the worker never took its partition")
+		}
+	}
+
+	// Someone else bumps every lease of the topic behind the worker's back.
+	ledger.mu.Lock()
+	for lp := range ledger.epoch {
+		ledger.epoch[lp] += 10
+	}
+	ledger.mu.Unlock()
+	if err := producer.ProduceSync(context.Background(), &kgo.Record{Value: []byte(ev("x", 1, "1"))}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		sink.mu.Lock()
+		n := len(sink.batches)
+		sink.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the partition stayed stuck after its lease was taken")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
