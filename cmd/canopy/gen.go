@@ -159,8 +159,10 @@ func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate floa
 		if rate > 0 {
 			due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
 			if d := time.Until(due); d > 0 {
-				if !sleepCtx(ctx, d) {
+				select {
+				case <-ctx.Done():
 					return ctx.Err()
+				case <-time.After(d):
 				}
 			}
 		}
@@ -190,15 +192,4 @@ func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate floa
 	}
 	log.Info("events produced", "topic", topic, "events", gen.Count, "took", time.Since(start).Round(time.Millisecond))
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
