@@ -42,6 +42,31 @@ func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHous
 	return nil
 }
 
+// ProbeEngine picks the strongest deduplicating engine the server offers:
+// Replicated* when ZooKeeper or Keeper answers (with the {shard} and
+// {replica} macros, or fixed names when they are not defined), else plain
+// engines with non_replicated_deduplication_window where the release has it,
+// else plain engines. s is returned with Engine and, if needed, the
+// replication names set.
+func ProbeEngine(ctx context.Context, conn driver.Conn, s schema.ClickHouse) schema.ClickHouse {
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.zookeeper WHERE path = '/'").Scan(&n); err == nil {
+		s.Engine = schema.EngineReplicated
+		var macros uint64
+		err := conn.QueryRow(ctx, "SELECT count() FROM system.macros WHERE macro IN ('shard', 'replica')").Scan(&macros)
+		if err != nil || macros < 2 {
+			s.ZooKeeperPrefix, s.Replica = "/clickhouse/tables/canopy", "canopy"
+		}
+		return s
+	}
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'").Scan(&n); err == nil && n > 0 {
+		s.Engine = schema.EngineDedupWindow
+		return s
+	}
+	s.Engine = schema.EnginePlain
+	return s
+}
+
 func columns(ctx context.Context, conn driver.Conn, db, table string) (map[string]string, error) {
 	rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", db, table)
 	if err != nil {

@@ -30,16 +30,37 @@ type Table struct {
 	Tail string
 }
 
+// Engine is how the tables deduplicate a re-inserted block.
+type Engine int
+
+const (
+	// EngineReplicated uses Replicated* engines, which deduplicate blocks
+	// through ZooKeeper or ClickHouse Keeper; the only way on 18.16.
+	EngineReplicated Engine = iota
+	// EngineDedupWindow uses plain engines with
+	// non_replicated_deduplication_window, on releases that have it and no
+	// Keeper.
+	EngineDedupWindow
+	// EnginePlain uses plain engines: no deduplication, so a batch replayed
+	// after a crash can be counted twice. Only for a server with neither.
+	EnginePlain
+)
+
+func (e Engine) String() string {
+	return [...]string{"replicated", "dedup-window", "plain"}[e]
+}
+
 // ClickHouse derives Canopy's ClickHouse tables from the measures.
 //
-// Every table uses a Replicated* engine: on ClickHouse 18.16 that is the only
-// engine that deduplicates a re-inserted identical block, which is what makes
-// a replayed batch harmless (see docs/exactly-once.md). A single server with
-// ZooKeeper (or ClickHouse Keeper) and the {shard} and {replica} macros is
-// enough.
+// By default every table uses a Replicated* engine: on ClickHouse 18.16 that
+// is the only engine that deduplicates a re-inserted identical block, which
+// is what makes a replayed batch harmless (see docs/exactly-once.md). A
+// single server with ZooKeeper (or ClickHouse Keeper) and the {shard} and
+// {replica} macros is enough.
 type ClickHouse struct {
 	Database string   // default "canopy"
 	Measures Measures // validated
+	Engine   Engine   // default EngineReplicated
 	// ZooKeeperPrefix is the replication path prefix; default
 	// "/clickhouse/tables/{shard}". The database and table names are appended.
 	ZooKeeperPrefix string
@@ -73,6 +94,9 @@ func (c *ClickHouse) Validate() error {
 }
 
 func (c ClickHouse) engine(kind, table, args string) string {
+	if c.Engine != EngineReplicated {
+		return kind + "(" + args + ")"
+	}
 	path := strings.TrimSuffix(c.ZooKeeperPrefix, "/") + "/" + c.Database + "/" + table
 	e := fmt.Sprintf("Replicated%s('%s', '%s'", kind, path, c.Replica)
 	if args != "" {
@@ -82,7 +106,13 @@ func (c ClickHouse) engine(kind, table, args string) string {
 }
 
 func (c ClickHouse) settings() string {
-	return fmt.Sprintf("SETTINGS index_granularity = 8192, replicated_deduplication_window = %d", c.DedupWindow)
+	switch c.Engine {
+	case EngineReplicated:
+		return fmt.Sprintf("SETTINGS index_granularity = 8192, replicated_deduplication_window = %d", c.DedupWindow)
+	case EngineDedupWindow:
+		return fmt.Sprintf("SETTINGS index_granularity = 8192, non_replicated_deduplication_window = %d", c.DedupWindow)
+	}
+	return "SETTINGS index_granularity = 8192"
 }
 
 // EventColumns is the column order of the events table and of its INSERT.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/schema"
 )
 
 func newMigrate(cfg *config) *cobra.Command {
@@ -40,9 +41,14 @@ func runMigrate(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return usageError{err}
 	}
+	chs = ingest.ProbeEngine(ctx, ch, chs)
+	if chs.Engine == schema.EnginePlain {
+		log.Warn("this ClickHouse has neither ZooKeeper/Keeper nor non_replicated_deduplication_window: " +
+			"new tables cannot deduplicate, so a batch replayed after a crash may be counted twice; configure Keeper for exactly-once")
+	}
 	if err := ingest.MigrateClickHouse(ctx, ch, chs); err != nil {
 		return err
 	}
-	log.Info("clickhouse schema up to date", "database", chs.Database, "measures", chs.Measures.Names())
+	log.Info("clickhouse schema up to date", "database", chs.Database, "engine", chs.Engine, "measures", chs.Measures.Names())
 	return nil
 }
