@@ -19,24 +19,40 @@ type RollupKey struct {
 // events writes one row per distinct key instead of N × chain rows. Not safe
 // for concurrent use.
 type Rollup struct {
-	index  map[RollupKey]int
-	Keys   []RollupKey
+	index map[rollupSlot]int
+	types map[string]uint16 // type → small id, so map keys hash no strings
+	Keys  []RollupKey
+	// Events[row] is the number of events of row.
 	Events []uint64
 	// Sums[m][row] is the sum of measure m for row.
 	Sums [][]schema.Sum128
 }
 
+// rollupSlot is RollupKey with the type interned: the hot map's key.
+type rollupSlot struct {
+	entity int64
+	bucket int64
+	typ    uint16
+	depth  uint8
+}
+
 // NewRollup returns an empty rollup for n measures.
 func NewRollup(n int) *Rollup {
-	return &Rollup{index: map[RollupKey]int{}, Sums: make([][]schema.Sum128, n)}
+	return &Rollup{index: map[rollupSlot]int{}, types: map[string]uint16{}, Sums: make([][]schema.Sum128, n)}
 }
 
 // Add adds one event's measures to the row of key k.
 func (r *Rollup) Add(k RollupKey, measures []int64) {
-	row, ok := r.index[k]
+	t, ok := r.types[k.Type]
+	if !ok {
+		t = uint16(len(r.types)) //nolint:gosec // a batch has far fewer than 65536 types
+		r.types[k.Type] = t
+	}
+	slot := rollupSlot{entity: k.EntityID, bucket: k.Bucket, typ: t, depth: k.Depth}
+	row, ok := r.index[slot]
 	if !ok {
 		row = len(r.Keys)
-		r.index[k] = row
+		r.index[slot] = row
 		r.Keys = append(r.Keys, k)
 		r.Events = append(r.Events, 0)
 		for m := range r.Sums {
@@ -52,17 +68,32 @@ func (r *Rollup) Add(k RollupKey, measures []int64) {
 // Len is the number of rows.
 func (r *Rollup) Len() int { return len(r.Keys) }
 
-// Sort orders the rows by key. A replayed batch must produce a byte-identical
-// block for ClickHouse to recognise it, and map order is random.
+// Sort orders the rows by key and ends accumulation (Add must not be called
+// after it). A replayed batch must produce a byte-identical block for
+// ClickHouse to recognise it, and map order is random.
 func (r *Rollup) Sort() {
-	sort.Sort(rollupSorter{r})
+	perm := make([]int32, len(r.Keys))
+	for i := range perm {
+		perm[i] = int32(i) //nolint:gosec // rows < 2^31
+	}
+	sort.Slice(perm, func(i, j int) bool { return r.Keys[perm[i]].less(&r.Keys[perm[j]]) })
+	keys := make([]RollupKey, len(perm))
+	events := make([]uint64, len(perm))
+	for i, p := range perm {
+		keys[i], events[i] = r.Keys[p], r.Events[p]
+	}
+	r.Keys, r.Events = keys, events
+	for m := range r.Sums {
+		sums := make([]schema.Sum128, len(perm))
+		for i, p := range perm {
+			sums[i] = r.Sums[m][p]
+		}
+		r.Sums[m] = sums
+	}
+	r.index, r.types = nil, nil
 }
 
-type rollupSorter struct{ r *Rollup }
-
-func (s rollupSorter) Len() int { return len(s.r.Keys) }
-func (s rollupSorter) Less(i, j int) bool {
-	a, b := &s.r.Keys[i], &s.r.Keys[j]
+func (a *RollupKey) less(b *RollupKey) bool {
 	if a.EntityID != b.EntityID {
 		return a.EntityID < b.EntityID
 	}
@@ -73,16 +104,6 @@ func (s rollupSorter) Less(i, j int) bool {
 		return a.Depth < b.Depth
 	}
 	return a.Type < b.Type
-}
-func (s rollupSorter) Swap(i, j int) {
-	r := s.r
-	r.Keys[i], r.Keys[j] = r.Keys[j], r.Keys[i]
-	r.Events[i], r.Events[j] = r.Events[j], r.Events[i]
-	for m := range r.Sums {
-		r.Sums[m][i], r.Sums[m][j] = r.Sums[m][j], r.Sums[m][i]
-	}
-	r.index[r.Keys[i]] = i
-	r.index[r.Keys[j]] = j
 }
 
 const (

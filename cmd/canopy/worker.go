@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"runtime"
 	"sync"
@@ -129,11 +130,13 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	return err
 }
 
-// serveHTTP serves /metrics, /healthz (the process runs) and /readyz (joined
-// the group and the hierarchy is current).
+// serveHTTP serves /metrics, /healthz (the process runs), /readyz (joined
+// the group and the hierarchy is current) and /debug/pprof/.
 func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy *atomic.Bool) (*http.Server, string, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		select {

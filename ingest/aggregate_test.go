@@ -1,0 +1,36 @@
+package ingest
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// Rollup against a plain map: same rows and sums, and Sort orders rows by
+// key while keeping every row's sums with it.
+func TestRollupMatchesNaiveSums(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	r := NewRollup(2)
+	type sums struct{ events, a, b int64 }
+	want := map[RollupKey]sums{}
+	types := []string{"sale", "refund", "x"}
+	for i := 0; i < 5000; i++ {
+		k := RollupKey{EntityID: 1 + rng.Int64N(50), Bucket: 3600 * rng.Int64N(5), Depth: uint8(rng.IntN(4)), Type: types[rng.IntN(3)]}
+		a, b := rng.Int64N(1000)-500, rng.Int64N(10)
+		r.Add(k, []int64{a, b})
+		s := want[k]
+		want[k] = sums{s.events + 1, s.a + a, s.b + b}
+	}
+	r.Sort()
+	if r.Len() != len(want) {
+		t.Fatalf("%d rows, want %d", r.Len(), len(want))
+	}
+	for i, k := range r.Keys {
+		if i > 0 && !r.Keys[i-1].less(&k) {
+			t.Fatalf("rows %d and %d out of order: %+v, %+v", i-1, i, r.Keys[i-1], k)
+		}
+		w := want[k]
+		if int64(r.Events[i]) != w.events || r.Sums[0][i].Big().Int64() != w.a || r.Sums[1][i].Big().Int64() != w.b {
+			t.Fatalf("row %+v = %d %s %s, want %+v", k, r.Events[i], r.Sums[0][i].Big(), r.Sums[1][i].Big(), w)
+		}
+	}
+}
