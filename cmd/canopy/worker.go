@@ -108,6 +108,10 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	g.Go(func() error {
 		return followHierarchy(gctx, log, proc.Resolver.(*treeResolver), ch, chs, metrics, &healthy)
 	})
+	g.Go(func() error {
+		purgeClaims(gctx, log, proc.Ledger.(*pgledger.Ledger), cfg.duration("ingest.dedup_horizon"))
+		return nil
+	})
 	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
 	if err != nil {
 		return err
@@ -187,6 +191,27 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 			return nil
 		case <-tick.C:
 		}
+	}
+}
+
+// purgeClaims forgets event ids past the deduplication horizon, and finished
+// batch intents older than a day, once an hour. Every worker may run it: the
+// deletes are idempotent.
+func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, horizon time.Duration) {
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, err := l.Purge(ctx, horizon, 24*time.Hour)
+		if err != nil {
+			log.Warn("purge of old event-id claims failed", "err", err)
+			continue
+		}
+		log.Info("purged event-id claims past the deduplication horizon", "claims", n, "horizon", horizon)
 	}
 }
 

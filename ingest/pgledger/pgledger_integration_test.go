@@ -1,0 +1,133 @@
+package pgledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/ingest"
+)
+
+// newLedger migrates a throwaway database on the real PostgreSQL.
+func newLedger(t *testing.T) *Ledger {
+	t.Helper()
+	dsn := os.Getenv("CANOPY_POSTGRES_DSN")
+	if dsn == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CANOPY_POSTGRES_DSN must be set under CI")
+		}
+		t.Skip("CANOPY_POSTGRES_DSN not set; run scripts/services up")
+	}
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("canopy_ledger_%d", rand.IntN(1_000_000))
+	if _, err := admin.Exec(ctx, "create database "+name); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(dsn)
+	u.Path = "/" + name
+	pool, err := pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		_, _ = admin.Exec(ctx, "drop database if exists "+name+" with (force)")
+		_ = admin.Close(ctx)
+	})
+	if err := hierarchy.NewStore(pool).Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &Ledger{Pool: pool}
+}
+
+func TestLedgerContract(t *testing.T) {
+	l := newLedger(t)
+	ctx := context.Background()
+	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 3}
+	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	created := time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC)
+
+	old, err := l.Acquire(ctx, src, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := l.Acquire(ctx, src, "b")
+	if old != 1 || cur != 2 {
+		t.Fatalf("epochs %d, %d; want 1, 2", old, cur)
+	}
+	first := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 0, Last: 1}, HierarchyVersion: 7, CreatedAt: created}
+	claims := []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 0}, {EventID: "b", OccurredAt: at, Offset: 1}}
+
+	// A fenced owner records nothing.
+	if _, _, err := l.Begin(ctx, old, first, claims); !errors.Is(err, ingest.ErrFenced) {
+		t.Fatalf("Begin with a stale epoch = %v, want ErrFenced", err)
+	}
+	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 0}); found {
+		t.Fatal("a fenced Begin recorded an intent")
+	}
+
+	in, owned, err := l.Begin(ctx, cur, first, claims)
+	if err != nil || in.Replay || len(owned) != 2 || !owned[0] || !owned[1] {
+		t.Fatalf("first Begin = %+v, %v, %v", in, owned, err)
+	}
+
+	// A replay returns the recorded intent and claims nothing new.
+	retry := first
+	retry.Last, retry.HierarchyVersion, retry.CreatedAt = 5, 9, created.Add(time.Hour)
+	in, owned, err = l.Begin(ctx, cur, retry, []ingest.Claim{{EventID: "z", OccurredAt: at, Offset: 2}})
+	if err != nil || !in.Replay || in.Last != 1 || in.HierarchyVersion != 7 || !in.CreatedAt.Equal(created) || len(owned) != 2 {
+		t.Fatalf("replayed Begin = %+v, %v, %v", in, owned, err)
+	}
+
+	// A later batch repeating "a" does not own it.
+	second := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 2, Last: 3}, HierarchyVersion: 7, CreatedAt: created}
+	_, owned, err = l.Begin(ctx, cur, second, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
+	if err != nil || len(owned) != 1 || !owned[3] {
+		t.Fatalf("second batch owns %v (%v), want only offset 3", owned, err)
+	}
+
+	// Intent finds a batch by any offset inside it, and sees Done.
+	got, found, err := l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 3})
+	if err != nil || !found || got.First != 2 || got.Done {
+		t.Fatalf("Intent(3) = %+v, %v, %v", got, found, err)
+	}
+	if err := l.Done(ctx, second.Source); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ = l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 2}); !got.Done {
+		t.Fatal("Done not recorded")
+	}
+
+	// The same topic name with another id is another log.
+	other := ingest.Source{Topic: "events", Log: "id-2", Partition: 3}
+	if e, _ := l.Acquire(ctx, other, "c"); e != 1 {
+		t.Fatalf("lease of a recreated topic starts at %d, want 1", e)
+	}
+	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: "events", Log: "id-2", Partition: 3, First: 0}); found {
+		t.Fatal("a recreated topic inherited the old topic's intents")
+	}
+
+	// Purge keeps claims younger than the horizon by either clock.
+	if n, err := l.Purge(ctx, time.Hour, time.Hour); err != nil || n != 0 {
+		t.Fatalf("purge of fresh claims removed %d (%v)", n, err)
+	}
+	if _, err := l.Pool.Exec(ctx, "update canopy.event_claims set claimed_at = now() - interval '2 hours'"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.Purge(ctx, time.Hour, time.Hour); err != nil || n != 3 {
+		t.Fatalf("purge removed %d claims (%v), want 3", n, err)
+	}
+}
