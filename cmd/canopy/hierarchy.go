@@ -82,13 +82,22 @@ func newHierarchy(cfg *config) *cobra.Command {
 	}
 	move := &cobra.Command{
 		Use:   "move ID NEW_PARENT_ID",
-		Short: "Move an entity (and its subtree) under a new parent",
+		Short: "Move an entity (and its subtree) under a new parent (0 makes it a root)",
 		Args:  args(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			v, err := ids(a)
+			v, err := ids(a[:1])
 			if err != nil {
 				return err
 			}
+			newParent := int64(0) // a root
+			if a[1] != "0" {
+				p, err := ids(a[1:])
+				if err != nil {
+					return err
+				}
+				newParent = p[0]
+			}
+			v = append(v, newParent)
 			at, err := parseEffective()
 			if err != nil {
 				return err

@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestHierarchyCLIErrors drives the hierarchy commands as a user would: a
+// refused change exits 1 with the reason and changes nothing; bad usage exits 2.
+func TestHierarchyCLIErrors(t *testing.T) {
+	e := newEnv(t, 1)
+	csv := filepath.Join(t.TempDir(), "h.csv")
+	if err := os.WriteFile(csv, []byte("id,parent_id,status,name\n1,,active,a\n2,1,active,b\n3,2,active,c\n4,,closed,d\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.run("hierarchy", "import", csv)
+	before := e.entitiesState()
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"cycle", []string{"hierarchy", "move", "1", "3"}, 1, "cycle"},
+		{"missing parent", []string{"hierarchy", "move", "3", "99"}, 1, "99"},
+		{"closed parent", []string{"hierarchy", "move", "3", "4"}, 1, "closed"},
+		{"unknown entity", []string{"hierarchy", "suspend", "77"}, 1, "77"},
+		{"not an id", []string{"hierarchy", "move", "x", "1"}, 2, "not an entity id"},
+		{"too few args", []string{"hierarchy", "move", "3"}, 2, "accepts 2 arg"},
+		{"bad time", []string{"hierarchy", "suspend", "3", "--effective-at", "yesterday"}, 2, "effective-at"},
+		{"unknown flag", []string{"worker", "--no-such-flag"}, 2, "unknown flag"},
+		{"bad csv", []string{"hierarchy", "import", "/nonexistent/file.csv"}, 1, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := e.runErr(tt.args...)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != tt.code {
+				t.Fatalf("canopy %s: %v, want exit %d\n%s", strings.Join(tt.args, " "), err, tt.code, out)
+			}
+			if !strings.Contains(out, tt.msg) {
+				t.Fatalf("canopy %s said %q, want it to mention %q", strings.Join(tt.args, " "), out, tt.msg)
+			}
+		})
+	}
+	if after := e.entitiesState(); after != before {
+		t.Fatalf("refused changes changed the hierarchy:\nbefore %s\nafter  %s", before, after)
+	}
+	e.run("hierarchy", "move", "3", "0") // 0 makes a root
+	if got := e.entitiesState(); !strings.Contains(got, "3:0:active") {
+		t.Fatalf("move to root: %s", got)
+	}
+}
+
+func (e *env) entitiesState() string {
+	e.t.Helper()
+	var s string
+	err := e.pg.QueryRow(context.Background(), `select string_agg(id || ':' || coalesce(parent_id, 0) || ':' || status, ',' order by id)
+		from canopy.entities`).Scan(&s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return s
+}
