@@ -256,9 +256,11 @@ func applyImport(ctx context.Context, tx pgx.Tx, stats *ImportStats) error {
 			insert into canopy.entity_history (id, parent_id, status, name, valid_from)
 			select id, parent_id, status, name, effective from canopy_import_delta order by id`},
 		{"write outbox", `
-			insert into canopy.outbox (entity_id, op, parent_id, status, name, effective_at)
-			select id, case when is_new then 'insert' else 'update' end, parent_id, status, name, effective
-			  from canopy_import_delta order by id`},
+			insert into canopy.outbox (entity_id, op, parent_id, status, name, effective_at, history_seq)
+			select d.id, case when d.is_new then 'insert' else 'update' end, d.parent_id, d.status, d.name, d.effective, h.seq
+			  from canopy_import_delta d
+			  join canopy.entity_history h on h.id = d.id and h.valid_to is null
+			 order by h.seq`},
 		{"bulk mode off", `select set_config('canopy.bulk', 'off', true)`},
 	}
 	for _, s := range steps {

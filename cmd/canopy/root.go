@@ -23,6 +23,7 @@ func newRoot() *cobra.Command {
 		newHierarchy(cfg),
 		newGen(cfg),
 		newDev(cfg),
+		newRelay(cfg),
 	)
 	return root
 }

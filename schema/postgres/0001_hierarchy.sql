@@ -61,7 +61,8 @@ create table if not exists canopy.outbox (
     name         text,
     effective_at timestamptz not null,
     recorded_at  timestamptz not null default clock_timestamp(),
-    txid         xid8 not null default pg_current_xact_id()
+    txid         xid8 not null default pg_current_xact_id(),
+    history_seq  bigint not null -- the entity_history row this change wrote
 );
 
 -- Every change that writes history takes this transaction-scoped lock
@@ -142,6 +143,7 @@ declare
     explicit_at timestamptz;
     effective   timestamptz;
     last_from   timestamptz;
+    hseq        bigint;
 begin
     if current_setting('canopy.bulk', true) = 'on' then
         return null;
@@ -170,9 +172,10 @@ begin
     end if;
 
     insert into canopy.entity_history (id, parent_id, status, name, valid_from)
-    values (new.id, new.parent_id, new.status, new.name, effective);
-    insert into canopy.outbox (entity_id, op, parent_id, status, name, effective_at)
-    values (new.id, lower(tg_op), new.parent_id, new.status, new.name, effective);
+    values (new.id, new.parent_id, new.status, new.name, effective)
+    returning seq into hseq;
+    insert into canopy.outbox (entity_id, op, parent_id, status, name, effective_at, history_seq)
+    values (new.id, lower(tg_op), new.parent_id, new.status, new.name, effective, hseq);
     return null;
 end
 $$;

@@ -1,0 +1,357 @@
+package hierarchy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Message is one hierarchy change as published on the hierarchy topic (JSON,
+// keyed by entity id, header HeaderOutboxSeq).
+type Message struct {
+	OutboxSeq   int64   `json:"outbox_seq"`
+	HistorySeq  int64   `json:"history_seq"`
+	EntityID    int64   `json:"entity_id"`
+	Op          string  `json:"op"`                  // insert | update
+	ParentID    *int64  `json:"parent_id"`           // null for a root
+	Status      string  `json:"status"`              // active | suspended | closed
+	Name        *string `json:"name"`                // may be null
+	EffectiveAt *string `json:"effective_at"`        // RFC 3339; null = always (imported)
+	RecordedAt  string  `json:"recorded_at"`         // RFC 3339, commit-time clock
+	TxID        string  `json:"txid,omitempty"`      // PostgreSQL transaction id
+	Version     int     `json:"version,omitempty"`   // message format, 1
+	Relay       string  `json:"relay,omitempty"`     // the relay that published it
+	Published   string  `json:"published,omitempty"` // RFC 3339
+}
+
+// HeaderOutboxSeq carries the outbox seq of a hierarchy message.
+const HeaderOutboxSeq = "canopy.outbox.seq"
+
+// relayLockKey is the session advisory lock the active relay holds
+// ('canopy' || 0x0002).
+const relayLockKey = 0x63616e6f70790002
+
+// Relay publishes the outbox to the hierarchy topic in commit (seq) order,
+// exactly once per change:
+//
+//   - One relay at a time: the active relay holds a session advisory lock;
+//     others wait for it.
+//   - Where to resume is read from the topic itself (the highest outbox seq
+//     committed there), never from a separate cursor that a crash could leave
+//     behind.
+//   - Each batch is one Kafka transaction under a fixed transactional id, so a
+//     relay that lost its lock but is still running (a zombie) is fenced by
+//     Kafka, and a crash mid-batch leaves nothing visible to read_committed
+//     readers.
+//
+// Kafka being down only delays publishing: the outbox keeps every change.
+type Relay struct {
+	Pool    *pgxpool.Pool
+	Brokers []string
+	Topic   string // default "canopy.hierarchy"; created with one partition when missing
+	Name    string // this relay's name, written into messages
+	Log     *slog.Logger
+	// Opts are extra Kafka client options (tests).
+	Opts []kgo.Opt
+}
+
+// Run relays until ctx ends.
+func (r *Relay) Run(ctx context.Context) error {
+	if r.Topic == "" {
+		r.Topic = "canopy.hierarchy"
+	}
+	if r.Log == nil {
+		r.Log = slog.Default()
+	}
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.Log.Warn("relay interrupted, retrying", "err", err, "backoff", backoff)
+		if !sleepCtx(ctx, backoff) {
+			return nil
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+	return nil
+}
+
+// lead waits for the relay lock, then publishes until an error or ctx ends.
+func (r *Relay) lead(ctx context.Context) error {
+	conn, err := r.Pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	defer conn.Release()
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", int64(relayLockKey)).Scan(&got); err != nil {
+			return fmt.Errorf("relay lock: %w", err)
+		}
+		if got {
+			break
+		}
+		if !sleepCtx(ctx, time.Second) {
+			return ctx.Err()
+		}
+	}
+	defer func() {
+		// Unlock on a fresh context; if the connection is broken the session
+		// ends and PostgreSQL drops the lock anyway.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(uctx, "select pg_advisory_unlock($1)", int64(relayLockKey))
+	}()
+	r.Log.Info("relay is active", "topic", r.Topic)
+
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(r.Brokers...),
+		kgo.TransactionalID("canopy-relay:" + r.Topic),
+		kgo.TransactionTimeout(30 * time.Second),
+		kgo.RecordDeliveryTimeout(20 * time.Second),
+		kgo.DefaultProduceTopic(r.Topic),
+	}, r.Opts...)...)
+	if err != nil {
+		return fmt.Errorf("relay kafka client: %w", err)
+	}
+	defer cl.Close()
+	if err := ensureTopic(ctx, cl, r.Topic); err != nil {
+		return err
+	}
+	if err := fence(ctx, cl); err != nil {
+		return err
+	}
+	last, err := LastRelayed(ctx, r.Brokers, r.Topic, r.Opts...)
+	if err != nil {
+		return err
+	}
+	r.Log.Info("relay resumes", "after_outbox_seq", last)
+	for {
+		// The lock connection doubles as a liveness check of our lease.
+		if _, err := conn.Exec(ctx, "select 1"); err != nil {
+			return fmt.Errorf("relay lock connection: %w", err)
+		}
+		msgs, err := r.pending(ctx, last, 5000)
+		if err != nil {
+			return err
+		}
+		if len(msgs) == 0 {
+			if !sleepCtx(ctx, 100*time.Millisecond) {
+				return ctx.Err()
+			}
+			continue
+		}
+		if err := r.publish(ctx, cl, msgs); err != nil {
+			return err
+		}
+		last = msgs[len(msgs)-1].OutboxSeq
+	}
+}
+
+// publish writes msgs in one transaction.
+func (r *Relay) publish(ctx context.Context, cl *kgo.Client, msgs []Message) error {
+	if err := cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("relay: begin transaction: %w", err)
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	for i := range msgs {
+		m := &msgs[i]
+		m.Relay, m.Published, m.Version = r.Name, now, 1
+		value, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		cl.Produce(ctx, &kgo.Record{
+			Key:     []byte(strconv.FormatInt(m.EntityID, 10)),
+			Value:   value,
+			Headers: []kgo.RecordHeader{{Key: HeaderOutboxSeq, Value: []byte(strconv.FormatInt(m.OutboxSeq, 10))}},
+		}, nil)
+	}
+	flushErr := cl.Flush(ctx)
+	commit := kgo.TryCommit
+	if flushErr != nil {
+		commit = kgo.TryAbort
+	}
+	if err := cl.EndTransaction(context.WithoutCancel(ctx), commit); err != nil {
+		return fmt.Errorf("relay: end transaction: %w", err)
+	}
+	if flushErr != nil {
+		return fmt.Errorf("relay: produce: %w", flushErr)
+	}
+	return nil
+}
+
+// fence takes over the transactional id before the tail is read: producing
+// in an aborted transaction makes Kafka bump the producer epoch, which aborts
+// any transaction a previous relay left open and refuses its later commits.
+// Without this, such a relay could commit after the tail was read, and its
+// changes would be published twice.
+func fence(ctx context.Context, cl *kgo.Client) error {
+	if err := cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("relay: begin fencing transaction: %w", err)
+	}
+	cl.Produce(ctx, &kgo.Record{Key: []byte("fence"), Value: nil}, nil)
+	flushErr := cl.Flush(ctx)
+	if err := cl.EndTransaction(context.WithoutCancel(ctx), kgo.TryAbort); err != nil {
+		return fmt.Errorf("relay: end fencing transaction: %w", err)
+	}
+	if flushErr != nil {
+		return fmt.Errorf("relay: fencing: %w", flushErr)
+	}
+	return nil
+}
+
+// pending reads up to limit outbox rows after seq, in seq order.
+func (r *Relay) pending(ctx context.Context, after int64, limit int) ([]Message, error) {
+	rows, err := r.Pool.Query(ctx, `
+		select seq, history_seq, entity_id, op, parent_id, status, name, effective_at, recorded_at, txid::text
+		  from canopy.outbox where seq > $1 order by seq limit $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("relay: read outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		var (
+			m         Message
+			effective pgtype.Timestamptz
+			recorded  time.Time
+		)
+		if err := rows.Scan(&m.OutboxSeq, &m.HistorySeq, &m.EntityID, &m.Op, &m.ParentID, &m.Status, &m.Name,
+			&effective, &recorded, &m.TxID); err != nil {
+			return nil, fmt.Errorf("relay: read outbox: %w", err)
+		}
+		if effective.InfinityModifier == pgtype.Finite {
+			s := effective.Time.UTC().Format(time.RFC3339Nano)
+			m.EffectiveAt = &s
+		}
+		m.RecordedAt = recorded.UTC().Format(time.RFC3339Nano)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// ensureTopic creates the hierarchy topic with a single partition, so that
+// its one log is the total commit order, when it does not exist yet.
+func ensureTopic(ctx context.Context, cl *kgo.Client, topic string) error {
+	_, err := kadm.NewClient(cl).CreateTopic(ctx, 1, -1, nil, topic)
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("relay: create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+// LastRelayed returns the highest outbox seq committed to the topic, 0 for
+// an empty topic. It reads the tail of every partition read_committed, so a
+// transaction a crashed relay left open or aborted does not count.
+func LastRelayed(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (int64, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("relay: end offsets of %s: %w", topic, err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("relay: start offsets of %s: %w", topic, err)
+	}
+	var last int64
+	for _, parts := range ends {
+		for p, end := range parts {
+			if end.Err != nil {
+				return 0, fmt.Errorf("relay: end offset of %s/%d: %w", topic, p, end.Err)
+			}
+			start, _ := starts.Lookup(topic, p)
+			// Read backwards in growing windows until one holds a committed
+			// record (a window may hold only transaction markers).
+			for window := int64(64); ; window *= 4 {
+				from := max(end.Offset-window, start.Offset)
+				if from >= end.Offset {
+					break
+				}
+				seq, found, err := maxSeqFrom(ctx, brokers, opts, topic, p, from)
+				if err != nil {
+					return 0, err
+				}
+				if found || from == start.Offset {
+					last = max(last, seq)
+					break
+				}
+			}
+		}
+	}
+	return last, nil
+}
+
+// maxSeqFrom reads a partition from an offset to its committed end and
+// returns the highest outbox seq seen.
+func maxSeqFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic string, p int32, from int64) (int64, bool, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(brokers...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(200 * time.Millisecond),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(from)}}),
+	}, opts...)...)
+	if err != nil {
+		return 0, false, err
+	}
+	defer cl.Close()
+	var (
+		best  int64
+		found bool
+	)
+	for {
+		// Nothing new is produced while we hold the relay lock, so a poll
+		// that brings no record within a few fetch waits is the end.
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return 0, false, ctx.Err()
+		}
+		for _, fe := range fs.Errors() {
+			if !errors.Is(fe.Err, context.DeadlineExceeded) {
+				return 0, false, fmt.Errorf("relay: read tail of %s/%d: %w", topic, p, fe.Err)
+			}
+		}
+		if fs.NumRecords() == 0 {
+			return best, found, nil
+		}
+		fs.EachRecord(func(rec *kgo.Record) {
+			for _, h := range rec.Headers {
+				if h.Key == HeaderOutboxSeq {
+					if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+						best, found = max(best, v), true
+					}
+				}
+			}
+		})
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
