@@ -60,6 +60,16 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	policy, _ := cfg.suspendedPolicy()
 
 	store := hierarchy.NewStore(pool)
+	// Where to follow the hierarchy topic from is taken before the load
+	// (hierarchy.EndOffsets says why). Without the topic yet, follow from
+	// its start once it appears; PostgreSQL polling covers the gap.
+	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	follow, ferr := hierarchy.EndOffsets(ectx, cfg.brokers(), cfg.get("kafka.hierarchy_topic"), extra...)
+	cancel()
+	if ferr != nil {
+		log.Info("hierarchy topic not readable yet; following it from its start", "topic", cfg.get("kafka.hierarchy_topic"), "err", ferr)
+		follow = nil
+	}
 	start := time.Now()
 	tree, err := store.Load(ctx)
 	if err != nil {
@@ -71,6 +81,12 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := ingest.NewMetrics(reg)
+	propagation := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "canopy_hierarchy_propagation_seconds",
+		Help:    "Time from a hierarchy change's commit in PostgreSQL to its use by this worker (via the hierarchy topic).",
+		Buckets: prometheus.ExponentialBuckets(0.005, 1.5, 16), // 5 ms … 2.2 s
+	})
+	reg.MustRegister(propagation)
 	metrics.SetHierarchyVersion(tree.Version())
 
 	producer, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation()}, extra...)...)
@@ -107,6 +123,13 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	g.Go(func() error { return w.Run(gctx) })
 	g.Go(func() error {
 		return followHierarchy(gctx, log, proc.Resolver.(*treeResolver), ch, chs, metrics, &healthy)
+	})
+	g.Go(func() error {
+		f := &hierarchy.Follower{
+			Brokers: cfg.brokers(), Topic: cfg.get("kafka.hierarchy_topic"), Tree: tree, Log: log, Opts: extra,
+			Applied: func(d time.Duration) { propagation.Observe(d.Seconds()) },
+		}
+		return f.Run(gctx, follow)
 	})
 	g.Go(func() error {
 		purgeClaims(gctx, log, proc.Ledger.(*pgledger.Ledger), cfg.duration("ingest.dedup_horizon"))
@@ -162,12 +185,13 @@ func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy 
 	return srv, ln.Addr().String(), nil
 }
 
-// followHierarchy applies new hierarchy changes from PostgreSQL to the tree
-// and refreshes the ClickHouse entities table after changes.
+// followHierarchy polls PostgreSQL for hierarchy changes the topic follower
+// has not brought yet (the relay is down, or the worker fell behind), once a
+// second, and refreshes the ClickHouse entities table after changes.
 func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 	ch driver.Conn, chs schema.ClickHouse, metrics *ingest.Metrics, healthy *atomic.Bool) error {
 	written := int64(-1)
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		v, err := r.Refresh(ctx)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -145,4 +148,87 @@ func TestDevModeCountsEverything(t *testing.T) {
 	if stored != n || own != n {
 		t.Fatalf("events table has %d, depth-0 rollups count %d; produced %d", stored, own, n)
 	}
+}
+
+// BenchmarkHierarchyPropagation commits 300 hierarchy changes, 10 ms apart,
+// while a relay and two workers run, and reports the p50 and p99 delay from
+// a change's commit to its use by a worker (the workers' histogram of
+// canopy_hierarchy_propagation_seconds, merged; bucket upper bounds).
+func BenchmarkHierarchyPropagation(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, 1)
+		e.vars = append(e.vars, "CANOPY_KAFKA_HIERARCHY_TOPIC="+e.name+".hierarchy")
+		csv := filepath.Join(b.TempDir(), "h.csv")
+		rows := []byte("id,parent_id,status,name\n1,,active,root\n")
+		for id := 2; id <= 1000; id++ {
+			rows = fmt.Appendf(rows, "%d,%d,active,e%d\n", id, 1+(id-2)/10, id)
+		}
+		if err := os.WriteFile(csv, rows, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		e.run("hierarchy", "import", csv)
+		e.startRelay(0)
+		e.waitRelayed(e.name+".hierarchy", e.maxOutboxSeq())
+		addrs := []string{freeAddr(b), freeAddr(b)}
+		for w, a := range addrs {
+			e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+a)
+			e.startWorker(w)
+			waitHTTP(b, a)
+		}
+		b.ResetTimer()
+		ctx := context.Background()
+		for c := 0; c < 300; c++ {
+			if _, err := e.pg.Exec(ctx, `update canopy.entities
+				set status = case status when 'active' then 'suspended' else 'active' end where id = $1`, 2+c%999); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(3 * time.Second)
+		b.StopTimer()
+		buckets := map[float64]float64{}
+		var count float64
+		for _, a := range addrs {
+			for k, v := range scrape(b, a) {
+				if le, ok := strings.CutPrefix(k, `canopy_hierarchy_propagation_seconds_bucket{le="`); ok {
+					bound, _ := strconv.ParseFloat(strings.TrimSuffix(le, `"}`), 64)
+					buckets[bound] += v
+				}
+				if k == "canopy_hierarchy_propagation_seconds_count" {
+					count += v
+				}
+			}
+		}
+		p50, p99 := quantile(buckets, count, 0.5), quantile(buckets, count, 0.99)
+		b.ReportMetric(p50*1000, "p50-ms")
+		b.ReportMetric(p99*1000, "p99-ms")
+		b.Logf("%0.f changes applied via the topic by 2 workers (of 600); propagation p50 <= %.0f ms, p99 <= %.0f ms", count, p50*1000, p99*1000)
+	}
+}
+
+// quantile returns the smallest bucket bound holding q of count.
+func quantile(cumulative map[float64]float64, count, q float64) float64 {
+	bounds := make([]float64, 0, len(cumulative))
+	for b := range cumulative {
+		bounds = append(bounds, b)
+	}
+	sort.Float64s(bounds)
+	for _, b := range bounds {
+		if cumulative[b] >= q*count {
+			return b
+		}
+	}
+	return math.Inf(1)
+}
+
+func waitHTTP(t testing.TB, addr string) {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil { //nolint:noctx // a probe
+			_ = resp.Body.Close()
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("worker at %s did not answer", addr)
 }
