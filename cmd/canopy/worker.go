@@ -190,7 +190,9 @@ func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy 
 // second, and refreshes the ClickHouse entities table after changes.
 func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 	ch driver.Conn, chs schema.ClickHouse, metrics *ingest.Metrics, healthy *atomic.Bool) error {
+	const entitiesEvery = 10 * time.Second
 	written := int64(-1)
+	var lastSync time.Time
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -202,7 +204,11 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 		if err == nil {
 			healthy.Store(true)
 			metrics.SetHierarchyVersion(v)
-			if v != written {
+			// The refresh rewrites every entity (paths change below a
+			// move), so under a stream of changes it runs at most every
+			// entitiesEvery rather than once per change.
+			if v != written && time.Since(lastSync) >= entitiesEvery {
+				lastSync = time.Now()
 				if werr := syncEntities(ctx, r.store, r.t, ch, chs); werr != nil {
 					log.Warn("entities table refresh failed", "err", werr)
 				} else {
