@@ -14,6 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // Message is one hierarchy change as published on the hierarchy topic (JSON,
@@ -80,7 +82,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		}
 		r.Log.Warn("relay interrupted, retrying", "err", err, "backoff", backoff)
-		if !sleepCtx(ctx, backoff) {
+		if !wait.Sleep(ctx, backoff) {
 			return nil
 		}
 		backoff = min(2*backoff, 10*time.Second)
@@ -103,7 +105,7 @@ func (r *Relay) lead(ctx context.Context) error {
 		if got {
 			break
 		}
-		if !sleepCtx(ctx, time.Second) {
+		if !wait.Sleep(ctx, time.Second) {
 			return ctx.Err()
 		}
 	}
@@ -148,7 +150,7 @@ func (r *Relay) lead(ctx context.Context) error {
 			return err
 		}
 		if len(msgs) == 0 {
-			if !sleepCtx(ctx, 100*time.Millisecond) {
+			if !wait.Sleep(ctx, 100*time.Millisecond) {
 				return ctx.Err()
 			}
 			continue
@@ -342,16 +344,5 @@ func maxSeqFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic str
 				}
 			}
 		})
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // WorkerConfig configures a consumer-group worker.
@@ -113,7 +115,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 		// a commit never covers a partition this member no longer owns.
 		kgo.BlockRebalanceOnPoll(),
 		kgo.SessionTimeout(cfg.SessionTimeout),
-		kgo.HeartbeatInterval(minDuration(3*time.Second, cfg.SessionTimeout/3)),
+		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/3)),
 		kgo.FetchMaxWait(cfg.FetchMaxWait),
 		kgo.FetchMinBytes(1 << 20),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
@@ -150,10 +152,10 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 					break
 				}
 				w.log.Warn("acquire lease failed, retrying", "topic", topic, "partition", p, "err", err)
-				if !sleep(ctx, backoff) {
+				if !wait.Sleep(ctx, backoff) {
 					return
 				}
-				backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+				backoff = min(2*backoff, w.cfg.RetryBackoffMax)
 			}
 		}
 	}
@@ -176,10 +178,10 @@ func topicID(ctx context.Context, cl *kgo.Client, topic string, log *slog.Logger
 			return ""
 		}
 		log.Warn("topic metadata failed, retrying", "topic", topic, "err", err)
-		if !sleep(ctx, backoff) {
+		if !wait.Sleep(ctx, backoff) {
 			return ""
 		}
-		backoff = minDuration(2*backoff, maxBackoff)
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
@@ -335,10 +337,10 @@ func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Recor
 		default:
 			w.proc.Metrics.batchError("transient")
 			w.log.Warn("batch failed, retrying", "err", err, "backoff", backoff)
-			if !sleep(ctx, backoff) {
+			if !wait.Sleep(ctx, backoff) {
 				return done, false
 			}
-			backoff = minDuration(2*backoff, w.cfg.RetryBackoffMax)
+			backoff = min(2*backoff, w.cfg.RetryBackoffMax)
 		}
 	}
 	return done, false
@@ -406,22 +408,4 @@ func (w *Worker) commit(ctx context.Context, offsets map[string]map[int32]kgo.Ep
 
 func (w *Worker) close() {
 	w.cl.Close() // leaves the group
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-func minDuration(a, b time.Duration) time.Duration {
-	if a < b {
-		return a
-	}
-	return b
 }
