@@ -42,10 +42,11 @@ func TestAncestorsAsOf(t *testing.T) {
 		{"before any move, as of 3", 3, day(12), 3, []int64{3, 1}},
 		{"after the move, as of 4", 3, day(12), 4, []int64{3, 2}},
 		{"the 7th as of 4: the move is later", 3, day(7), 4, []int64{3, 1}},
-		{"the 12th as of 5: the back-dated version is older than the move", 3, day(12), 5, []int64{3, 2}},
+		{"the 12th as of 5: the back-dated change superseded the move", 3, day(12), 5, []int64{3, 1}},
+		{"the 12th as of 4 still sees the move", 3, day(12), 4, []int64{3, 2}},
 		{"the 6th as of 5", 3, day(6), 5, []int64{3, 1}},
 		{"unknown before creation", 4, day(12), 5, nil},
-		{"known after creation", 4, day(12), 6, []int64{4, 3, 2}},
+		{"known after creation", 4, day(12), 6, []int64{4, 3, 1}},
 		{"latest", 4, day(25), 7, []int64{4, 3, 2}},
 		{"latest equals Ancestors", 3, day(2), 100, []int64{3, 1}},
 	}

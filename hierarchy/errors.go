@@ -26,8 +26,10 @@ var (
 	// ErrDeleteRefused: entities are never deleted, only closed, so that
 	// history and past rollups keep their meaning.
 	ErrDeleteRefused = errors.New("hierarchy: entities cannot be deleted, close them instead")
-	// ErrBackDated: the effective time precedes the entity's last change.
-	ErrBackDated = errors.New("hierarchy: back-dated change before the entity's last change is not supported yet")
+	// ErrFutureChange: the effective time lies in the future; the hierarchy
+	// has no scheduled changes. (A back-dated change is allowed: it corrects
+	// the history, see schema/postgres/0002_backdated_changes.sql.)
+	ErrFutureChange = errors.New("hierarchy: a change cannot take effect in the future")
 	// ErrBadStatus: a status name other than active, suspended, closed.
 	ErrBadStatus = errors.New("hierarchy: bad status")
 	// ErrInvalidImport: the import file breaks a rule; nothing was written.
@@ -40,7 +42,7 @@ const (
 	codeClosedParent = "CN002"
 	codeNoParent     = "CN003"
 	codeDelete       = "CN004"
-	codeBackDated    = "CN005"
+	codeFuture       = "CN008"
 
 	codeForeignKey = "23503"
 	codeUnique     = "23505"
@@ -63,8 +65,8 @@ func classify(err error) error {
 		sentinel = ErrUnknownParent
 	case codeDelete:
 		sentinel = ErrDeleteRefused
-	case codeBackDated:
-		sentinel = ErrBackDated
+	case codeFuture:
+		sentinel = ErrFutureChange
 	case codeForeignKey:
 		sentinel = ErrUnknownParent
 	case codeUnique:

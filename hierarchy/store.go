@@ -268,3 +268,84 @@ func (s *Store) EntityRows(ctx context.Context, fn func(EntityRow) error) error 
 	}
 	return nil
 }
+
+// Recorded is a history row as the restater needs it: the change, the
+// entity's name from then on, and whether it corrected (superseded) later
+// versions.
+type Recorded struct {
+	Change
+	Name       string
+	Supersedes bool
+}
+
+// Recorded returns the history rows with seq in (after, upTo], in seq order.
+func (s *Store) Recorded(ctx context.Context, after, upTo int64) ([]Recorded, error) {
+	rows, err := s.pool.Query(ctx, `
+		select h.seq, h.id, coalesce(h.parent_id, 0),
+		       case h.status when 'active' then 0 when 'suspended' then 1 when 'closed' then 2 else 255 end,
+		       h.valid_from, coalesce(h.name, ''),
+		       exists (select 1 from canopy.entity_history o where o.id = h.id and o.superseded_by = h.seq)
+		  from canopy.entity_history h
+		 where h.seq > $1 and h.seq <= $2
+		 order by h.seq`, after, upTo)
+	if err != nil {
+		return nil, fmt.Errorf("hierarchy: history %d…%d: %w", after, upTo, err)
+	}
+	defer rows.Close()
+	var out []Recorded
+	for rows.Next() {
+		var (
+			r      Recorded
+			status int16
+			from   pgtype.Timestamptz
+		)
+		if err := rows.Scan(&r.Seq, &r.ID, &r.ParentID, &status, &from, &r.Name, &r.Supersedes); err != nil {
+			return nil, fmt.Errorf("hierarchy: history: %w", err)
+		}
+		r.Status = Status(status)
+		r.ValidFrom = fromTimestamptz(from)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("hierarchy: history: %w", err)
+	}
+	return out, nil
+}
+
+// LatestSeq returns the highest history seq committed, 0 when there is none.
+func (s *Store) LatestSeq(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := s.pool.QueryRow(ctx, `select coalesce(max(seq), 0) from canopy.entity_history`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("hierarchy: latest seq: %w", err)
+	}
+	return seq, nil
+}
+
+// EntitiesByID returns the current rows of the given ids (unknown ids are
+// left out), in id order.
+func (s *Store) EntitiesByID(ctx context.Context, ids []int64) ([]EntityRow, error) {
+	rows, err := s.pool.Query(ctx, `select id, coalesce(parent_id, 0), coalesce(name, ''), status, updated_at
+		from canopy.entities where id = any($1) order by id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("hierarchy: read entities: %w", err)
+	}
+	defer rows.Close()
+	var out []EntityRow
+	for rows.Next() {
+		var (
+			r      EntityRow
+			status string
+		)
+		if err := rows.Scan(&r.ID, &r.ParentID, &r.Name, &status, &r.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("hierarchy: read entities: %w", err)
+		}
+		if r.Status, err = ParseStatus(status); err != nil {
+			return nil, fmt.Errorf("hierarchy: entity %d: %w", r.ID, err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("hierarchy: read entities: %w", err)
+	}
+	return out, nil
+}

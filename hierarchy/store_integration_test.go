@@ -405,12 +405,42 @@ func TestEffectiveAt(t *testing.T) {
 	if as, _ := tr.Ancestors(3, d5, nil); len(as) != 2 || as[1].ID != 1 {
 		t.Fatalf("as-was at d5 = %v, want under 1", as)
 	}
+	// Back-dated: from d5 on, 3 was really under 1. The d10 version is
+	// superseded; the d0 version is cut at d5.
+	if err := s.Move(ctx, 3, 1, &d5); err != nil {
+		t.Fatalf("back-dated move: %v", err)
+	}
+	if got := count(t, pool, `select count(*) from canopy.entity_history
+		where id = 3 and ((parent_id = 1 and valid_from = $1 and valid_to = $2 and superseded_by is null)
+		               or (parent_id = 2 and valid_from = $3 and valid_to = $3 and superseded_by is not null)
+		               or (parent_id = 1 and valid_from = $2 and valid_to is null))`, d0, d5, d10); got != 3 {
+		t.Fatalf("history of 3 after the back-dated move: %d matching rows, want 3", got)
+	}
+	tr2, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		at   time.Time
+		want int64
+	}{{d0, 1}, {d5, 1}, {d10.Add(time.Hour), 1}} {
+		if as, _ := tr2.Ancestors(3, tc.at, nil); len(as) != 2 || as[1].ID != tc.want {
+			t.Fatalf("after correction, as-was at %v = %v, want under %d", tc.at, as, tc.want)
+		}
+	}
+	// The tree loaded before the correction still answers the old history
+	// for its version (a replayed batch resolves as it did).
+	if as, _ := tr2.AncestorsAsOf(3, d10.Add(time.Hour), tr.Version(), nil); len(as) != 2 || as[1].ID != 2 {
+		t.Fatalf("as of the old version, 3 at d10 = %v, want under 2", as)
+	}
+
 	before := snapshot(t, pool)
-	if err := s.Move(ctx, 3, 1, &d5); !errors.Is(err, ErrBackDated) {
-		t.Fatalf("back-dated move: %v, want ErrBackDated", err)
+	future := time.Now().Add(time.Hour)
+	if err := s.Move(ctx, 3, 2, &future); !errors.Is(err, ErrFutureChange) {
+		t.Fatalf("move in the future: %v, want ErrFutureChange", err)
 	}
 	if snapshot(t, pool) != before {
-		t.Fatal("refused back-dated move wrote")
+		t.Fatal("refused future move wrote")
 	}
 }
 

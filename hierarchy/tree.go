@@ -107,6 +107,18 @@ type Tree struct {
 	ovFrom   []int64
 	ovNext   []int32
 	ovSeq    []int64
+	// ovDead maps an overflow version superseded by a back-dated change to
+	// that change's Seq: from then on the version never was.
+	ovDead map[int32]int64
+
+	// The current structure as child lists (first child, next sibling), for
+	// walking a subtree down.
+	child   []int32
+	sibling []int32
+	// formerChildren maps a parent to the entities that had it as their
+	// current parent once and left: with child, it reaches every entity that
+	// was ever below a given one.
+	formerChildren map[int32][]int32
 
 	// slots maps hash(id) to index+1 (0 = empty), linear probing;
 	// len(slots) is a power of two kept at least twice len(nodes).
@@ -127,7 +139,7 @@ type node struct {
 
 // NewTree returns an empty Tree.
 func NewTree() *Tree {
-	t := &Tree{}
+	t := &Tree{ovDead: map[int32]int64{}, formerChildren: map[int32][]int32{}}
 	t.rehash(1 << 10)
 	return t
 }
@@ -138,11 +150,15 @@ var (
 	errBadParent = errors.New("hierarchy: parent id must be 0 (root) or a positive id other than the entity's own")
 )
 
-// Apply adds the version c. Versions of one entity are kept sorted by
-// ValidFrom, so a back-dated change (ValidFrom before the entity's latest
-// version) is inserted in order; versions with equal ValidFrom resolve to the
-// one applied last. A change whose Seq is not above Version has been applied
-// already and is ignored, which makes replaying a change feed idempotent.
+// Apply adds the version c. Usually c starts at or after the entity's latest
+// version and becomes the latest; among versions with equal ValidFrom the one
+// applied last wins. A back-dated change (ValidFrom before the entity's
+// latest version) corrects the history, as the PostgreSQL trigger does: the
+// versions starting at or after c.ValidFrom are superseded (for lookups as
+// of c.Seq or later; older lookups still see them) and c is the latest
+// version from its ValidFrom on. A change whose Seq is not above Version has
+// been applied already and is ignored, which makes replaying a change feed
+// idempotent.
 //
 // A parent that has no version yet is accepted: its slot is reserved and
 // Ancestors reports chains through it as unknown until it arrives.
@@ -166,30 +182,63 @@ func (t *Tree) Apply(c Change) error {
 		p = t.intern(c.ParentID)
 	}
 	from := micros(c.ValidFrom)
+	n := &t.nodes[idx]
 	switch {
 	case t.status[idx] == statusNone:
-		t.nodes[idx].parent, t.status[idx], t.nodes[idx].from, t.seq[idx] = p, c.Status, from, c.Seq
+		n.parent, t.status[idx], n.from, t.seq[idx] = p, c.Status, from, c.Seq
+		t.link(idx, p)
 		t.n++
-	case from >= t.nodes[idx].from:
-		// The common case: the new version becomes the latest.
-		t.nodes[idx].older = t.pushOverflow(t.nodes[idx].parent, t.status[idx], t.nodes[idx].from, t.seq[idx], t.nodes[idx].older)
-		t.nodes[idx].parent, t.status[idx], t.nodes[idx].from, t.seq[idx] = p, c.Status, from, c.Seq
 	default:
-		// Back-dated: insert before the first older version with from <= c's,
-		// so that among equal times the later-applied version wins.
-		prev, cur := int32(-1), t.nodes[idx].older
-		for cur >= 0 && t.ovFrom[cur] > from {
-			prev, cur = cur, t.ovNext[cur]
+		old := n.parent
+		back := from < n.from
+		n.older = t.pushOverflow(n.parent, t.status[idx], n.from, t.seq[idx], n.older)
+		if back {
+			// Supersede every live version starting at or after from. The
+			// list is newest first, so they form its live head.
+			for v := n.older; v >= 0 && t.ovFrom[v] >= from; v = t.ovNext[v] {
+				if _, dead := t.ovDead[v]; !dead {
+					t.ovDead[v] = c.Seq
+				}
+			}
 		}
-		n := t.pushOverflow(p, c.Status, from, c.Seq, cur)
-		if prev < 0 {
-			t.nodes[idx].older = n
-		} else {
-			t.ovNext[prev] = n
+		n.parent, t.status[idx], n.from, t.seq[idx] = p, c.Status, from, c.Seq
+		if old != p {
+			t.unlink(idx, old)
+			t.link(idx, p)
+			if old >= 0 {
+				t.formerChildren[old] = append(t.formerChildren[old], idx)
+			}
 		}
 	}
 	t.version = c.Seq
 	return nil
+}
+
+// link makes idx the first child of p (-1 = root: nothing to link).
+func (t *Tree) link(idx, p int32) {
+	if p < 0 {
+		return
+	}
+	t.sibling[idx] = t.child[p]
+	t.child[p] = idx
+}
+
+// unlink removes idx from p's children, O(siblings).
+func (t *Tree) unlink(idx, p int32) {
+	if p < 0 {
+		return
+	}
+	if t.child[p] == idx {
+		t.child[p] = t.sibling[idx]
+	} else {
+		for c := t.child[p]; c >= 0; c = t.sibling[c] {
+			if t.sibling[c] == idx {
+				t.sibling[c] = t.sibling[idx]
+				break
+			}
+		}
+	}
+	t.sibling[idx] = -1
 }
 
 func (t *Tree) pushOverflow(p int32, s Status, from, seq int64, next int32) int32 {
@@ -250,7 +299,7 @@ func (t *Tree) versionAsOf(idx int32, at, asOf int64) (int32, Status, bool) {
 		if n.from <= at || n.older < 0 {
 			return n.parent, t.status[idx], true
 		}
-		if asOf >= t.version {
+		if asOf >= t.version && len(t.ovDead) == 0 {
 			p, s := t.versionAt(idx, at)
 			return p, s, true
 		}
@@ -270,6 +319,11 @@ func (t *Tree) versionAsOf(idx int32, at, asOf int64) (int32, Status, bool) {
 		if t.ovSeq[v] > asOf {
 			continue
 		}
+		if len(t.ovDead) > 0 {
+			if d, dead := t.ovDead[v]; dead && d <= asOf {
+				continue
+			}
+		}
 		if t.ovFrom[v] <= at {
 			return t.ovParent[v], t.ovStatus[v], true
 		}
@@ -283,6 +337,10 @@ func (t *Tree) versionAt(idx int32, at int64) (int32, Status) {
 	n := &t.nodes[idx]
 	if n.from <= at || n.older < 0 {
 		return n.parent, t.status[idx]
+	}
+	if len(t.ovDead) > 0 {
+		p, s, _ := t.versionAsOf(idx, at, math.MaxInt64-1)
+		return p, s
 	}
 	v := n.older
 	for t.ovFrom[v] > at && t.ovNext[v] >= 0 {
@@ -401,6 +459,8 @@ func (t *Tree) intern(id int64) int32 {
 	}
 	idx := int32(len(t.nodes))
 	t.nodes = append(t.nodes, node{id: id, parent: -1, older: -1})
+	t.child = append(t.child, -1)
+	t.sibling = append(t.sibling, -1)
 	t.status = append(t.status, statusNone)
 	t.seq = append(t.seq, 0)
 	t.insertSlot(id, idx)
@@ -426,4 +486,66 @@ func (t *Tree) rehash(size int) {
 	for idx := range t.nodes {
 		t.insertSlot(t.nodes[idx].id, int32(idx))
 	}
+}
+
+// Subtree returns id and every entity below it in the current hierarchy,
+// parents before children; nil if id is unknown.
+func (t *Tree) Subtree(id int64) []int64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	idx, ok := t.find(id)
+	if !ok || t.status[idx] == statusNone {
+		return nil
+	}
+	return t.walkDown(idx, false)
+}
+
+// Related returns id and every entity that is or ever was below it in any
+// version of the history (a superset of those whose as-was chains pass
+// through id at some time), parents before children; nil if id is unknown.
+func (t *Tree) Related(id int64) []int64 {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	idx, ok := t.find(id)
+	if !ok || t.status[idx] == statusNone {
+		return nil
+	}
+	return t.walkDown(idx, true)
+}
+
+func (t *Tree) walkDown(root int32, former bool) []int64 {
+	var (
+		out   []int64
+		queue = []int32{root}
+		seen  map[int32]bool
+	)
+	if former {
+		seen = map[int32]bool{root: true}
+	}
+	for len(queue) > 0 {
+		idx := queue[0]
+		queue = queue[1:]
+		out = append(out, t.nodes[idx].id)
+		for c := t.child[idx]; c >= 0; c = t.sibling[c] {
+			if former {
+				if seen[c] {
+					continue
+				}
+				seen[c] = true
+			}
+			queue = append(queue, c)
+		}
+		if former {
+			for _, c := range t.formerChildren[idx] {
+				if !seen[c] {
+					seen[c] = true
+					queue = append(queue, c)
+				}
+			}
+		}
+		if len(out) > len(t.nodes) {
+			break // a cycle in bad data
+		}
+	}
+	return out
 }

@@ -68,8 +68,8 @@ func TestTreeAncestors(t *testing.T) {
 		{name: "unknown id", changes: base, id: 99, at: day(1), want: nil},
 		{name: "back-dated before it", changes: backdated, id: 4, at: day(4), want: []string{"4", "2", "1"}},
 		{name: "back-dated in force", changes: backdated, id: 4, at: day(7), want: []string{"4", "1"}},
-		{name: "back-dated superseded", changes: backdated, id: 4, at: day(12), want: []string{"4", "3", "1"}},
-		{name: "back-dated leaves latest", changes: backdated, id: 4, at: day(25), want: []string{"4", "2:suspended", "1"}},
+		{name: "back-dated supersedes the later move", changes: backdated, id: 4, at: day(12), want: []string{"4", "1"}},
+		{name: "back-dated supersedes the latest version", changes: backdated, id: 4, at: day(25), want: []string{"4", "1"}},
 		{name: "cycle guard", changes: cycle, id: 3, at: day(1), want: nil},
 		{name: "parent without version", changes: []Change{{Seq: 1, ID: 5, ParentID: 6}}, id: 5, at: day(1), want: nil},
 		{name: "reserved parent is unknown itself", changes: []Change{{Seq: 1, ID: 5, ParentID: 6}}, id: 6, at: day(1), want: nil},
@@ -359,4 +359,79 @@ func BenchmarkTreeMemory(b *testing.B) {
 		runtime.KeepAlive(tr)
 	}
 	runtime.KeepAlive(es)
+}
+
+func TestTreeSupersededVersionsStayForOlderLookups(t *testing.T) {
+	tr := NewTree()
+	for _, c := range []Change{
+		{Seq: 1, ID: 1},
+		{Seq: 2, ID: 2, ParentID: 1},
+		{Seq: 3, ID: 3, ParentID: 1},
+		{Seq: 4, ID: 4, ParentID: 2, ValidFrom: day(0)},
+		{Seq: 5, ID: 4, ParentID: 3, ValidFrom: day(10)},
+		{Seq: 6, ID: 4, ParentID: 2, ValidFrom: day(20)},
+		{Seq: 7, ID: 4, ParentID: 1, ValidFrom: day(5)},  // supersedes 5 and 6
+		{Seq: 8, ID: 4, ParentID: 3, ValidFrom: day(30)}, // a normal move after it
+	} {
+		if err := tr.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		at   time.Time
+		asOf int64
+		want []string
+	}{
+		{day(12), 6, []string{"4", "3", "1"}},
+		{day(25), 6, []string{"4", "2", "1"}},
+		{day(12), 7, []string{"4", "1"}},
+		{day(25), 7, []string{"4", "1"}},
+		{day(2), 7, []string{"4", "2", "1"}},
+		{day(31), 8, []string{"4", "3", "1"}},
+		{day(25), 8, []string{"4", "1"}},
+	} {
+		got, ok := tr.AncestorsAsOf(4, tc.at, tc.asOf, nil)
+		if !ok || !slices.Equal(chain(got), tc.want) {
+			t.Errorf("AncestorsAsOf(4, %s, %d) = %v, want %v", tc.at.Format(time.DateOnly), tc.asOf, chain(got), tc.want)
+		}
+	}
+	if p, _, _ := tr.Current(4); p != 3 {
+		t.Errorf("current parent of 4 = %d, want 3", p)
+	}
+}
+
+func TestTreeSubtreeAndRelated(t *testing.T) {
+	// 1 ─┬─ 2 ── 4 ── 5
+	//    └─ 3
+	// then 4 moves under 3.
+	tr := NewTree()
+	for _, c := range []Change{
+		{Seq: 1, ID: 1}, {Seq: 2, ID: 2, ParentID: 1}, {Seq: 3, ID: 3, ParentID: 1},
+		{Seq: 4, ID: 4, ParentID: 2}, {Seq: 5, ID: 5, ParentID: 4},
+		{Seq: 6, ID: 4, ParentID: 3, ValidFrom: day(10)},
+	} {
+		if err := tr.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sorted := func(ids []int64) []int64 { ids = slices.Clone(ids); slices.Sort(ids); return ids }
+	for _, tc := range []struct {
+		name string
+		got  []int64
+		want []int64
+	}{
+		{"subtree of 2", tr.Subtree(2), []int64{2}},
+		{"subtree of 3", tr.Subtree(3), []int64{3, 4, 5}},
+		{"subtree of 1", tr.Subtree(1), []int64{1, 2, 3, 4, 5}},
+		{"related of 2", tr.Related(2), []int64{2, 4, 5}},
+		{"related of 3", tr.Related(3), []int64{3, 4, 5}},
+		{"unknown", tr.Subtree(99), nil},
+	} {
+		if !slices.Equal(sorted(tc.got), tc.want) {
+			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+	if got := tr.Subtree(3); got[0] != 3 {
+		t.Errorf("subtree does not start at its root: %v", got)
+	}
 }

@@ -22,8 +22,8 @@ type Rollup struct {
 	index map[rollupSlot]int
 	types map[string]uint16 // type → small id, so map keys hash no strings
 	Keys  []RollupKey
-	// Events[row] is the number of events of row.
-	Events []uint64
+	// Events[row] is the number of events of row (negative in a correction).
+	Events []int64
 	// Sums[m][row] is the sum of measure m for row.
 	Sums [][]schema.Sum128
 }
@@ -43,6 +43,38 @@ func NewRollup(n int) *Rollup {
 
 // Add adds one event's measures to the row of key k.
 func (r *Rollup) Add(k RollupKey, measures []int64) {
+	row := r.row(k)
+	r.Events[row]++
+	for m, v := range measures {
+		r.Sums[m][row].Add(v)
+	}
+}
+
+// Sub subtracts one event's measures from the row of key k.
+func (r *Rollup) Sub(k RollupKey, measures []int64) {
+	row := r.row(k)
+	r.Events[row]--
+	for m, v := range measures {
+		var x schema.Sum128
+		x.Add(v)
+		r.Sums[m][row].AddSum(x.Neg())
+	}
+}
+
+// AddRow adds sign × (events, sums) to the row of key k: restatements move
+// whole rows.
+func (r *Rollup) AddRow(k RollupKey, events int64, sums []schema.Sum128, sign int64) {
+	row := r.row(k)
+	r.Events[row] += sign * events
+	for m, v := range sums {
+		if sign < 0 {
+			v = v.Neg()
+		}
+		r.Sums[m][row].AddSum(v)
+	}
+}
+
+func (r *Rollup) row(k RollupKey) int {
 	t, ok := r.types[k.Type]
 	if !ok {
 		t = uint16(len(r.types)) //nolint:gosec // a batch has far fewer than 65536 types
@@ -59,10 +91,32 @@ func (r *Rollup) Add(k RollupKey, measures []int64) {
 			r.Sums[m] = append(r.Sums[m], schema.Sum128{})
 		}
 	}
-	r.Events[row]++
-	for m, v := range measures {
-		r.Sums[m][row].Add(v)
+	return row
+}
+
+// Compact drops the rows whose count and sums are all zero (a correction
+// that moved something out and back in).
+func (r *Rollup) Compact() {
+	keep := 0
+	for i := range r.Keys {
+		zero := r.Events[i] == 0
+		for m := range r.Sums {
+			zero = zero && r.Sums[m][i].IsZero()
+		}
+		if zero {
+			continue
+		}
+		r.Keys[keep], r.Events[keep] = r.Keys[i], r.Events[i]
+		for m := range r.Sums {
+			r.Sums[m][keep] = r.Sums[m][i]
+		}
+		keep++
 	}
+	r.Keys, r.Events = r.Keys[:keep], r.Events[:keep]
+	for m := range r.Sums {
+		r.Sums[m] = r.Sums[m][:keep]
+	}
+	r.index = nil
 }
 
 // Len is the number of rows.
@@ -78,7 +132,7 @@ func (r *Rollup) Sort() {
 	}
 	sort.Slice(perm, func(i, j int) bool { return r.Keys[perm[i]].less(&r.Keys[perm[j]]) })
 	keys := make([]RollupKey, len(perm))
-	events := make([]uint64, len(perm))
+	events := make([]int64, len(perm))
 	for i, p := range perm {
 		keys[i], events[i] = r.Keys[p], r.Events[p]
 	}
@@ -110,6 +164,54 @@ const (
 	secondsPerHour = 3600
 	secondsPerDay  = 86400
 )
+
+// addDaily adds (sign 1) or subtracts (sign -1) ev to the daily rollup once
+// per link of chain.
+func addDaily(daily *Rollup, ev *Event, chain []Ancestor, sign int) {
+	unix := ev.OccurredAt.Unix()
+	day := unix - unix%secondsPerDay
+	for _, a := range chain {
+		k := RollupKey{EntityID: a.ID, Bucket: day, Depth: a.Depth, Type: ev.Type}
+		if sign < 0 {
+			daily.Sub(k, ev.Measures)
+		} else {
+			daily.Add(k, ev.Measures)
+		}
+	}
+}
+
+// AddFanout adds (sign 1) or subtracts (sign -1) ev to the hourly and daily
+// rollups once per link of chain: what a restatement moves.
+func AddFanout(hourly, daily *Rollup, ev *Event, chain []Ancestor, sign int) {
+	if sign > 0 {
+		addFanout(hourly, daily, ev, chain)
+		return
+	}
+	unix := ev.OccurredAt.Unix()
+	hour := unix - unix%secondsPerHour
+	day := unix - unix%secondsPerDay
+	for _, a := range chain {
+		hourly.Sub(RollupKey{EntityID: a.ID, Bucket: hour, Depth: a.Depth, Type: ev.Type}, ev.Measures)
+		daily.Sub(RollupKey{EntityID: a.ID, Bucket: day, Depth: a.Depth, Type: ev.Type}, ev.Measures)
+	}
+}
+
+// Merge returns the sorted sum of sorted rollups, without zero rows.
+func Merge(rs ...*Rollup) *Rollup {
+	out := NewRollup(len(rs[0].Sums))
+	sums := make([]schema.Sum128, len(rs[0].Sums))
+	for _, r := range rs {
+		for i, k := range r.Keys {
+			for m := range sums {
+				sums[m] = r.Sums[m][i]
+			}
+			out.AddRow(k, r.Events[i], sums, 1)
+		}
+	}
+	out.Sort()
+	out.Compact()
+	return out
+}
 
 // addFanout adds ev to the hourly and daily rollups once per link of chain.
 func addFanout(hourly, daily *Rollup, ev *Event, chain []Ancestor) {

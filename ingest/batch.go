@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -99,9 +100,10 @@ func cut(recs []Record, last int64) int {
 }
 
 type decoded struct {
-	ev     Event
-	offset int64
-	chain  []Ancestor
+	ev      Event
+	offset  int64
+	chain   []Ancestor // as-was
+	current []Ancestor // as-is, when it differs from chain
 }
 
 // attempt processes exactly the records of in. again is true when Begin
@@ -137,6 +139,17 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		}
 		chainBuf = append(chainBuf, chain...)
 		d.chain = chainBuf[start:len(chainBuf):len(chainBuf)]
+		start = len(chainBuf)
+		current, ok := expandCurrent(p.Resolver, &d.ev, in.HierarchyVersion, p.Suspended, chainBuf[start:])
+		if !ok {
+			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
+				fmt.Sprintf("entity %d has a broken ancestor chain (version %d)", d.ev.EntityID, in.HierarchyVersion)))
+			continue
+		}
+		if !SameLinks(current, d.chain) {
+			chainBuf = append(chainBuf, current...)
+			d.current = chainBuf[start:len(chainBuf):len(chainBuf)]
+		}
 		if seen[d.ev.ID] {
 			counts.Duplicates++ // the earlier record of this batch owns the id
 			continue
@@ -160,6 +173,20 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 
 	got, owned, err := p.Ledger.Begin(ctx, epoch, in, claims)
+	if errors.Is(err, ErrHierarchyBehind) && !in.Replay && mayRefresh {
+		// The restater has fenced off older versions: catch up and resolve
+		// the batch again.
+		if r, ok := p.Resolver.(Refresher); ok {
+			v, rerr := r.Refresh(ctx)
+			if rerr != nil {
+				return in, false, fmt.Errorf("refresh hierarchy: %w", rerr)
+			}
+			if v > in.HierarchyVersion {
+				in.HierarchyVersion = v
+				return in, true, nil
+			}
+		}
+	}
 	if err != nil {
 		return in, false, err
 	}
@@ -168,7 +195,9 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 	in = got
 
-	b := &Batch{Intent: in, Hourly: NewRollup(len(p.Decoder.measures)), Daily: NewRollup(len(p.Decoder.measures))}
+	nm := len(p.Decoder.measures)
+	b := &Batch{Intent: in, Hourly: NewRollup(nm), Daily: NewRollup(nm)}
+	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range valid {
 		d := &valid[i]
 		if !owned[d.offset] {
@@ -177,9 +206,20 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		}
 		b.Events = append(b.Events, Accepted{Event: d.ev, Offset: d.offset})
 		addFanout(b.Hourly, b.Daily, &d.ev, d.chain)
+		if d.current != nil {
+			if moved == nil {
+				moved = NewRollup(nm)
+			}
+			addDaily(moved, &d.ev, d.chain, -1)
+			addDaily(moved, &d.ev, d.current, 1)
+		}
 	}
 	b.Hourly.Sort()
 	b.Daily.Sort()
+	b.AsIs = b.Daily
+	if moved != nil {
+		b.AsIs = Merge(b.Daily, moved)
+	}
 	counts.Accepted = uint32(len(b.Events))
 	counts.DeadLettered = uint32(len(failures))
 	b.Counts = counts

@@ -29,10 +29,13 @@ func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 		if err := s.insertEvents(ctx, b); err != nil {
 			return err
 		}
-		if err := s.insertRollup(ctx, schema.TableRollupHourly, "DateTime('UTC')", b.Hourly, unit); err != nil {
+		if err := s.WriteRollup(ctx, schema.TableRollupHourly, b.Hourly, unit, 0); err != nil {
 			return err
 		}
-		if err := s.insertRollup(ctx, schema.TableRollupDaily, "Date", b.Daily, unit); err != nil {
+		if err := s.WriteRollup(ctx, schema.TableRollupDaily, b.Daily, unit, 0); err != nil {
+			return err
+		}
+		if err := s.WriteRollup(ctx, schema.TableRollupAsIs, b.AsIs, unit, b.Intent.PendingVersion); err != nil {
 			return err
 		}
 	}
@@ -117,7 +120,23 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 	return send(batch, schema.TableEvents, cols)
 }
 
-func (s *ClickHouseSink) insertRollup(ctx context.Context, table, bucketType string, r *Rollup, unit string) error {
+// WriteRollup inserts r into one of the rollup tables as one block; pending
+// is the pending_version of rollup_daily_current rows (ignored elsewhere).
+func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollup, unit string, pending int64) error {
+	if r.Len() == 0 {
+		return nil
+	}
+	var cols []schema.Column
+	switch table {
+	case schema.TableRollupHourly:
+		cols = s.Schema.RollupColumns("DateTime('UTC')")
+	case schema.TableRollupDaily:
+		cols = s.Schema.RollupColumns("Date")
+	case schema.TableRollupAsIs:
+		cols = s.Schema.AsIsColumns()
+	default:
+		return fmt.Errorf("write rollup: %s is not a rollup table", table)
+	}
 	ms := s.Schema.Measures
 	n := r.Len()
 	entities := make([]uint64, n)
@@ -132,7 +151,7 @@ func (s *ClickHouseSink) insertRollup(ctx context.Context, table, bucketType str
 		types[i] = k.Type
 		units[i] = unit
 	}
-	cols := [][]any{{entities}, {buckets}, {depths}, {types}, {r.Events}}
+	vals := [][]any{{entities}, {buckets}, {depths}, {types}, {r.Events}}
 	for m, meas := range ms {
 		if meas.Kind == schema.KindDecimal {
 			col := make([]decimal.Decimal, n)
@@ -143,21 +162,28 @@ func (s *ClickHouseSink) insertRollup(ctx context.Context, table, bucketType str
 					col[i] = decimal.NewFromBigInt(sum.Big(), -int32(meas.Scale)) //nolint:gosec // scale <= 9
 				}
 			}
-			cols = append(cols, []any{col})
+			vals = append(vals, []any{col})
 		} else {
 			col := make([]int64, n)
 			for i, sum := range r.Sums[m] {
 				col[i] = int64(sum.Lo) //nolint:gosec // Int64 sums wrap as ClickHouse's do
 			}
-			cols = append(cols, []any{col})
+			vals = append(vals, []any{col})
 		}
 	}
-	cols = append(cols, []any{units})
-	batch, err := s.prepare(ctx, table, s.Schema.RollupColumns(bucketType))
+	if table == schema.TableRollupAsIs {
+		tags := make([]uint64, n)
+		for i := range tags {
+			tags[i] = uint64(pending) //nolint:gosec // versions are >= 0
+		}
+		vals = append(vals, []any{tags})
+	}
+	vals = append(vals, []any{units})
+	batch, err := s.prepare(ctx, table, cols)
 	if err != nil {
 		return err
 	}
-	return send(batch, table, cols)
+	return send(batch, table, vals)
 }
 
 func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {

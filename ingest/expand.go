@@ -46,9 +46,27 @@ const (
 	SuspendedSkip
 )
 
-// expand returns the chain of ev's entity with the policy applied.
+// EndOfTime is later than any event: the hierarchy "as it is" at a version
+// is its state at EndOfTime (changes never take effect in the future).
+var EndOfTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// expand returns the chain of ev's entity as it was at the event's time,
+// with the policy applied.
 func expand(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
-	chain, ok := r.Ancestors(ev.EntityID, ev.OccurredAt, asOf, buf[:0])
+	return Chain(r, ev.EntityID, ev.OccurredAt, asOf, policy, buf)
+}
+
+// expandCurrent returns the chain of ev's entity as the hierarchy is at
+// version asOf (as-is), with the policy applied to the current statuses.
+func expandCurrent(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
+	return Chain(r, ev.EntityID, EndOfTime, asOf, policy, buf)
+}
+
+// Chain appends the chain of id at time at, using hierarchy changes up to
+// asOf, with the policy applied: what a batch resolved with version asOf
+// attributes an event of id at `at` to.
+func Chain(r Resolver, id int64, at time.Time, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
+	chain, ok := r.Ancestors(id, at, asOf, buf[:0])
 	if !ok || policy == SuspendedInclude {
 		return chain, ok
 	}
@@ -59,4 +77,18 @@ func expand(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Anc
 		}
 	}
 	return out, true
+}
+
+// SameLinks reports whether two chains name the same entities at the same
+// depths.
+func SameLinks(a, b []Ancestor) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].ID != b[i].ID || a[i].Depth != b[i].Depth {
+			return false
+		}
+	}
+	return true
 }

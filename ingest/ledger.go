@@ -25,9 +25,14 @@ type Source struct {
 type Intent struct {
 	Source
 	HierarchyVersion int64
-	CreatedAt        time.Time // becomes events.ingested_at and ingest_acks.processed_at
-	Replay           bool      // an earlier attempt recorded this intent
-	Done             bool      // that attempt finished: every block and the ack are written
+	// PendingVersion tags the batch's rollup_daily_current rows: 0 when
+	// every hierarchy change up to HierarchyVersion had been restated when
+	// the batch began, else HierarchyVersion (docs/hierarchy.md). Begin sets
+	// it.
+	PendingVersion int64
+	CreatedAt      time.Time // becomes events.ingested_at and ingest_acks.processed_at
+	Replay         bool      // an earlier attempt recorded this intent
+	Done           bool      // that attempt finished: every block and the ack are written
 }
 
 // Claim asks for ownership of an event id by the record carrying it.
@@ -53,7 +58,9 @@ type Ledger interface {
 	// the one an earlier attempt recorded), claims the event ids of a new
 	// batch, and returns the offsets within src whose records own their
 	// event id. On a replay no new claim is made. It fails with ErrFenced
-	// when the epoch is stale; then nothing was recorded.
+	// when the epoch is stale, and with ErrHierarchyBehind when a new
+	// batch's hierarchy version is below the restater's fence; then nothing
+	// was recorded.
 	Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error)
 	// Done marks the batch complete. Losing this call only costs an
 	// identical, deduplicated replay.

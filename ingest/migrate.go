@@ -28,6 +28,14 @@ func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHous
 		for i, col := range t.Columns {
 			typ, ok := have[col.Name]
 			if ok {
+				if typ == "UInt64" && col.Type == "Int64" && col.Name == "events" {
+					// Rollups made before restatements existed counted
+					// events unsigned.
+					if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s MODIFY COLUMN events Int64", s.Database, t.Name)); err != nil {
+						return fmt.Errorf("widen %s.%s.events: %w", s.Database, t.Name, err)
+					}
+					continue
+				}
 				if typ != col.Type && !sameType(typ, col.Type) {
 					return fmt.Errorf("table %s.%s: column %s is %s, canopy.yaml wants %s; change it by hand or rename the measure",
 						s.Database, t.Name, col.Name, typ, col.Type)

@@ -29,6 +29,9 @@ type Batch struct {
 	Events []Accepted
 	Hourly *Rollup
 	Daily  *Rollup
+	// AsIs is the daily rollup attributed through the hierarchy current at
+	// the batch's version (rollup_daily_current); often the same as Daily.
+	AsIs   *Rollup
 	Counts Counts
 }
 

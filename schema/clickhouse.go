@@ -11,6 +11,7 @@ const (
 	TableEvents       = "events"
 	TableRollupHourly = "rollup_hourly"
 	TableRollupDaily  = "rollup_daily"
+	TableRollupAsIs   = "rollup_daily_current"
 	TableEntities     = "entities"
 	TableAcks         = "ingest_acks"
 	TableFailures     = "ingest_failures"
@@ -149,12 +150,24 @@ func (c ClickHouse) RollupColumns(bucketType string) []Column {
 		{"bucket", bucketType},
 		{"depth", "UInt8"},
 		{"type", "String"},
-		{"events", "UInt64"},
+		{"events", "Int64"}, // signed: restatements subtract
 	}
 	for _, m := range c.Measures {
 		cols = append(cols, Column{m.Name, m.SumType()})
 	}
 	return append(cols, Column{"ingest_unit", "String"})
+}
+
+// AsIsColumns is the column order of rollup_daily_current: the daily rollup
+// columns plus pending_version, part of the key. It is 0 for rows whose
+// attribution is settled; a batch that ran while a hierarchy change was still
+// being restated writes its hierarchy version there, so the restater can
+// tell the rows attributed before the change from those attributed after it
+// (docs/hierarchy.md). Read with sum(...) GROUP BY without it.
+func (c ClickHouse) AsIsColumns() []Column {
+	cols := c.RollupColumns("Date")
+	n := len(cols)
+	return append(cols[:n-1:n-1], Column{"pending_version", "UInt64"}, cols[n-1])
 }
 
 // AckColumns is the column order of ingest_acks.
@@ -214,6 +227,8 @@ func (c ClickHouse) Tables() []Table {
 			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
 		{TableRollupDaily, c.RollupColumns("Date"), "ENGINE = " + c.engine("SummingMergeTree", TableRollupDaily, "") +
 			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
+		{TableRollupAsIs, c.AsIsColumns(), "ENGINE = " + c.engine("SummingMergeTree", TableRollupAsIs, "") +
+			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version) " + c.settings()},
 		{TableEntities, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntities, "version") +
 			" ORDER BY id " + c.settings()},
 		{TableAcks, c.AckColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableAcks, "") +

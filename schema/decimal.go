@@ -240,5 +240,21 @@ func (s Sum128) Int64() (int64, bool) {
 	return 0, false
 }
 
+// Sum128FromBig converts v, which must fit 128 bits (a Decimal(38, s)
+// holds at most 127), into a Sum128.
+func Sum128FromBig(v *big.Int) Sum128 {
+	var lo, hi big.Int
+	mask := new(big.Int).SetUint64(math.MaxUint64)
+	lo.And(v, mask) // two's complement view for negatives
+	hi.Rsh(v, 64)   // arithmetic shift: floor division
+	return Sum128{Hi: hi.Int64(), Lo: lo.Uint64()}
+}
+
+// Neg returns -s.
+func (s Sum128) Neg() Sum128 {
+	lo, borrow := bits.Sub64(0, s.Lo, 0)
+	return Sum128{Hi: -s.Hi - int64(borrow), Lo: lo} //nolint:gosec // borrow is 0 or 1
+}
+
 // IsZero reports whether the sum is zero.
 func (s Sum128) IsZero() bool { return s.Hi == 0 && s.Lo == 0 }

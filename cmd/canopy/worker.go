@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,7 +24,7 @@ import (
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/pgledger"
-	"github.com/canopyhq/canopy/schema"
+	"github.com/canopyhq/canopy/ingest/restate"
 )
 
 func newWorker(cfg *config) *cobra.Command {
@@ -96,9 +95,10 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	defer producer.Close()
 
 	hostname, _ := os.Hostname()
+	resolver := &treeResolver{t: tree, store: store}
 	proc := &ingest.Processor{
 		Decoder:   ingest.NewDecoder(cfg.measures, 0),
-		Resolver:  &treeResolver{t: tree, store: store},
+		Resolver:  resolver,
 		Ledger:    &pgledger.Ledger{Pool: pool},
 		Sink:      &ingest.ClickHouseSink{Conn: ch, Schema: chs},
 		DLQ:       &ingest.KafkaDeadLetters{Client: producer, Topic: cfg.get("kafka.dlq_topic")},
@@ -122,7 +122,14 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
 	g.Go(func() error {
-		return followHierarchy(gctx, log, proc.Resolver.(*treeResolver), ch, chs, metrics, &healthy)
+		return followHierarchy(gctx, log, resolver, metrics, &healthy)
+	})
+	g.Go(func() error {
+		rs := &restate.Restater{
+			PG: pool, Store: store, CH: ch, Schema: chs, Tree: resolver, Refresh: resolver.Refresh,
+			Policy: policy, Log: log.With("component", "restater"), Metrics: restate.NewMetrics(reg),
+		}
+		return rs.Run(gctx)
 	})
 	g.Go(func() error {
 		f := &hierarchy.Follower{
@@ -187,12 +194,8 @@ func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy 
 
 // followHierarchy polls PostgreSQL for hierarchy changes the topic follower
 // has not brought yet (the relay is down, or the worker fell behind), once a
-// second, and refreshes the ClickHouse entities table after changes.
-func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
-	ch driver.Conn, chs schema.ClickHouse, metrics *ingest.Metrics, healthy *atomic.Bool) error {
-	const entitiesEvery = 10 * time.Second
-	written := int64(-1)
-	var lastSync time.Time
+// second.
+func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver, metrics *ingest.Metrics, healthy *atomic.Bool) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -204,17 +207,6 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver,
 		if err == nil {
 			healthy.Store(true)
 			metrics.SetHierarchyVersion(v)
-			// The refresh rewrites every entity (paths change below a
-			// move), so under a stream of changes it runs at most every
-			// entitiesEvery rather than once per change.
-			if v != written && time.Since(lastSync) >= entitiesEvery {
-				lastSync = time.Now()
-				if werr := syncEntities(ctx, r.store, r.t, ch, chs); werr != nil {
-					log.Warn("entities table refresh failed", "err", werr)
-				} else {
-					written = v
-				}
-			}
 		}
 		select {
 		case <-ctx.Done():
@@ -266,6 +258,11 @@ type treeResolver struct {
 }
 
 func (r *treeResolver) Version() int64 { return r.t.Version() }
+
+// Subtree, Related and Path serve the restater (restate.Tree).
+func (r *treeResolver) Subtree(id int64) []int64 { return r.t.Subtree(id) }
+func (r *treeResolver) Related(id int64) []int64 { return r.t.Related(id) }
+func (r *treeResolver) Path(id int64) []int64    { return r.t.Path(id) }
 
 // Refresh applies every change committed in PostgreSQL since the tree's
 // version (implements ingest.Refresher).

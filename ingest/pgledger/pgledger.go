@@ -16,6 +16,11 @@ import (
 	"github.com/canopyhq/canopy/ingest"
 )
 
+// RestateLockKey is the advisory lock that orders batch intents against the
+// restater's fence: batches take it shared, the restater exclusively
+// ('canopy' || 0x0003; schema/postgres/0101_restate.sql).
+const RestateLockKey int64 = 0x63616e6f70790003
+
 // Ledger is an ingest.Ledger over a pgx pool. Safe for concurrent use.
 type Ledger struct {
 	Pool *pgxpool.Pool
@@ -54,11 +59,11 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: partition}}
 	var done *time.Time
 	err := l.Pool.QueryRow(ctx, `
-		select first_offset, last_offset, hierarchy_version, created_at, done_at
+		select first_offset, last_offset, hierarchy_version, asis_tag, created_at, done_at
 		  from canopy.ingest_intents
 		 where src_topic = $1 and src_partition = $2 and first_offset <= $3 and last_offset >= $3
 		 order by first_offset desc limit 1`, topic, partition, first).
-		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.CreatedAt, &done)
+		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return in, false, nil
 	}
@@ -86,12 +91,24 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		if err != nil {
 			return err
 		}
+		// The restater's fence and progress, read under the lock it takes
+		// exclusively to move the fence (docs/hierarchy.md): once the fence
+		// is up, no new batch resolves with an older version.
+		var fence, restated int64
+		if err := tx.QueryRow(ctx, `select fence, restated_through from canopy.restate_state, pg_advisory_xact_lock_shared($1)`,
+			RestateLockKey).Scan(&fence, &restated); err != nil {
+			return fmt.Errorf("read restate state: %w", err)
+		}
+		pending := in.HierarchyVersion
+		if pending <= restated {
+			pending = 0
+		}
 		tag, err := tx.Exec(ctx, `
 			insert into canopy.ingest_intents
-			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, created_at)
-			values ($1, $2, $3, $4, $5, $6, $7)
+			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at)
+			select $1, $2, $3, $4, $5, $6::bigint, $7, $8 where $6::bigint >= $9::bigint
 			on conflict do nothing`,
-			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, in.CreatedAt)
+			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence)
 		if err != nil {
 			return fmt.Errorf("record intent: %w", err)
 		}
@@ -99,15 +116,21 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			// An earlier attempt recorded this batch: replay it as it was,
 			// claiming nothing new.
 			var done *time.Time
-			if err := tx.QueryRow(ctx, `
-				select last_offset, hierarchy_version, created_at, done_at from canopy.ingest_intents
+			err := tx.QueryRow(ctx, `
+				select last_offset, hierarchy_version, asis_tag, created_at, done_at from canopy.ingest_intents
 				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
-				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.CreatedAt, &done); err != nil {
+				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: batch resolved with version %d, the restater's fence is %d",
+					ingest.ErrHierarchyBehind, in.HierarchyVersion, fence)
+			}
+			if err != nil {
 				return fmt.Errorf("read intent: %w", err)
 			}
 			in.CreatedAt = in.CreatedAt.UTC()
 			in.Replay, in.Done = true, done != nil
-		} else if len(claims) > 0 {
+		} else {
+			in.PendingVersion = pending
 			if err := insertClaims(ctx, tx, in.Source, claims); err != nil {
 				return err
 			}

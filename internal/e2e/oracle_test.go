@@ -67,7 +67,7 @@ type rollupKey struct {
 }
 
 type sums struct {
-	events   uint64
+	events   int64
 	amount   *big.Int // 10^-4 units
 	quantity int64
 }
@@ -136,7 +136,8 @@ func (e *env) readRollup(table string, bucketExpr string) map[rollupKey]sums {
 	out := map[rollupKey]sums{}
 	for rows.Next() {
 		var (
-			entity, events uint64
+			entity         uint64
+			events         int64
 			bucket         uint32
 			depth          uint8
 			typ, amount    string
@@ -171,13 +172,13 @@ func compareRollups(t testing.TB, table string, want, got map[rollupKey]sums) {
 			diffs = append(diffs, fmt.Sprintf("unexpected %+v: got %s", k, g))
 		}
 	}
-	if len(diffs) > 0 {
+	if n := len(diffs); n > 0 {
 		sort.Strings(diffs)
-		if len(diffs) > 20 {
-			diffs = append(diffs[:20], fmt.Sprintf("… and %d more", len(diffs)-20))
+		if n > 20 {
+			diffs = append(diffs[:20], fmt.Sprintf("… and %d more", n-20))
 		}
 		t.Errorf("%s differs from the oracle in %d rows (oracle has %d rows, table %d):\n%s",
-			table, len(diffs), len(want), len(got), strings.Join(diffs, "\n"))
+			table, n, len(want), len(got), strings.Join(diffs, "\n"))
 	}
 }
 

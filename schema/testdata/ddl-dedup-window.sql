@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS canopy.rollup_hourly (
     bucket DateTime('UTC'),
     depth UInt8,
     type String,
-    events UInt64,
+    events Int64,
     amount Decimal(38, 4),
     quantity Int64,
     margin Decimal(38, 2),
@@ -31,13 +31,26 @@ CREATE TABLE IF NOT EXISTS canopy.rollup_daily (
     bucket Date,
     depth UInt8,
     type String,
-    events UInt64,
+    events Int64,
     amount Decimal(38, 4),
     quantity Int64,
     margin Decimal(38, 2),
     ingest_unit String
 ) ENGINE = SummingMergeTree() PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 100000;
 INSERT INTO canopy.rollup_daily (entity_id, bucket, depth, type, events, amount, quantity, margin, ingest_unit);
+CREATE TABLE IF NOT EXISTS canopy.rollup_daily_current (
+    entity_id UInt64,
+    bucket Date,
+    depth UInt8,
+    type String,
+    events Int64,
+    amount Decimal(38, 4),
+    quantity Int64,
+    margin Decimal(38, 2),
+    pending_version UInt64,
+    ingest_unit String
+) ENGINE = SummingMergeTree() PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version) SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 100000;
+INSERT INTO canopy.rollup_daily_current (entity_id, bucket, depth, type, events, amount, quantity, margin, pending_version, ingest_unit);
 CREATE TABLE IF NOT EXISTS canopy.entities (
     id UInt64,
     parent_id UInt64,

@@ -1,0 +1,562 @@
+// Package restate keeps the rollups exact when the hierarchy changes. After
+// each change it corrects, from the data the change affects and nothing
+// else:
+//
+//   - rollup_daily_current (as-is): a move of X moves X's own rows — the
+//     whole history of its subtree, by bucket, depth and type — from X's old
+//     ancestors to its new ones, at depths shifted by their distance to X;
+//   - rollup_hourly and rollup_daily (as-was): events that were attributed
+//     before the change was known, and whose attribution it alters (a
+//     back-dated correction, or events in flight at the moment of a move),
+//     are moved from the chain they were counted under to the right one;
+//   - the ClickHouse entities table: the changed entity, and its subtree's
+//     paths and levels after a move.
+//
+// docs/hierarchy.md explains the fence that makes this exact while batches
+// are in flight. One restater is active at a time (a PostgreSQL advisory
+// lock); every worker runs one, so a stand-by takes over within seconds.
+package restate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/schema"
+)
+
+// leaderLockKey is the session-level advisory lock held by the active
+// restater ('canopy' || 0x0004).
+const leaderLockKey int64 = 0x63616e6f70790004
+
+// Tree is what the restater needs of the in-memory hierarchy.
+type Tree interface {
+	ingest.Resolver
+	Subtree(id int64) []int64
+	Related(id int64) []int64
+	Path(id int64) []int64
+}
+
+// Restater applies hierarchy changes to the rollups. Run it with Run; Step
+// is one round, for tests and tools.
+type Restater struct {
+	PG      *pgxpool.Pool
+	Store   *hierarchy.Store
+	CH      driver.Conn
+	Schema  schema.ClickHouse
+	Tree    Tree
+	Refresh func(ctx context.Context) (int64, error) // catch the tree up with PostgreSQL
+	Policy  ingest.SuspendedPolicy
+	Log     *slog.Logger
+	Metrics *Metrics // may be nil
+
+	sink *ingest.ClickHouseSink
+}
+
+// Metrics are the restater's Prometheus metrics.
+type Metrics struct {
+	Pending  prometheus.Gauge
+	Restated prometheus.Counter
+	Rows     *prometheus.CounterVec
+	Duration prometheus.Histogram
+}
+
+// NewMetrics registers the restater's metrics.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_restate_pending_changes",
+			Help: "Hierarchy changes committed but not yet reflected in the rollups and the entities table."}),
+		Restated: prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_restate_changes_total",
+			Help: "Hierarchy changes the restater has applied."}),
+		Rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "canopy_restate_rows_total",
+			Help: "Correction rows written by the restater, by table."}, []string{"table"}),
+		Duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "canopy_restate_change_seconds",
+			Help: "Time to restate one move or correction.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+	}
+	reg.MustRegister(m.Pending, m.Restated, m.Rows, m.Duration)
+	return m
+}
+
+// Run restates changes until ctx ends, whenever this process holds the
+// leader lock.
+func (r *Restater) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		err := r.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log().Warn("restater stopped; retrying", "err", err)
+		if !wait.Sleep(ctx, 2*time.Second) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (r *Restater) lead(ctx context.Context) error {
+	conn, err := r.PG.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", leaderLockKey).Scan(&got); err != nil {
+			return err
+		}
+		if got {
+			break
+		}
+		if !wait.Sleep(ctx, 2*time.Second) {
+			return ctx.Err()
+		}
+	}
+	defer func() {
+		// Release on the same session; if the session broke, the lock went
+		// with it.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "select pg_advisory_unlock($1)", leaderLockKey)
+	}()
+	r.log().Info("restater active")
+	for {
+		busy, err := r.Step(ctx)
+		if err != nil {
+			return err
+		}
+		// The session must still be ours: a broken connection lost the lock.
+		if err := conn.Ping(ctx); err != nil {
+			return fmt.Errorf("leader session: %w", err)
+		}
+		if !busy && !wait.Sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+// Step restates the changes committed since the last round (up to a bound)
+// and reports whether there were any.
+func (r *Restater) Step(ctx context.Context) (bool, error) {
+	if r.sink == nil {
+		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema}
+	}
+	var fence, done int64
+	if err := r.PG.QueryRow(ctx, "select fence, restated_through from canopy.restate_state").Scan(&fence, &done); err != nil {
+		return false, fmt.Errorf("read restate state: %w", err)
+	}
+	latest, err := r.Store.LatestSeq(ctx)
+	if err != nil {
+		return false, err
+	}
+	if r.Metrics != nil {
+		r.Metrics.Pending.Set(float64(latest - done))
+	}
+	if latest <= done {
+		return false, nil
+	}
+	target := min(latest, done+50000)
+	if v, err := r.Refresh(ctx); err != nil {
+		return false, err
+	} else if v < target {
+		return false, fmt.Errorf("hierarchy at version %d, restating up to %d", v, target)
+	}
+	if fence < target {
+		if err := r.raiseFence(ctx, target); err != nil {
+			return false, err
+		}
+	}
+	if err := r.awaitBatches(ctx, target); err != nil {
+		return false, err
+	}
+	changes, err := r.Store.Recorded(ctx, done, target)
+	if err != nil {
+		return false, err
+	}
+	var touched []int64 // entities whose ClickHouse row must be rewritten
+	flush := func(upTo int64) error {
+		if err := r.writeEntities(ctx, touched, upTo); err != nil {
+			return err
+		}
+		touched = touched[:0]
+		return r.advance(ctx, upTo)
+	}
+	for _, c := range changes {
+		moved, err := r.restate(ctx, c)
+		if err != nil {
+			return false, fmt.Errorf("restate change %d (entity %d): %w", c.Seq, c.ID, err)
+		}
+		if moved {
+			touched = append(touched, r.Tree.Subtree(c.ID)...)
+		} else {
+			touched = append(touched, c.ID)
+		}
+		if len(touched) >= 100000 {
+			if err := flush(c.Seq); err != nil {
+				return false, err
+			}
+		}
+		if r.Metrics != nil {
+			r.Metrics.Restated.Inc()
+		}
+	}
+	return true, flush(target)
+}
+
+// raiseFence makes every new batch resolve with version >= v. The exclusive
+// lock waits for batches recording their intent under the old fence.
+func (r *Restater) raiseFence(ctx context.Context, v int64) error {
+	return pgx.BeginFunc(ctx, r.PG, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", pgledger.RestateLockKey); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `update canopy.restate_state set fence = greatest(fence, $1), updated_at = now()`, v)
+		return err
+	})
+}
+
+// awaitBatches waits until every batch resolved with a version below v has
+// written everything: from then on the rows and events attributed before
+// the changes up to v are final.
+func (r *Restater) awaitBatches(ctx context.Context, v int64) error {
+	start := time.Now()
+	warned := start
+	for {
+		var (
+			topic     string
+			partition int32
+			first, hv int64
+			found     = true
+		)
+		err := r.PG.QueryRow(ctx, `select src_topic, src_partition, first_offset, hierarchy_version
+			from canopy.ingest_intents where done_at is null and hierarchy_version < $1 limit 1`, v).
+			Scan(&topic, &partition, &first, &hv)
+		if errors.Is(err, pgx.ErrNoRows) {
+			found = false
+		} else if err != nil {
+			return fmt.Errorf("look for unfinished batches: %w", err)
+		}
+		if !found {
+			return nil
+		}
+		if time.Since(warned) > 30*time.Second {
+			warned = time.Now()
+			r.log().Warn("restater waiting for an unfinished batch resolved before the change",
+				"topic", topic, "partition", partition, "first_offset", first, "batch_version", hv,
+				"change", v, "waited", time.Since(start).Round(time.Second))
+		}
+		if !wait.Sleep(ctx, 50*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (r *Restater) advance(ctx context.Context, v int64) error {
+	_, err := r.PG.Exec(ctx, `update canopy.restate_state
+		set restated_through = greatest(restated_through, $1), updated_at = now()`, v)
+	if err != nil {
+		return fmt.Errorf("record restate progress: %w", err)
+	}
+	return nil
+}
+
+// restate writes the corrections one change needs and reports whether the
+// entity's current parent changed (its subtree's paths did too).
+func (r *Restater) restate(ctx context.Context, c hierarchy.Recorded) (bool, error) {
+	var b1, b2 [64]ingest.Ancestor
+	before, known := ingest.Chain(r.Tree, c.ID, ingest.EndOfTime, c.Seq-1, ingest.SuspendedInclude, b1[:0])
+	if !known {
+		return false, nil // a creation: nothing was attributed through it yet
+	}
+	after, ok := ingest.Chain(r.Tree, c.ID, ingest.EndOfTime, c.Seq, ingest.SuspendedInclude, b2[:0])
+	if !ok {
+		return false, fmt.Errorf("entity %d has no chain at version %d", c.ID, c.Seq)
+	}
+	moved := !ingest.SameLinks(before, after)
+	statusChanged := before[0].Suspended != after[0].Suspended
+	skip := r.Policy == ingest.SuspendedSkip
+	if !moved && !c.Supersedes && !(skip && statusChanged) {
+		return false, nil
+	}
+	start := time.Now()
+	if moved || (skip && statusChanged) {
+		if err := r.restateAsIs(ctx, c, before, after); err != nil {
+			return moved, err
+		}
+	}
+	if err := r.restateAsWas(ctx, c); err != nil {
+		return moved, err
+	}
+	if r.Metrics != nil {
+		r.Metrics.Duration.Observe(time.Since(start).Seconds())
+	}
+	r.log().Debug("restated hierarchy change", "seq", c.Seq, "entity", c.ID, "moved", moved,
+		"back_dated", c.Supersedes, "took", time.Since(start))
+	return moved, nil
+}
+
+func (r *Restater) unit(c hierarchy.Recorded) string {
+	return "restate/" + strconv.FormatInt(c.Seq, 10)
+}
+
+// restateAsIs moves X's as-is rows (its subtree's whole history) from the
+// ancestors X had before the change to those it has after it.
+func (r *Restater) restateAsIs(ctx context.Context, c hierarchy.Recorded, before, after []ingest.Ancestor) error {
+	ms := r.Schema.Measures
+	var q strings.Builder
+	q.WriteString("SELECT bucket, depth, type, sum(events)")
+	for _, m := range ms {
+		fmt.Fprintf(&q, ", sum(%s)", m.Name)
+	}
+	fmt.Fprintf(&q, " FROM %s.%s WHERE entity_id = %d AND pending_version < %d GROUP BY bucket, depth, type ORDER BY bucket, depth, type",
+		r.Schema.Database, schema.TableRollupAsIs, c.ID, c.Seq)
+	rows, err := r.CH.Query(ctx, q.String())
+	if err != nil {
+		return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+	}
+	defer rows.Close()
+	// With the skip policy a suspended ancestor holds no downline rows, so
+	// the rows of X are its subtree's only when X itself is not skipped at
+	// depth >= 1; see docs/hierarchy.md for why this stays exact.
+	out := ingest.NewRollup(len(ms))
+	var (
+		bucket time.Time
+		depth  uint8
+		typ    string
+		events int64
+		sums   = make([]schema.Sum128, len(ms))
+		dest   = scanDest(ms, &bucket, &depth, &typ, &events)
+	)
+	read := 0
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+		}
+		if err := collectSums(ms, dest[4:], sums); err != nil {
+			return err
+		}
+		read++
+		key := ingest.RollupKey{Bucket: bucket.Unix(), Type: typ}
+		shift(out, key, depth, events, sums, before, -1, r.Policy)
+		shift(out, key, depth, events, sums, after, 1, r.Policy)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+	}
+	out.Sort()
+	out.Compact()
+	if err := r.sink.WriteRollup(ctx, schema.TableRollupAsIs, out, r.unit(c), 0); err != nil {
+		return err
+	}
+	r.count(schema.TableRollupAsIs, out.Len())
+	return nil
+}
+
+// shift adds sign × a row of X (depth d below X) to every ancestor of X in
+// chain (depth k above X) at depth d+k.
+func shift(out *ingest.Rollup, key ingest.RollupKey, d uint8, events int64, sums []schema.Sum128,
+	chain []ingest.Ancestor, sign int64, policy ingest.SuspendedPolicy) {
+	for _, a := range chain[1:] {
+		if policy == ingest.SuspendedSkip && a.Suspended {
+			continue
+		}
+		depth := int(d) + int(a.Depth)
+		if depth > hierarchy.MaxDepth {
+			continue // beyond any chain the worker resolves
+		}
+		key.EntityID, key.Depth = a.ID, uint8(depth) //nolint:gosec // checked above
+		out.AddRow(key, events, sums, sign)
+	}
+}
+
+// restateAsWas re-attributes the events whose as-was chain the change
+// alters and that were attributed before it: those of entities that are or
+// were below X, from the change's effective time on, resolved with an older
+// version.
+func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error {
+	ms := r.Schema.Measures
+	related := r.Tree.Related(c.ID)
+	hourly, daily := ingest.NewRollup(len(ms)), ingest.NewRollup(len(ms))
+	const chunk = 20000
+	var (
+		b1, b2 [64]ingest.Ancestor
+		ev     ingest.Event
+	)
+	ev.Measures = make([]int64, len(ms))
+	for start := 0; start < len(related); start += chunk {
+		ids := related[start:min(start+chunk, len(related))]
+		var q strings.Builder
+		q.WriteString("SELECT entity_id, occurred_at, type")
+		for _, m := range ms {
+			q.WriteString(", " + m.Name)
+		}
+		fmt.Fprintf(&q, " FROM %s.%s WHERE entity_id IN (", r.Schema.Database, schema.TableEvents)
+		for i, id := range ids {
+			if i > 0 {
+				q.WriteByte(',')
+			}
+			q.WriteString(strconv.FormatInt(id, 10))
+		}
+		fmt.Fprintf(&q, ") AND hierarchy_version < %d", c.Seq)
+		if !c.ValidFrom.IsZero() {
+			fmt.Fprintf(&q, " AND occurred_at >= toDateTime(%d)", c.ValidFrom.Unix())
+		}
+		rows, err := r.CH.Query(ctx, q.String())
+		if err != nil {
+			return fmt.Errorf("read events below %d: %w", c.ID, err)
+		}
+		var (
+			entity uint64
+			dest   = eventDest(ms, &entity, &ev.OccurredAt, &ev.Type)
+		)
+		for rows.Next() {
+			if err := rows.Scan(dest...); err != nil {
+				rows.Close()
+				return fmt.Errorf("read events below %d: %w", c.ID, err)
+			}
+			if err := collectInts(ms, dest[3:], ev.Measures); err != nil {
+				rows.Close()
+				return err
+			}
+			ev.EntityID = int64(entity) //nolint:gosec // ids < 2^63
+			was, ok1 := ingest.Chain(r.Tree, ev.EntityID, ev.OccurredAt, c.Seq-1, r.Policy, b1[:0])
+			now, ok2 := ingest.Chain(r.Tree, ev.EntityID, ev.OccurredAt, c.Seq, r.Policy, b2[:0])
+			if !ok1 || !ok2 || ingest.SameLinks(was, now) {
+				continue
+			}
+			ingest.AddFanout(hourly, daily, &ev, was, -1)
+			ingest.AddFanout(hourly, daily, &ev, now, 1)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read events below %d: %w", c.ID, err)
+		}
+	}
+	for _, t := range []struct {
+		table string
+		r     *ingest.Rollup
+	}{{schema.TableRollupHourly, hourly}, {schema.TableRollupDaily, daily}} {
+		t.r.Sort()
+		t.r.Compact()
+		if err := r.sink.WriteRollup(ctx, t.table, t.r, r.unit(c), 0); err != nil {
+			return err
+		}
+		r.count(t.table, t.r.Len())
+	}
+	return nil
+}
+
+// writeEntities rewrites the ClickHouse entities rows of ids (deduplicated)
+// from PostgreSQL (name, parent, status) and the tree (path, level).
+func (r *Restater) writeEntities(ctx context.Context, ids []int64, version int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	seen := make(map[int64]bool, len(ids))
+	uniq := ids[:0:0]
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			uniq = append(uniq, id)
+		}
+	}
+	ents, err := r.Store.EntitiesByID(ctx, uniq)
+	if err != nil {
+		return err
+	}
+	rows := make([]ingest.EntityRow, 0, len(ents))
+	for _, e := range ents {
+		path := r.Tree.Path(e.ID)
+		rows = append(rows, ingest.EntityRow{
+			ID: e.ID, ParentID: e.ParentID, Name: e.Name, Status: e.Status.String(),
+			Level: uint8(max(len(path)-1, 0)), Path: path, //nolint:gosec // depth <= 255
+		})
+	}
+	if err := ingest.WriteEntities(ctx, r.CH, r.Schema, version, rows); err != nil {
+		return err
+	}
+	r.count(schema.TableEntities, len(rows))
+	return nil
+}
+
+func (r *Restater) count(table string, n int) {
+	if r.Metrics != nil {
+		r.Metrics.Rows.WithLabelValues(table).Add(float64(n))
+	}
+}
+
+func (r *Restater) log() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.Default()
+}
+
+// scanDest returns scan targets for (bucket, depth, type, events, sums...).
+func scanDest(ms schema.Measures, bucket *time.Time, depth *uint8, typ *string, events *int64) []any {
+	dest := []any{bucket, depth, typ, events}
+	for _, m := range ms {
+		if m.Kind == schema.KindDecimal {
+			dest = append(dest, new(decimal.Decimal))
+		} else {
+			dest = append(dest, new(int64))
+		}
+	}
+	return dest
+}
+
+// eventDest returns scan targets for (entity_id, occurred_at, type, measures...).
+func eventDest(ms schema.Measures, entity *uint64, at *time.Time, typ *string) []any {
+	dest := []any{entity, at, typ}
+	for _, m := range ms {
+		if m.Kind == schema.KindDecimal {
+			dest = append(dest, new(decimal.Decimal))
+		} else {
+			dest = append(dest, new(int64))
+		}
+	}
+	return dest
+}
+
+// collectSums converts scanned sums to units of 10^-scale.
+func collectSums(ms schema.Measures, dest []any, out []schema.Sum128) error {
+	for i, m := range ms {
+		switch v := dest[i].(type) {
+		case *decimal.Decimal:
+			out[i] = schema.Sum128FromBig(v.Shift(int32(m.Scale)).BigInt()) //nolint:gosec // scale <= 18
+		case *int64:
+			var s schema.Sum128
+			s.Add(*v)
+			out[i] = s
+		default:
+			return fmt.Errorf("measure %s: unexpected scan type %T", m.Name, dest[i])
+		}
+	}
+	return nil
+}
+
+// collectInts converts scanned event measures to units of 10^-scale.
+func collectInts(ms schema.Measures, dest []any, out []int64) error {
+	for i, m := range ms {
+		switch v := dest[i].(type) {
+		case *decimal.Decimal:
+			out[i] = v.Shift(int32(m.Scale)).IntPart() //nolint:gosec // scale <= 18
+		case *int64:
+			out[i] = *v
+		default:
+			return fmt.Errorf("measure %s: unexpected scan type %T", m.Name, dest[i])
+		}
+	}
+	return nil
+}
