@@ -136,12 +136,12 @@ func (e *env) readRollup(table string, bucketExpr string) map[rollupKey]sums {
 	out := map[rollupKey]sums{}
 	for rows.Next() {
 		var (
-			entity         uint64
-			events         int64
-			bucket         uint32
-			depth          uint8
-			typ, amount    string
-			quantity       int64
+			entity      uint64
+			events      int64
+			bucket      uint32
+			depth       uint8
+			typ, amount string
+			quantity    int64
 		)
 		if err := rows.Scan(&entity, &bucket, &depth, &typ, &events, &amount, &quantity); err != nil {
 			e.t.Fatalf("scan %s: %v", table, err)
