@@ -531,3 +531,45 @@ func BenchmarkImport(b *testing.B) {
 		b.ReportMetric(time.Since(start).Seconds(), "s/load")
 	}
 }
+
+// A move effective in the past must not close a cycle at any moment of the
+// history, even when the current hierarchy has none.
+func TestHistoryCycleRefused(t *testing.T) {
+	pool := testDB(t, false)
+	ctx := context.Background()
+	s := NewStore(pool)
+	day := func(d int) *time.Time { v := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC).AddDate(0, 0, d); return &v }
+	for _, id := range []int64{1, 2} {
+		if err := s.Create(ctx, id, 0, "", StatusActive, day(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Create(ctx, 3, 1, "", StatusActive, day(0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Move(ctx, 2, 3, day(10)); err != nil { // 2 under 3 from the 10th
+		t.Fatal(err)
+	}
+	if err := s.Move(ctx, 2, 0, day(20)); err != nil { // a root again from the 20th
+		t.Fatal(err)
+	}
+	before := snapshot(t, pool)
+	if err := s.Move(ctx, 3, 2, day(15)); !errors.Is(err, ErrCycle) {
+		t.Fatalf("3 under 2 from the 15th (2 was under 3 until the 20th): %v, want ErrCycle", err)
+	}
+	if snapshot(t, pool) != before {
+		t.Fatal("refused move wrote")
+	}
+	if err := s.Move(ctx, 3, 2, day(25)); err != nil {
+		t.Fatalf("3 under 2 from the 25th: %v", err)
+	}
+	tr, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []int{0, 12, 22, 30} {
+		if _, ok := tr.Ancestors(3, *day(d), nil); !ok {
+			t.Errorf("chain of 3 on day %d is broken", d)
+		}
+	}
+}

@@ -34,3 +34,23 @@ func TestRollupMatchesNaiveSums(t *testing.T) {
 		}
 	}
 }
+
+// Merge sums rows across rollups and drops rows that cancel, as a move out
+// and back in does.
+func TestMergeCancelsAndSums(t *testing.T) {
+	a, b := NewRollup(1), NewRollup(1)
+	k1 := RollupKey{EntityID: 1, Bucket: 86400, Depth: 1, Type: "sale"}
+	k2 := RollupKey{EntityID: 2, Bucket: 86400, Depth: 2, Type: "sale"}
+	a.Add(k1, []int64{500})
+	a.Add(k2, []int64{-70})
+	b.Sub(k1, []int64{500})
+	b.Add(k2, []int64{-30})
+	b.Add(k2, []int64{1})
+	m := Merge(a, b)
+	if m.Len() != 1 || m.Keys[0] != k2 {
+		t.Fatalf("merged keys = %v, want only %v", m.Keys, k2)
+	}
+	if v, _ := m.Sums[0][0].Int64(); m.Events[0] != 3 || v != -99 {
+		t.Fatalf("merged row = %d events, sum %d; want 3, -99", m.Events[0], v)
+	}
+}

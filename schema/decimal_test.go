@@ -3,6 +3,7 @@ package schema
 import (
 	"errors"
 	"math"
+	"math/big"
 	"testing"
 )
 
@@ -127,5 +128,29 @@ func TestMeasuresValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want ok=%v", err, tt.ok)
 			}
 		})
+	}
+}
+
+func TestSum128NegAndFromBig(t *testing.T) {
+	vals := []string{"0", "1", "-1", "9223372036854775807", "-9223372036854775808",
+		"27670116110564327419", "-27670116110564327419", "170141183460469231731687303715884105727",
+		"-170141183460469231731687303715884105728"}
+	for _, v := range vals {
+		b, _ := new(big.Int).SetString(v, 10)
+		s := Sum128FromBig(b)
+		if s.Big().Cmp(b) != 0 {
+			t.Errorf("Sum128FromBig(%s).Big() = %s", v, s.Big())
+		}
+		if v == "-170141183460469231731687303715884105728" {
+			continue // its negation does not fit 128 bits
+		}
+		if got, want := s.Neg().Big(), new(big.Int).Neg(b); got.Cmp(want) != 0 {
+			t.Errorf("Neg(%s) = %s", v, got)
+		}
+		sum := s
+		sum.AddSum(s.Neg())
+		if !sum.IsZero() {
+			t.Errorf("%s + -%s = %s", v, v, sum.Big())
+		}
 	}
 }

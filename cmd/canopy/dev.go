@@ -169,8 +169,11 @@ func summarize(ctx context.Context, ch driver.Conn, db string, before uint64, ac
 			tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "  entity\tname\tdownline amount\tdownline events")
 			for rows.Next() {
-				var id, events uint64
-				var name, amount string
+				var (
+					id           uint64
+					events       int64
+					name, amount string
+				)
 				if rows.Scan(&id, &name, &amount, &events) == nil {
 					fmt.Fprintf(tw, "  %d\t%s\t%s\t%d\n", id, name, amount, events)
 				}

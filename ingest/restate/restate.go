@@ -311,25 +311,106 @@ func (r *Restater) unit(c hierarchy.Recorded) string {
 }
 
 // restateAsIs moves X's as-is rows (its subtree's whole history) from the
-// ancestors X had before the change to those it has after it.
+// ancestors X had before the change to those it has after it. With the skip
+// policy it also removes X's downline rows when X stops receiving them
+// (suspended or closed) and restores them, from its children's rows, when it
+// starts again.
 func (r *Restater) restateAsIs(ctx context.Context, c hierarchy.Recorded, before, after []ingest.Ancestor) error {
+	skip := r.Policy == ingest.SuspendedSkip
+	received := !skip || !before[0].Suspended
+	full, err := r.subtreeRows(ctx, c.ID, c.Seq, received, 0)
+	if err != nil {
+		return err
+	}
+	out := ingest.NewRollup(len(r.Schema.Measures))
+	receives := !skip || !after[0].Suspended
+	for i, k := range full.Keys {
+		if k.Depth > 0 && received != receives {
+			sign := int64(1)
+			if received {
+				sign = -1
+			}
+			out.AddRow(ingest.RollupKey{EntityID: c.ID, Bucket: k.Bucket, Depth: k.Depth, Type: k.Type}, full.Events[i], rowSums(full, i), sign)
+		}
+		if !ingest.SameLinks(before, after) {
+			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), before, -1, r.Policy)
+			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), after, 1, r.Policy)
+		}
+	}
+	out.Sort()
+	out.Compact()
+	if err := r.sink.WriteRollup(ctx, schema.TableRollupAsIs, out, r.unit(c), 0); err != nil {
+		return err
+	}
+	r.count(schema.TableRollupAsIs, out.Len())
+	return nil
+}
+
+func rowSums(r *ingest.Rollup, i int) []schema.Sum128 {
+	out := make([]schema.Sum128, len(r.Sums))
+	for m := range r.Sums {
+		out[m] = r.Sums[m][i]
+	}
+	return out
+}
+
+// subtreeRows returns the as-is totals of id's subtree attributed before
+// change seq, by bucket, depth below id and type (EntityID 0). When id
+// receives its downline (complete), they are id's own rows; otherwise (the
+// skip policy, id suspended) id holds only its own events and the rest is
+// gathered from its children, recursively.
+func (r *Restater) subtreeRows(ctx context.Context, id, seq int64, complete bool, level int) (*ingest.Rollup, error) {
+	out := ingest.NewRollup(len(r.Schema.Measures))
+	if level > hierarchy.MaxDepth {
+		return out, nil
+	}
+	err := r.readAsIs(ctx, id, seq, !complete, func(k ingest.RollupKey, events int64, sums []schema.Sum128) {
+		out.AddRow(k, events, sums, 1)
+	})
+	if err != nil || complete {
+		return out, err
+	}
+	var buf [64]ingest.Ancestor
+	for _, child := range r.Tree.Related(id) {
+		chain, ok := ingest.Chain(r.Tree, child, ingest.EndOfTime, seq, ingest.SuspendedInclude, buf[:0])
+		if !ok || len(chain) < 2 || chain[1].ID != id {
+			continue
+		}
+		rows, err := r.subtreeRows(ctx, child, seq, !chain[0].Suspended, level+1)
+		if err != nil {
+			return nil, err
+		}
+		for i, k := range rows.Keys {
+			if int(k.Depth)+1 > hierarchy.MaxDepth {
+				continue
+			}
+			k.Depth++
+			out.AddRow(k, rows.Events[i], rowSums(rows, i), 1)
+		}
+	}
+	return out, nil
+}
+
+// readAsIs calls fn for each of id's rollup_daily_current rows attributed
+// before change seq (summed over pending versions), with EntityID 0.
+func (r *Restater) readAsIs(ctx context.Context, id, seq int64, ownOnly bool,
+	fn func(k ingest.RollupKey, events int64, sums []schema.Sum128)) error {
 	ms := r.Schema.Measures
 	var q strings.Builder
 	q.WriteString("SELECT bucket, depth, type, sum(events)")
 	for _, m := range ms {
 		fmt.Fprintf(&q, ", sum(%s)", m.Name)
 	}
-	fmt.Fprintf(&q, " FROM %s.%s WHERE entity_id = %d AND pending_version < %d GROUP BY bucket, depth, type ORDER BY bucket, depth, type",
-		r.Schema.Database, schema.TableRollupAsIs, c.ID, c.Seq)
+	fmt.Fprintf(&q, " FROM %s.%s WHERE entity_id = %d AND pending_version < %d", r.Schema.Database, schema.TableRollupAsIs, id, seq)
+	if ownOnly {
+		q.WriteString(" AND depth = 0")
+	}
+	q.WriteString(" GROUP BY bucket, depth, type ORDER BY bucket, depth, type")
 	rows, err := r.CH.Query(ctx, q.String())
 	if err != nil {
-		return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+		return fmt.Errorf("read as-is rows of %d: %w", id, err)
 	}
 	defer rows.Close()
-	// With the skip policy a suspended ancestor holds no downline rows, so
-	// the rows of X are its subtree's only when X itself is not skipped at
-	// depth >= 1; see docs/hierarchy.md for why this stays exact.
-	out := ingest.NewRollup(len(ms))
 	var (
 		bucket time.Time
 		depth  uint8
@@ -338,28 +419,18 @@ func (r *Restater) restateAsIs(ctx context.Context, c hierarchy.Recorded, before
 		sums   = make([]schema.Sum128, len(ms))
 		dest   = scanDest(ms, &bucket, &depth, &typ, &events)
 	)
-	read := 0
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
-			return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+			return fmt.Errorf("read as-is rows of %d: %w", id, err)
 		}
 		if err := collectSums(ms, dest[4:], sums); err != nil {
 			return err
 		}
-		read++
-		key := ingest.RollupKey{Bucket: bucket.Unix(), Type: typ}
-		shift(out, key, depth, events, sums, before, -1, r.Policy)
-		shift(out, key, depth, events, sums, after, 1, r.Policy)
+		fn(ingest.RollupKey{Bucket: bucket.Unix(), Depth: depth, Type: typ}, events, sums)
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read as-is rows of %d: %w", c.ID, err)
+		return fmt.Errorf("read as-is rows of %d: %w", id, err)
 	}
-	out.Sort()
-	out.Compact()
-	if err := r.sink.WriteRollup(ctx, schema.TableRollupAsIs, out, r.unit(c), 0); err != nil {
-		return err
-	}
-	r.count(schema.TableRollupAsIs, out.Len())
 	return nil
 }
 

@@ -142,7 +142,7 @@ func TestDevModeCountsEverything(t *testing.T) {
 	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s.events", e.chDB)).Scan(&stored); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT sum(events) FROM %s.rollup_daily WHERE depth = 0", e.chDB)).Scan(&own); err != nil {
+	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT toUInt64(sum(events)) FROM %s.rollup_daily WHERE depth = 0", e.chDB)).Scan(&own); err != nil {
 		t.Fatal(err)
 	}
 	if stored != n || own != n {
@@ -231,4 +231,103 @@ func waitHTTP(t testing.TB, addr string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("worker at %s did not answer", addr)
+}
+
+// BenchmarkRestateMove measures what a move costs the restater on real
+// services: after a worker has drained the events of a large hierarchy, a
+// subtree holding about 1% and then about 10% of the entities is moved under
+// another root with one UPDATE, and the benchmark reports the time from the
+// commit until the restater has applied it (as-is rows shifted, in-flight
+// as-was events re-attributed, the subtree's entities rows rewritten) and the
+// rows it wrote, by table.
+//
+// Sizes: CANOPY_BENCH_ENTITIES (default 1,000,000) and
+// CANOPY_BENCH_RESTATE_EVENTS (default 1,000,000, over 30 days).
+func BenchmarkRestateMove(b *testing.B) {
+	entities := envInt(b, "CANOPY_BENCH_ENTITIES", 1_000_000)
+	events := envInt(b, "CANOPY_BENCH_RESTATE_EVENTS", 1_000_000)
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, 4)
+		e.run("gen", "--entities", strconv.Itoa(entities), "--seed", "1")
+		e.run("gen", "--events", strconv.Itoa(events), "--seed", "2", "--days", "30")
+		addr := freeAddr(b)
+		e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addr)
+		w := e.startWorker(0)
+		e.waitAcked(uint64(events), time.Hour)
+		e.waitRestated(30 * time.Minute)
+
+		ctx := context.Background()
+		parent := map[int64]int64{}
+		rows, err := e.pg.Query(ctx, "select id, coalesce(parent_id, 0) from canopy.entities")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for rows.Next() {
+			var id, p int64
+			if err := rows.Scan(&id, &p); err != nil {
+				b.Fatal(err)
+			}
+			parent[id] = p
+		}
+		rows.Close()
+		for _, frac := range []float64{0.01, 0.10} {
+			size := subtreeSizes(parent)
+			want := int(frac * float64(len(parent)))
+			moved, best := int64(0), math.MaxInt
+			for id, n := range size {
+				if d := abs(n - want); parent[id] != 0 && d < best {
+					moved, best = id, d
+				}
+			}
+			root := moved
+			for parent[root] != 0 {
+				root = parent[root]
+			}
+			var target int64
+			for id, p := range parent {
+				if p == 0 && id != root {
+					target = id
+					break
+				}
+			}
+			before := scrape(b, addr)
+			t0 := time.Now()
+			if _, err := e.pg.Exec(ctx, "update canopy.entities set parent_id = $1 where id = $2", target, moved); err != nil {
+				b.Fatal(err)
+			}
+			e.waitRestated(30 * time.Minute)
+			took := time.Since(t0)
+			after := scrape(b, addr)
+			parent[moved] = target
+			delta := func(table string) float64 {
+				k := `canopy_restate_rows_total{table="` + table + `"}`
+				return after[k] - before[k]
+			}
+			label := fmt.Sprintf("%.0f%%", frac*100)
+			b.ReportMetric(took.Seconds(), "restate-"+label+"-s")
+			b.ReportMetric(delta("rollup_daily_current"), "restate-"+label+"-asis-rows")
+			b.Logf("move of entity %d holding %d of %d entities (%s): restated in %s; rows written: rollup_daily_current %.0f, rollup_hourly %.0f, rollup_daily %.0f, entities %.0f",
+				moved, size[moved], len(parent), label, took.Round(time.Millisecond),
+				delta("rollup_daily_current"), delta("rollup_hourly"), delta("rollup_daily"), delta("entities"))
+		}
+		w.stop(b)
+	}
+}
+
+// subtreeSizes counts every entity's subtree (itself included).
+func subtreeSizes(parent map[int64]int64) map[int64]int {
+	size := make(map[int64]int, len(parent))
+	for id := range parent {
+		for x, steps := id, 0; x != 0 && steps < 300; x, steps = parent[x], steps+1 {
+			size[x]++
+		}
+	}
+	return size
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,7 @@ func TestHierarchyCLIErrors(t *testing.T) {
 		{"bad time", []string{"hierarchy", "suspend", "3", "--effective-at", "yesterday"}, 2, "effective-at"},
 		{"unknown flag", []string{"worker", "--no-such-flag"}, 2, "unknown flag"},
 		{"bad csv", []string{"hierarchy", "import", "/nonexistent/file.csv"}, 1, "no such file"},
+		{"future time", []string{"hierarchy", "move", "3", "1", "--effective-at", "2999-01-01T00:00:00Z"}, 1, "future"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,6 +56,50 @@ func TestHierarchyCLIErrors(t *testing.T) {
 	e.run("hierarchy", "move", "3", "0") // 0 makes a root
 	if got := e.entitiesState(); !strings.Contains(got, "3:0:active") {
 		t.Fatalf("move to root: %s", got)
+	}
+}
+
+// TestHierarchySQLErrors makes malformed and refused changes with plain SQL,
+// the interface applications use: each fails with a clear message and
+// leaves the entities, their history and the outbox untouched.
+func TestHierarchySQLErrors(t *testing.T) {
+	e := newEnv(t, 1)
+	csv := filepath.Join(t.TempDir(), "h.csv")
+	if err := os.WriteFile(csv, []byte("id,parent_id,status,name\n1,,active,a\n2,1,active,b\n3,2,active,c\n4,,closed,d\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.run("hierarchy", "import", csv)
+	state := func() string {
+		var h, o int64
+		if err := e.pg.QueryRow(context.Background(), `select (select count(*) from canopy.entity_history),
+			(select count(*) from canopy.outbox)`).Scan(&h, &o); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%s history=%d outbox=%d", e.entitiesState(), h, o)
+	}
+	before := state()
+	for _, tc := range []struct{ name, sql, msg string }{
+		{"cycle", "update canopy.entities set parent_id = 3 where id = 1", "cycle"},
+		{"missing parent", "update canopy.entities set parent_id = 99 where id = 3", "does not exist"},
+		{"closed parent", "update canopy.entities set parent_id = 4 where id = 3", "closed"},
+		{"unknown status", "update canopy.entities set status = 'gone' where id = 3", "status"},
+		{"own parent", "update canopy.entities set parent_id = 3 where id = 3", "parent_not_self"},
+		{"id change", "update canopy.entities set id = 30 where id = 3", "cannot change"},
+		{"delete", "delete from canopy.entities where id = 3", "close"},
+		{"zero id", "insert into canopy.entities (id, parent_id) values (0, 1)", "check"},
+		{"insert under missing parent", "insert into canopy.entities (id, parent_id) values (5, 99)", "does not exist"},
+		{"future", "begin; set local canopy.effective_at = '2999-01-01'; update canopy.entities set parent_id = 1 where id = 3; commit", "future"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.pg.Exec(context.Background(), tc.sql)
+			if err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("%s: error %v, want one mentioning %q", tc.sql, err, tc.msg)
+			}
+			_, _ = e.pg.Exec(context.Background(), "rollback")
+		})
+	}
+	if after := state(); after != before {
+		t.Fatalf("refused changes wrote:\nbefore %s\nafter  %s", before, after)
 	}
 }
 

@@ -9,6 +9,12 @@
 --
 -- A change may not take effect in the future (CN008): the hierarchy has no
 -- notion of scheduled changes.
+--
+-- A move that takes effect in the past must not create a cycle at any time
+-- from then on (CN001), not only in the current hierarchy: moving X under P
+-- from T is refused if X was an ancestor of P at any moment after T. The
+-- check walks P's ancestors through the history, interval by interval. As in
+-- the Tree, an entity's earliest version also stands for the time before it.
 
 alter table canopy.entity_history add column if not exists superseded_by bigint;
 
@@ -30,6 +36,38 @@ begin
             using errcode = 'CN008';
     end if;
     effective := coalesce(explicit_at, now());
+
+    if new.parent_id is not null and explicit_at is not null and explicit_at < now()
+       and tg_op = 'UPDATE' and new.parent_id is distinct from old.parent_id then
+        if exists (
+            with recursive walk (id, lo, hi, steps) as (
+                select new.parent_id, explicit_at, 'infinity'::timestamptz, 0
+                union all
+                select v.parent_id, greatest(w.lo, v.lo), least(w.hi, v.hi), w.steps + 1
+                  from walk w
+                  cross join lateral (
+                      select h.parent_id,
+                             case when exists (
+                                      select 1 from canopy.entity_history e
+                                       where e.id = h.id and e.superseded_by is null
+                                         and e.valid_from < h.valid_from
+                                         and (e.valid_to is null or e.valid_to > e.valid_from))
+                                  then h.valid_from else '-infinity'::timestamptz end as lo,
+                             coalesce(h.valid_to, 'infinity'::timestamptz) as hi
+                        from canopy.entity_history h
+                       where h.id = w.id and h.superseded_by is null
+                         and (h.valid_to is null or h.valid_to > h.valid_from)
+                  ) v
+                 where v.parent_id is not null and v.lo < w.hi and v.hi > w.lo
+                   and w.id <> new.id and w.steps < 300
+            )
+            select 1 from walk where id = new.id
+        ) then
+            raise exception 'canopy: moving entity % under % from % would make it its own ancestor in the history',
+                new.id, new.parent_id, explicit_at
+                using errcode = 'CN001';
+        end if;
+    end if;
 
     select h.valid_from into last_from
       from canopy.entity_history h
