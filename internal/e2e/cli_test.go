@@ -83,7 +83,7 @@ func TestHierarchySQLErrors(t *testing.T) {
 		{"missing parent", "update canopy.entities set parent_id = 99 where id = 3", "does not exist"},
 		{"closed parent", "update canopy.entities set parent_id = 4 where id = 3", "closed"},
 		{"unknown status", "update canopy.entities set status = 'gone' where id = 3", "status"},
-		{"own parent", "update canopy.entities set parent_id = 3 where id = 3", "parent_not_self"},
+		{"own parent", "update canopy.entities set parent_id = 3 where id = 3", "cycle"},
 		{"id change", "update canopy.entities set id = 30 where id = 3", "cannot change"},
 		{"delete", "delete from canopy.entities where id = 3", "close"},
 		{"zero id", "insert into canopy.entities (id, parent_id) values (0, 1)", "check"},

@@ -15,7 +15,12 @@ create table if not exists canopy.restate_state (
     restated_through bigint      not null default 0,
     updated_at       timestamptz not null default now()
 );
-insert into canopy.restate_state (id) values (1) on conflict do nothing;
+-- A database that already has history starts restating after it: its rows
+-- were attributed before the restater existed (rollup_daily_current is then
+-- rebuilt from events, see docs/hierarchy.md).
+insert into canopy.restate_state (id, fence, restated_through)
+select 1, coalesce(max(seq), 0), coalesce(max(seq), 0) from canopy.entity_history
+on conflict do nothing;
 
 -- The as-is tag of a batch: 0 when every change up to the batch's hierarchy
 -- version was already restated when the batch began, else that version.
