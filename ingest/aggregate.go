@@ -168,31 +168,35 @@ const (
 // addDaily adds (sign 1) or subtracts (sign -1) ev to the daily rollup once
 // per link of chain.
 func addDaily(daily *Rollup, ev *Event, chain []Ancestor, sign int) {
-	unix := ev.OccurredAt.Unix()
-	day := unix - unix%secondsPerDay
-	for _, a := range chain {
-		k := RollupKey{EntityID: a.ID, Bucket: day, Depth: a.Depth, Type: ev.Type}
-		if sign < 0 {
-			daily.Sub(k, ev.Measures)
-		} else {
-			daily.Add(k, ev.Measures)
-		}
-	}
+	fanout(nil, daily, ev, chain, sign < 0)
 }
 
 // AddFanout adds (sign 1) or subtracts (sign -1) ev to the hourly and daily
 // rollups once per link of chain: what a restatement moves.
 func AddFanout(hourly, daily *Rollup, ev *Event, chain []Ancestor, sign int) {
-	if sign > 0 {
-		addFanout(hourly, daily, ev, chain)
-		return
-	}
+	fanout(hourly, daily, ev, chain, sign < 0)
+}
+
+// fanout adds or subtracts ev once per link of chain in each non-nil rollup.
+func fanout(hourly, daily *Rollup, ev *Event, chain []Ancestor, sub bool) {
 	unix := ev.OccurredAt.Unix()
 	hour := unix - unix%secondsPerHour
 	day := unix - unix%secondsPerDay
 	for _, a := range chain {
-		hourly.Sub(RollupKey{EntityID: a.ID, Bucket: hour, Depth: a.Depth, Type: ev.Type}, ev.Measures)
-		daily.Sub(RollupKey{EntityID: a.ID, Bucket: day, Depth: a.Depth, Type: ev.Type}, ev.Measures)
+		for _, t := range [2]struct {
+			r      *Rollup
+			bucket int64
+		}{{hourly, hour}, {daily, day}} {
+			if t.r == nil {
+				continue
+			}
+			k := RollupKey{EntityID: a.ID, Bucket: t.bucket, Depth: a.Depth, Type: ev.Type}
+			if sub {
+				t.r.Sub(k, ev.Measures)
+			} else {
+				t.r.Add(k, ev.Measures)
+			}
+		}
 	}
 }
 
@@ -215,11 +219,5 @@ func Merge(rs ...*Rollup) *Rollup {
 
 // addFanout adds ev to the hourly and daily rollups once per link of chain.
 func addFanout(hourly, daily *Rollup, ev *Event, chain []Ancestor) {
-	unix := ev.OccurredAt.Unix()
-	hour := unix - unix%secondsPerHour
-	day := unix - unix%secondsPerDay
-	for _, a := range chain {
-		hourly.Add(RollupKey{EntityID: a.ID, Bucket: hour, Depth: a.Depth, Type: ev.Type}, ev.Measures)
-		daily.Add(RollupKey{EntityID: a.ID, Bucket: day, Depth: a.Depth, Type: ev.Type}, ev.Measures)
-	}
+	fanout(hourly, daily, ev, chain, false)
 }

@@ -417,7 +417,7 @@ func (r *Restater) readAsIs(ctx context.Context, id, seq int64, ownOnly bool,
 		typ    string
 		events int64
 		sums   = make([]schema.Sum128, len(ms))
-		dest   = scanDest(ms, &bucket, &depth, &typ, &events)
+		dest   = measureDest(ms, &bucket, &depth, &typ, &events)
 	)
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
@@ -489,7 +489,7 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 		}
 		var (
 			entity uint64
-			dest   = eventDest(ms, &entity, &ev.OccurredAt, &ev.Type)
+			dest   = measureDest(ms, &entity, &ev.OccurredAt, &ev.Type)
 		)
 		for rows.Next() {
 			if err := rows.Scan(dest...); err != nil {
@@ -574,22 +574,9 @@ func (r *Restater) log() *slog.Logger {
 	return slog.Default()
 }
 
-// scanDest returns scan targets for (bucket, depth, type, events, sums...).
-func scanDest(ms schema.Measures, bucket *time.Time, depth *uint8, typ *string, events *int64) []any {
-	dest := []any{bucket, depth, typ, events}
-	for _, m := range ms {
-		if m.Kind == schema.KindDecimal {
-			dest = append(dest, new(decimal.Decimal))
-		} else {
-			dest = append(dest, new(int64))
-		}
-	}
-	return dest
-}
-
-// eventDest returns scan targets for (entity_id, occurred_at, type, measures...).
-func eventDest(ms schema.Measures, entity *uint64, at *time.Time, typ *string) []any {
-	dest := []any{entity, at, typ}
+// measureDest returns scan targets: head, then one per measure.
+func measureDest(ms schema.Measures, head ...any) []any {
+	dest := head
 	for _, m := range ms {
 		if m.Kind == schema.KindDecimal {
 			dest = append(dest, new(decimal.Decimal))

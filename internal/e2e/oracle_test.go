@@ -82,31 +82,13 @@ type oracle struct {
 }
 
 func buildOracle(h history, events []synth.Event) *oracle {
-	o := &oracle{hourly: map[rollupKey]sums{}, daily: map[rollupKey]sums{}, events: map[string]synth.Event{}}
+	o := &oracle{events: map[string]synth.Event{}}
 	for _, e := range events {
-		if _, dup := o.events[e.ID]; dup {
-			continue
-		}
-		o.events[e.ID] = e
-		hour := e.OccurredAt.Truncate(time.Hour).Unix()
-		day := time.Date(e.OccurredAt.Year(), e.OccurredAt.Month(), e.OccurredAt.Day(), 0, 0, 0, 0, time.UTC).Unix()
-		for depth, anc := range h.chain(e.EntityID, e.OccurredAt) {
-			for _, m := range []struct {
-				tab    map[rollupKey]sums
-				bucket int64
-			}{{o.hourly, hour}, {o.daily, day}} {
-				k := rollupKey{anc, m.bucket, depth, e.Type}
-				s := m.tab[k]
-				if s.amount == nil {
-					s.amount = new(big.Int)
-				}
-				s.events++
-				s.amount.Add(s.amount, big.NewInt(e.Amount))
-				s.quantity += e.Quantity
-				m.tab[k] = s
-			}
+		if _, dup := o.events[e.ID]; !dup {
+			o.events[e.ID] = e
 		}
 	}
+	o.hourly, o.daily = attribute(h, o.events, false, false)
 	return o
 }
 
