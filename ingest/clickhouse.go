@@ -203,6 +203,25 @@ func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {
 	return nil
 }
 
+// AckedRanges reads the acknowledged ranges of a topic (implements Acks).
+func (s *ClickHouseSink) AckedRanges(ctx context.Context, topic string) (map[int32][]Range, error) {
+	rows, err := s.Conn.Query(ctx, fmt.Sprintf(`SELECT partition, first_offset, last_offset FROM %s.%s FINAL
+		WHERE topic = ? ORDER BY partition, first_offset`, s.Schema.Database, schema.TableAcks), topic)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", schema.TableAcks, err)
+	}
+	defer rows.Close()
+	out := map[int32][]Range{}
+	for rows.Next() {
+		var r Range
+		if err := rows.Scan(&r.Partition, &r.First, &r.Last); err != nil {
+			return nil, fmt.Errorf("read %s: %w", schema.TableAcks, err)
+		}
+		out[r.Partition] = append(out[r.Partition], r)
+	}
+	return out, rows.Err()
+}
+
 // WriteFailures inserts one ingest_failures row per failure.
 func (s *ClickHouseSink) WriteFailures(ctx context.Context, fs []Failure) error {
 	batch, err := s.prepare(ctx, schema.TableFailures, s.Schema.FailureColumns())

@@ -24,6 +24,7 @@ func newRoot() *cobra.Command {
 		newGen(cfg),
 		newDev(cfg),
 		newRelay(cfg),
+		newReconcile(cfg),
 	)
 	return root
 }

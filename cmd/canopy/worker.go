@@ -42,41 +42,6 @@ func newWorker(cfg *config) *cobra.Command {
 // mode and tests.
 func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...kgo.Opt) error {
 	log := cfg.logger()
-	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
-	if err != nil {
-		return err
-	}
-	defer func() { _ = ch.Close() }()
-	chs, err := cfg.chSchema()
-	if err != nil {
-		return usageError{err}
-	}
-	policy, _ := cfg.suspendedPolicy()
-
-	store := hierarchy.NewStore(pool)
-	// Where to follow the hierarchy topic from is taken before the load
-	// (hierarchy.EndOffsets says why). Without the topic yet, follow from
-	// its start once it appears; PostgreSQL polling covers the gap.
-	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	follow, ferr := hierarchy.EndOffsets(ectx, cfg.brokers(), cfg.get("kafka.hierarchy_topic"), extra...)
-	cancel()
-	if ferr != nil {
-		log.Info("hierarchy topic not readable yet; following it from its start", "topic", cfg.get("kafka.hierarchy_topic"), "err", ferr)
-		follow = nil
-	}
-	start := time.Now()
-	tree, err := store.Load(ctx)
-	if err != nil {
-		return err
-	}
-	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond),
-		"heap_bytes_per_entity", heapPerEntity(tree.Len()))
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := ingest.NewMetrics(reg)
@@ -86,26 +51,27 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		Buckets: prometheus.ExponentialBuckets(0.005, 1.5, 16), // 5 ms … 2.2 s
 	})
 	reg.MustRegister(propagation)
-	metrics.SetHierarchyVersion(tree.Version())
 
-	producer, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation()}, extra...)...)
+	// Where to follow the hierarchy topic from is taken before the load
+	// (hierarchy.EndOffsets says why). Without the topic yet, follow from
+	// its start once it appears; PostgreSQL polling covers the gap.
+	var follow map[int32]int64
+	p, err := openPipeline(ctx, cfg, log, metrics, func() {
+		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var ferr error
+		if follow, ferr = hierarchy.EndOffsets(ectx, cfg.brokers(), cfg.get("kafka.hierarchy_topic"), extra...); ferr != nil {
+			log.Info("hierarchy topic not readable yet; following it from its start", "topic", cfg.get("kafka.hierarchy_topic"), "err", ferr)
+			follow = nil
+		}
+	}, extra...)
 	if err != nil {
-		return fmt.Errorf("kafka producer: %w", err)
+		return err
 	}
-	defer producer.Close()
-
+	defer p.Close()
+	pool, ch, chs, store, resolver, proc, policy, tree := p.pool, p.ch, p.chs, p.store, p.resolver, p.proc, p.policy, p.resolver.t
+	metrics.SetHierarchyVersion(tree.Version())
 	hostname, _ := os.Hostname()
-	resolver := &treeResolver{t: tree, store: store}
-	proc := &ingest.Processor{
-		Decoder:   ingest.NewDecoder(cfg.measures, 0),
-		Resolver:  resolver,
-		Ledger:    &pgledger.Ledger{Pool: pool},
-		Sink:      &ingest.ClickHouseSink{Conn: ch, Schema: chs},
-		DLQ:       &ingest.KafkaDeadLetters{Client: producer, Topic: cfg.get("kafka.dlq_topic")},
-		Suspended: policy,
-		Metrics:   metrics,
-		Log:       log,
-	}
 	w, err := ingest.NewWorker(ingest.WorkerConfig{
 		Brokers:        cfg.brokers(),
 		Topic:          cfg.get("kafka.events_topic"),

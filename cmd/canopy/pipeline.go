@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/schema"
+)
+
+// pipeline is what every command that ingests needs: the stores, the
+// hierarchy in memory and a Processor over them.
+type pipeline struct {
+	pool     *pgxpool.Pool
+	ch       driver.Conn
+	chs      schema.ClickHouse
+	store    *hierarchy.Store
+	resolver *treeResolver
+	producer *kgo.Client
+	proc     *ingest.Processor
+	policy   ingest.SuspendedPolicy
+}
+
+// openPipeline connects, loads the hierarchy (after beforeLoad, if given)
+// and builds the Processor. Close it when done.
+func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *ingest.Metrics,
+	beforeLoad func(), extra ...kgo.Opt) (p *pipeline, err error) {
+	p = &pipeline{}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	if p.chs, err = cfg.chSchema(); err != nil {
+		return nil, usageError{err}
+	}
+	p.policy, _ = cfg.suspendedPolicy()
+	if p.pool, err = openPostgres(ctx, cfg.get("postgres.dsn")); err != nil {
+		return nil, err
+	}
+	if p.ch, err = openClickHouse(ctx, cfg.get("clickhouse.dsn")); err != nil {
+		return nil, err
+	}
+	p.store = hierarchy.NewStore(p.pool)
+	if beforeLoad != nil {
+		beforeLoad()
+	}
+	start := time.Now()
+	tree, err := p.store.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond),
+		"heap_bytes_per_entity", heapPerEntity(tree.Len()))
+	p.producer, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation()}, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
+	p.resolver = &treeResolver{t: tree, store: p.store}
+	p.proc = &ingest.Processor{
+		Decoder:   ingest.NewDecoder(cfg.measures, 0),
+		Resolver:  p.resolver,
+		Ledger:    &pgledger.Ledger{Pool: p.pool},
+		Sink:      &ingest.ClickHouseSink{Conn: p.ch, Schema: p.chs},
+		DLQ:       &ingest.KafkaDeadLetters{Client: p.producer, Topic: cfg.get("kafka.dlq_topic")},
+		Suspended: p.policy,
+		Metrics:   metrics,
+		Log:       log,
+	}
+	return p, nil
+}
+
+func (p *pipeline) Close() {
+	if p.producer != nil {
+		p.producer.Close()
+	}
+	if p.ch != nil {
+		_ = p.ch.Close()
+	}
+	if p.pool != nil {
+		p.pool.Close()
+	}
+}
