@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Record is one source record: what the processor needs of a Kafka record
@@ -17,6 +19,7 @@ type Record struct {
 	Offset    int64
 	Key       []byte
 	Value     []byte
+	Headers   []kgo.RecordHeader // canopy.* headers of retried and replayed records
 }
 
 // Processor turns a contiguous run of one partition's records into a written,
@@ -30,6 +33,7 @@ type Processor struct {
 	Sink      Sink
 	DLQ       DeadLetters
 	Suspended SuspendedPolicy
+	Retry     RetryPolicy
 	Metrics   *Metrics // may be nil
 	Log       *slog.Logger
 	Now       func() time.Time // default time.Now
@@ -60,6 +64,20 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 		return 0, fmt.Errorf("%w: %s/%d offset %d is inside batch %d…%d", ErrOverlap, first.Topic, first.Partition, first.Offset, in.First, in.Last)
 	}
 	if !found {
+		// Records from the retry topic wait until they are due; only the
+		// due prefix makes a batch.
+		due := len(recs)
+		now := p.now()
+		for i, r := range recs {
+			if o := originOf(r); !o.retryAt.IsZero() && o.retryAt.After(now) {
+				due = i
+				break
+			}
+		}
+		if due == 0 {
+			return 0, nil
+		}
+		recs = recs[:due]
 		in = Intent{
 			Source:           Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
 			HierarchyVersion: p.Resolver.Version(),
@@ -221,16 +239,27 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		b.AsIs = Merge(b.Daily, moved)
 	}
 	counts.Accepted = uint32(len(b.Events))
-	counts.DeadLettered = uint32(len(failures))
-	b.Counts = counts
 
 	// Dead letters go out before the acknowledgement, so a crash can repeat
 	// them (at-least-once, keyed by source offset) but never lose them.
-	if len(failures) > 0 {
-		if err := p.DLQ.Publish(ctx, failures); err != nil {
+	// Transient failures go to the retry topic while attempts and age
+	// allow, so the partition goes on; the rest are dead letters.
+	retries, dead := p.route(failures)
+	counts.Retried = uint32(len(retries))
+	counts.DeadLettered = uint32(len(dead))
+	b.Counts = counts
+	if len(retries) > 0 {
+		if err := p.Retry.Publisher.PublishRetries(ctx, retries); err != nil {
+			return in, false, fmt.Errorf("retry publish: %w", err)
+		}
+	}
+	if len(dead) > 0 {
+		if err := p.DLQ.Publish(ctx, dead); err != nil {
 			return in, false, fmt.Errorf("dead-letter publish: %w", err)
 		}
-		if err := p.Sink.WriteFailures(ctx, failures); err != nil {
+	}
+	if resolved := p.resolved(b, recs); len(dead)+len(resolved) > 0 {
+		if err := p.Sink.WriteFailures(ctx, append(dead, resolved...)); err != nil {
 			return in, false, fmt.Errorf("write failures: %w", err)
 		}
 	}
@@ -244,11 +273,48 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if err := p.Ledger.Done(ctx, in.Source); err != nil {
 		return in, false, fmt.Errorf("mark batch done: %w", err)
 	}
-	p.Metrics.observeBatch(b, len(failures), time.Since(start))
+	p.Metrics.observeBatch(b, len(dead), len(retries), time.Since(start))
 	if in.Replay {
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
 	return in, false, nil
+}
+
+// route splits failures into those to retry and dead letters.
+func (p *Processor) route(fs []Failure) (retry, dead []Failure) {
+	pol := p.Retry.withDefaults()
+	for _, f := range fs {
+		transient := f.Class == ClassUnknownEntity
+		if transient && p.Retry.Publisher != nil && f.Attempts < pol.MaxAttempts && f.At.Sub(f.First) < pol.MaxAge {
+			f.RetryAt = f.At.Add(pol.delay(f.Attempts))
+			retry = append(retry, f)
+			continue
+		}
+		dead = append(dead, f)
+	}
+	return retry, dead
+}
+
+// resolved returns, for the accepted records of b that were replayed from
+// the dead letters, the failure rows that mark their first source resolved.
+func (p *Processor) resolved(b *Batch, recs []Record) []Failure {
+	var out []Failure
+	accepted := make(map[int64]bool, len(b.Events))
+	for _, e := range b.Events {
+		accepted[e.Offset] = true
+	}
+	for _, r := range recs {
+		o := originOf(r)
+		if !o.known || !o.replay || !accepted[r.Offset] {
+			continue
+		}
+		at := p.now().UTC().Truncate(time.Second)
+		out = append(out, Failure{
+			Source: o.source, Key: r.Key, Raw: r.Value, Class: o.class, Message: o.message,
+			Attempts: o.attempts, First: o.first, At: at, Resolution: "replayed",
+		})
+	}
+	return out
 }
 
 func hasClass(fs []Failure, c Class) bool {
@@ -269,6 +335,15 @@ func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
 		Message:  msg,
 		Attempts: 1,
 		At:       p.now().UTC().Truncate(time.Second),
+	}
+	// A retried or replayed record fails in the name of its first source.
+	if o := originOf(r); o.known {
+		f.Source = o.source
+		f.Attempts = o.attempts + 1
+		f.First = o.first
+	}
+	if f.First.IsZero() {
+		f.First = f.At
 	}
 	if ev != nil {
 		f.EventID, f.EntityID = ev.ID, ev.EntityID

@@ -222,6 +222,13 @@ func (s *ClickHouseSink) AckedRanges(ctx context.Context, topic string) (map[int
 	return out, rows.Err()
 }
 
+func first(f Failure) time.Time {
+	if f.First.IsZero() {
+		return f.At
+	}
+	return f.First
+}
+
 // WriteFailures inserts one ingest_failures row per failure.
 func (s *ClickHouseSink) WriteFailures(ctx context.Context, fs []Failure) error {
 	batch, err := s.prepare(ctx, schema.TableFailures, s.Schema.FailureColumns())
@@ -230,7 +237,7 @@ func (s *ClickHouseSink) WriteFailures(ctx context.Context, fs []Failure) error 
 	}
 	for _, f := range fs {
 		if err := batch.Append(f.Source.Topic, f.Source.Partition, f.Source.First, f.EventID, uint64(f.EntityID), //nolint:gosec // ids >= 0
-			string(f.Raw), string(f.Class), f.Message, f.Attempts, f.At, f.At, ""); err != nil {
+			string(f.Raw), string(f.Class), f.Message, f.Attempts, first(f), f.At, f.Resolution); err != nil {
 			_ = batch.Abort()
 			return fmt.Errorf("insert into %s: %w", schema.TableFailures, err)
 		}

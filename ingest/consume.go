@@ -20,8 +20,11 @@ import (
 type WorkerConfig struct {
 	Brokers []string
 	Topic   string // default "canopy.events"
-	Group   string // default "canopy"
-	Owner   string // this member's name in partition leases; default hostname-pid
+	// RetryTopic, when set, is consumed too: records waiting for a retry
+	// (see RetryPolicy) are processed when due.
+	RetryTopic string
+	Group      string // default "canopy"
+	Owner      string // this member's name in partition leases; default hostname-pid
 	// MaxPollRecords caps the records taken per poll; default 50000.
 	MaxPollRecords int
 	// FetchMaxWait is how long the broker may hold a fetch to fill
@@ -96,6 +99,13 @@ type Worker struct {
 	once  sync.Once
 }
 
+func (c WorkerConfig) topics() []string {
+	if c.RetryTopic == "" || c.RetryTopic == c.Topic {
+		return []string{c.Topic}
+	}
+	return []string{c.Topic, c.RetryTopic}
+}
+
 // NewWorker builds the Kafka client of a worker. extra options (e.g. for
 // tests) are appended last.
 func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo.Opt) (*Worker, error) {
@@ -109,7 +119,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
-		kgo.ConsumeTopics(cfg.Topic),
+		kgo.ConsumeTopics(cfg.topics()...),
 		kgo.DisableAutoCommit(),
 		// Processing between polls is atomic with respect to rebalances, so
 		// a commit never covers a partition this member no longer owns.
@@ -252,7 +262,7 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 			return
 		}
 		for _, r := range fp.Records {
-			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value})
+			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers})
 		}
 		if n := len(fp.Records); n > 0 {
 			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)

@@ -3,8 +3,6 @@ package ingest
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -35,20 +33,7 @@ func (d *KafkaDeadLetters) Publish(ctx context.Context, fs []Failure) error {
 	}
 	recs := make([]*kgo.Record, len(fs))
 	for i, f := range fs {
-		recs[i] = &kgo.Record{
-			Topic: topic,
-			Key:   f.Key,
-			Value: f.Raw,
-			Headers: []kgo.RecordHeader{
-				{Key: HeaderErrorClass, Value: []byte(f.Class)},
-				{Key: HeaderErrorMessage, Value: []byte(f.Message)},
-				{Key: HeaderAttempts, Value: []byte(strconv.FormatUint(uint64(f.Attempts), 10))},
-				{Key: HeaderSourceTopic, Value: []byte(f.Source.Topic)},
-				{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(f.Source.Partition)))},
-				{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(f.Source.First, 10))},
-				{Key: HeaderFailedAt, Value: []byte(f.At.Format(time.RFC3339))},
-			},
-		}
+		recs[i] = &kgo.Record{Topic: topic, Key: f.Key, Value: f.Raw, Headers: failureHeaders(f)}
 	}
 	if err := d.Client.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		return fmt.Errorf("produce to %s: %w", topic, err)

@@ -21,7 +21,7 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "canopy_records_total", Help: "Source records by outcome (accepted, duplicate, dead_lettered).",
+			Name: "canopy_records_total", Help: "Source records by outcome (accepted, duplicate, dead_lettered, retried).",
 		}, []string{"outcome"}),
 		rollupRows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "canopy_rows_written_total", Help: "Rows written to ClickHouse by table, after in-batch aggregation.",
@@ -44,13 +44,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeBatch(b *Batch, failures int, d time.Duration) {
+func (m *Metrics) observeBatch(b *Batch, dead, retried int, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.records.WithLabelValues("accepted").Add(float64(b.Counts.Accepted))
 	m.records.WithLabelValues("duplicate").Add(float64(b.Counts.Duplicates))
-	m.records.WithLabelValues("dead_lettered").Add(float64(failures))
+	m.records.WithLabelValues("dead_lettered").Add(float64(dead))
+	m.records.WithLabelValues("retried").Add(float64(retried))
 	m.rollupRows.WithLabelValues("events").Add(float64(len(b.Events)))
 	m.rollupRows.WithLabelValues("rollup_hourly").Add(float64(b.Hourly.Len()))
 	m.rollupRows.WithLabelValues("rollup_daily").Add(float64(b.Daily.Len()))

@@ -50,7 +50,12 @@ type Failure struct {
 	Class    Class
 	Message  string
 	Attempts uint32
-	At       time.Time
+	At       time.Time // this failure (ingest_failures.last_failure)
+	First    time.Time // the record's first failure
+	RetryAt  time.Time // when a retry is due
+	// Resolution is "" for a failure; "replayed" marks the failure of
+	// Source resolved by a successful replay.
+	Resolution string
 }
 
 // Sink writes batches. Write must be idempotent for an identical batch: a

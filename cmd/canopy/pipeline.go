@@ -72,8 +72,15 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		Sink:      &ingest.ClickHouseSink{Conn: p.ch, Schema: p.chs},
 		DLQ:       &ingest.KafkaDeadLetters{Client: p.producer, Topic: cfg.get("kafka.dlq_topic")},
 		Suspended: p.policy,
-		Metrics:   metrics,
-		Log:       log,
+		Retry: ingest.RetryPolicy{
+			Publisher:   &ingest.KafkaRetries{Client: p.producer, Topic: cfg.get("kafka.retry_topic")},
+			MaxAttempts: uint32(max(cfg.int("ingest.retry_attempts"), 1)), //nolint:gosec // small
+			Backoff:     cfg.duration("ingest.retry_backoff"),
+			MaxBackoff:  cfg.duration("ingest.retry_max_backoff"),
+			MaxAge:      cfg.duration("ingest.retry_max_age"),
+		},
+		Metrics: metrics,
+		Log:     log,
 	}
 	return p, nil
 }

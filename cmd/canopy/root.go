@@ -25,6 +25,7 @@ func newRoot() *cobra.Command {
 		newDev(cfg),
 		newRelay(cfg),
 		newReconcile(cfg),
+		newDLQ(cfg),
 	)
 	return root
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
@@ -72,9 +74,11 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	pool, ch, chs, store, resolver, proc, policy, tree := p.pool, p.ch, p.chs, p.store, p.resolver, p.proc, p.policy, p.resolver.t
 	metrics.SetHierarchyVersion(tree.Version())
 	hostname, _ := os.Hostname()
+	ensureRetryTopic(ctx, log, cfg, extra...)
 	w, err := ingest.NewWorker(ingest.WorkerConfig{
 		Brokers:        cfg.brokers(),
 		Topic:          cfg.get("kafka.events_topic"),
+		RetryTopic:     cfg.get("kafka.retry_topic"),
 		Group:          cfg.get("kafka.group"),
 		Owner:          fmt.Sprintf("%s-%d", hostname, os.Getpid()),
 		MaxPollRecords: cfg.int("ingest.max_poll_records"),
@@ -261,4 +265,31 @@ func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []inges
 		dst = append(dst, ingest.Ancestor{ID: a.ID, Depth: a.Depth, Suspended: a.Status != hierarchy.StatusActive})
 	}
 	return dst, true
+}
+
+// ensureRetryTopic creates the retry topic, with as many partitions as the
+// events topic, if it does not exist: a consumer only learns of a topic
+// created later at its next metadata refresh, minutes away.
+func ensureRetryTopic(ctx context.Context, log *slog.Logger, cfg *config, extra ...kgo.Opt) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	partitions := int32(1)
+	if d, err := adm.ListTopics(ctx, cfg.get("kafka.events_topic")); err == nil {
+		if t, ok := d[cfg.get("kafka.events_topic")]; ok && t.Err == nil && len(t.Partitions) > 0 {
+			partitions = int32(len(t.Partitions)) //nolint:gosec // partition counts are small
+		}
+	}
+	resp, err := adm.CreateTopic(ctx, partitions, -1, nil, cfg.get("kafka.retry_topic"))
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		log.Warn("could not create the retry topic; retries wait until it exists", "topic", cfg.get("kafka.retry_topic"), "err", err)
+	}
 }

@@ -137,6 +137,10 @@ func newEnv(t testing.TB, partitions int32) *env {
 		"CANOPY_CLICKHOUSE_DATABASE="+e.chDB,
 		"CANOPY_KAFKA_EVENTS_TOPIC="+e.topic,
 		"CANOPY_KAFKA_DLQ_TOPIC="+e.dlq,
+		"CANOPY_KAFKA_RETRY_TOPIC="+name+".retry",
+		// Tests that are not about retries see an unknown entity dead-lettered
+		// at once; TestUnknownEntityRetried sets its own policy.
+		"CANOPY_INGEST_RETRY_ATTEMPTS=1",
 		"CANOPY_KAFKA_GROUP="+name,
 		"CANOPY_HTTP_ADDR=127.0.0.1:0",
 		"CANOPY_INGEST_SESSION_TIMEOUT=6s",
