@@ -60,7 +60,9 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 	}
 	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond),
 		"heap_bytes_per_entity", heapPerEntity(tree.Len()))
-	p.producer, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation()}, extra...)...)
+	// Dead letters carry the original bytes, oversize records included.
+	p.producer, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation(),
+		kgo.ProducerBatchMaxBytes(16 << 20)}, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}

@@ -458,6 +458,7 @@ func shift(out *ingest.Rollup, key ingest.RollupKey, d uint8, events int64, sums
 func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error {
 	ms := r.Schema.Measures
 	related := r.Tree.Related(c.ID)
+	from := r.affectedFrom(c)
 	hourly, daily := ingest.NewRollup(len(ms)), ingest.NewRollup(len(ms))
 	const chunk = 20000
 	var (
@@ -480,8 +481,8 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 			q.WriteString(strconv.FormatInt(id, 10))
 		}
 		fmt.Fprintf(&q, ") AND hierarchy_version < %d", c.Seq)
-		if !c.ValidFrom.IsZero() {
-			fmt.Fprintf(&q, " AND occurred_at >= toDateTime(%d)", c.ValidFrom.Unix())
+		if !from.IsZero() {
+			fmt.Fprintf(&q, " AND occurred_at >= toDateTime(%d)", from.Unix())
 		}
 		rows, err := r.CH.Query(ctx, q.String())
 		if err != nil {
@@ -526,6 +527,25 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 		r.count(t.table, t.r.Len())
 	}
 	return nil
+}
+
+// affectedFrom is the earliest event time whose as-was chain the change can
+// alter: its effective time, or the zero time (all history) when a
+// back-dated change replaced the entity's earliest version, which also
+// stands for the time before it.
+func (r *Restater) affectedFrom(c hierarchy.Recorded) time.Time {
+	if !c.Supersedes || c.ValidFrom.IsZero() {
+		return c.ValidFrom
+	}
+	var b1, b2 [64]ingest.Ancestor
+	just := c.ValidFrom.Add(-time.Microsecond)
+	was, ok1 := ingest.Chain(r.Tree, c.ID, just, c.Seq-1, ingest.SuspendedInclude, b1[:0])
+	now, ok2 := ingest.Chain(r.Tree, c.ID, just, c.Seq, ingest.SuspendedInclude, b2[:0])
+	if !ok1 || !ok2 || len(was) != len(now) || was[0].Suspended != now[0].Suspended ||
+		(len(was) > 1 && was[1].ID != now[1].ID) {
+		return time.Time{}
+	}
+	return c.ValidFrom
 }
 
 // writeEntities rewrites the ClickHouse entities rows of ids (deduplicated)

@@ -123,7 +123,8 @@ func newEnv(t testing.TB, partitions int32) *env {
 		t.Fatalf("clickhouse: %v", err)
 	}
 
-	e.kafka, err = kgo.NewClient(kgo.SeedBrokers(svc.brokers...), kgo.ProducerLinger(5*time.Millisecond))
+	e.kafka, err = kgo.NewClient(kgo.SeedBrokers(svc.brokers...), kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(16<<20))
 	if err != nil {
 		t.Fatalf("kafka: %v", err)
 	}

@@ -397,7 +397,8 @@ func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
 		if rng.IntN(10) < 3 {
 			l.change(nil, start.Add(span))
 		} else {
-			at := start.Add(span * time.Duration(round+1) / time.Duration(nChanges+1)).Add(time.Duration(rng.IntN(3600)) * time.Second)
+			// Whole seconds: the CLI takes RFC 3339 without fractions.
+			at := start.Add(span * time.Duration(round+1) / time.Duration(nChanges+1)).Add(time.Duration(rng.IntN(3600)) * time.Second).Truncate(time.Second)
 			l.change(&at, start.Add(span))
 		}
 	}
