@@ -3,13 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/schema"
 )
 
 func newReconcile(cfg *config) *cobra.Command {
@@ -27,7 +33,11 @@ and otherwise processed through the same exactly-once path as the worker, so a
 range that was in fact processed is skipped and no event counts twice. Safe to
 run while workers run, and as often as you like; --watch repeats it.
 
-Output: one line per range, "TOPIC PARTITION FIRST LAST RECORDS".`,
+Output: one line per range, "TOPIC PARTITION FIRST LAST RECORDS", then one line
+per error class of the failures not resolved yet, "failures CLASS COUNT" (replay
+them with canopy dlq replay once their cause is fixed). With --watch it serves
+/metrics on --http-addr: canopy_ack_gap_records (records in unacknowledged
+ranges at the last scan) and canopy_reprocessed_records_total.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runReconcile(cmd.Context(), cfg, dryRun, watch)
@@ -50,6 +60,23 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 		return fmt.Errorf("kafka: %w", err)
 	}
 	defer cl.Close()
+	gapRecords := prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_ack_gap_records",
+		Help: "Records below the committed offsets in ranges ingest_acks does not cover, at the last scan."})
+	reprocessed := prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_reprocessed_records_total",
+		Help: "Records of unacknowledged ranges processed by reconcile."})
+	if watch > 0 {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(gapRecords, reprocessed)
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		ln, err := net.Listen("tcp", cfg.get("http.addr"))
+		if err != nil {
+			return usageError{fmt.Errorf("http.addr %s: %w", cfg.get("http.addr"), err)}
+		}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer func() { _ = srv.Close() }()
+	}
 	r := &ingest.Reconciler{
 		Client: cl, Topic: cfg.get("kafka.events_topic"), Group: cfg.get("kafka.group"),
 		Acks: p.proc.Sink.(*ingest.ClickHouseSink), Processor: p.proc, Log: log,
@@ -67,11 +94,26 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 			}
 			gaps, err = r.Run(ctx)
 		}
+		total := 0
 		for _, g := range gaps {
 			fmt.Printf("%s %d %d %d %d\n", r.Topic, g.Partition, g.First, g.Last, g.Records)
+			total += g.Records
 		}
 		if err != nil {
 			return err
+		}
+		if dryRun {
+			gapRecords.Set(float64(total))
+		} else {
+			gapRecords.Set(0)
+			reprocessed.Add(float64(total))
+		}
+		failures, ferr := unresolvedFailures(ctx, p, r.Topic)
+		if ferr != nil {
+			return ferr
+		}
+		for _, f := range failures {
+			fmt.Printf("failures %s %d\n", f.class, f.n)
 		}
 		verb := "reprocessed"
 		if dryRun {
@@ -82,4 +124,30 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 			return nil
 		}
 	}
+}
+
+type failureCount struct {
+	class string
+	n     uint64
+}
+
+// unresolvedFailures counts the failures of a topic's records that no
+// replay has resolved, by error class.
+func unresolvedFailures(ctx context.Context, p *pipeline, topic string) ([]failureCount, error) {
+	rows, err := p.ch.Query(ctx, fmt.Sprintf(`SELECT error_class, count() FROM %s.%s FINAL
+		WHERE source_topic = ? AND resolution = '' GROUP BY error_class ORDER BY error_class`,
+		p.chs.Database, schema.TableFailures), topic)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", schema.TableFailures, err)
+	}
+	defer rows.Close()
+	var out []failureCount
+	for rows.Next() {
+		var f failureCount
+		if err := rows.Scan(&f.class, &f.n); err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
 }

@@ -84,6 +84,9 @@ func TestUnknownEntityRetried(t *testing.T) {
 		t.Fatalf("dead-letter topic holds %d records, want exactly the 30 of entity %d", n, late)
 	}
 
+	if got := lines(e.run("reconcile", "--dry-run")); strings.Join(got, "|") != "failures unknown_entity 30" {
+		t.Fatalf("reconcile --dry-run = %q, want the 30 unresolved failures and no gap", got)
+	}
 	if _, err := e.pg.Exec(context.Background(), "insert into canopy.entities (id, parent_id) values ($1, 9)", late); err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +103,9 @@ func TestUnknownEntityRetried(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 	e.run("dlq", "replay", "--entity", strconv.Itoa(late)) // a second replay: nothing more counts
+	if got := lines(e.run("reconcile", "--dry-run")); len(got) != 0 {
+		t.Fatalf("reconcile --dry-run after the replay = %q, want nothing", got)
+	}
 	e.waitAcked(uint64(len(values)+60), time.Minute)
 	w.stop(t)
 
