@@ -1,8 +1,8 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -70,19 +70,7 @@ type KafkaRetries struct {
 // PublishRetries produces one record per failure, with the original bytes
 // and headers naming the source, the attempts so far and when it is due.
 func (k *KafkaRetries) PublishRetries(ctx context.Context, fs []Failure) error {
-	topic := k.Topic
-	if topic == "" {
-		topic = "canopy.events.retry"
-	}
-	recs := make([]*kgo.Record, len(fs))
-	for i, f := range fs {
-		recs[i] = &kgo.Record{Topic: topic, Key: f.Key, Value: f.Raw, Headers: append(failureHeaders(f),
-			kgo.RecordHeader{Key: HeaderRetryAt, Value: []byte(f.RetryAt.UTC().Format(time.RFC3339Nano))})}
-	}
-	if err := k.Client.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		return fmt.Errorf("produce to %s: %w", topic, err)
-	}
-	return nil
+	return publishFailures(ctx, k.Client, cmp.Or(k.Topic, "canopy.events.retry"), fs, true)
 }
 
 // failureHeaders are the headers that name a failure and its source.
