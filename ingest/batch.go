@@ -35,6 +35,9 @@ type Processor struct {
 	Suspended SuspendedPolicy
 	Retry     RetryPolicy
 	Metrics   *Metrics // may be nil
+	// Observer, if set, is told the counts and dead letters of every batch
+	// this Processor writes (not of batches found done).
+	Observer func(c Counts, dead []Failure)
 	Log       *slog.Logger
 	Now       func() time.Time // default time.Now
 }
@@ -274,6 +277,9 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		return in, false, fmt.Errorf("mark batch done: %w", err)
 	}
 	p.Metrics.observeBatch(b, len(dead), len(retries), time.Since(start))
+	if p.Observer != nil {
+		p.Observer(b.Counts, dead)
+	}
 	if in.Replay {
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}

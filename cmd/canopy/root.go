@@ -26,6 +26,7 @@ func newRoot() *cobra.Command {
 		newRelay(cfg),
 		newReconcile(cfg),
 		newDLQ(cfg),
+		newBackfill(cfg),
 	)
 	return root
 }

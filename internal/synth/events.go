@@ -112,3 +112,12 @@ func (c Events) Each(fn func(i int, e Event) error) error {
 	}
 	return nil
 }
+
+// CSVHeader is the header of CSVRow's columns.
+var CSVHeader = []string{"event_id", "entity_id", "occurred_at", "type", "amount", "quantity"}
+
+// CSVRow renders the event as a CSV row in CSVHeader's order.
+func (e Event) CSVRow() []string {
+	return []string{e.ID, strconv.FormatInt(e.EntityID, 10), e.OccurredAt.Format(time.RFC3339), e.Type,
+		formatUnits(e.Amount), strconv.FormatInt(e.Quantity, 10)}
+}
