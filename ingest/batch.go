@@ -38,8 +38,8 @@ type Processor struct {
 	// Observer, if set, is told the counts and dead letters of every batch
 	// this Processor writes (not of batches found done).
 	Observer func(c Counts, dead []Failure)
-	Log       *slog.Logger
-	Now       func() time.Time // default time.Now
+	Log      *slog.Logger
+	Now      func() time.Time // default time.Now
 }
 
 // Process handles a prefix of recs (same topic and partition, increasing
