@@ -98,9 +98,15 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		// The restater's fence and progress, read under the lock it takes
 		// exclusively to move the fence (docs/hierarchy.md): once the fence
 		// is up, no new batch resolves with an older version.
+		// The lock must be held before the state is read, in its own
+		// statement: a statement's snapshot is taken when it starts, so one
+		// that waited for the lock inside would read the fence as it was
+		// before the restater moved it.
+		if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared($1)`, RestateLockKey); err != nil {
+			return fmt.Errorf("restate lock: %w", err)
+		}
 		var fence, restated int64
-		if err := tx.QueryRow(ctx, `select fence, restated_through from canopy.restate_state, pg_advisory_xact_lock_shared($1)`,
-			RestateLockKey).Scan(&fence, &restated); err != nil {
+		if err := tx.QueryRow(ctx, `select fence, restated_through from canopy.restate_state`).Scan(&fence, &restated); err != nil {
 			return fmt.Errorf("read restate state: %w", err)
 		}
 		pending := in.HierarchyVersion
