@@ -242,8 +242,14 @@ type EntityRow struct {
 // EntityRows calls fn for every entity in id order, from one snapshot. An
 // error from fn stops the scan and is returned as is.
 func (s *Store) EntityRows(ctx context.Context, fn func(EntityRow) error) error {
+	return s.scanEntities(ctx, fn, "order by id")
+}
+
+// scanEntities calls fn for each row of canopy.entities selected by tail
+// (a WHERE and ORDER BY clause).
+func (s *Store) scanEntities(ctx context.Context, fn func(EntityRow) error, tail string, args ...any) error {
 	rows, err := s.pool.Query(ctx, `select id, coalesce(parent_id, 0), coalesce(name, ''), status, updated_at
-		from canopy.entities order by id`)
+		from canopy.entities `+tail, args...)
 	if err != nil {
 		return fmt.Errorf("hierarchy: read entities: %w", err)
 	}
@@ -324,28 +330,8 @@ func (s *Store) LatestSeq(ctx context.Context) (int64, error) {
 // EntitiesByID returns the current rows of the given ids (unknown ids are
 // left out), in id order.
 func (s *Store) EntitiesByID(ctx context.Context, ids []int64) ([]EntityRow, error) {
-	rows, err := s.pool.Query(ctx, `select id, coalesce(parent_id, 0), coalesce(name, ''), status, updated_at
-		from canopy.entities where id = any($1) order by id`, ids)
-	if err != nil {
-		return nil, fmt.Errorf("hierarchy: read entities: %w", err)
-	}
-	defer rows.Close()
 	var out []EntityRow
-	for rows.Next() {
-		var (
-			r      EntityRow
-			status string
-		)
-		if err := rows.Scan(&r.ID, &r.ParentID, &r.Name, &status, &r.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("hierarchy: read entities: %w", err)
-		}
-		if r.Status, err = ParseStatus(status); err != nil {
-			return nil, fmt.Errorf("hierarchy: entity %d: %w", r.ID, err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("hierarchy: read entities: %w", err)
-	}
-	return out, nil
+	err := s.scanEntities(ctx, func(r EntityRow) error { out = append(out, r); return nil },
+		"where id = any($1) order by id", ids)
+	return out, err
 }

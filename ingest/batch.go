@@ -181,15 +181,8 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 
 	if mayRefresh && !in.Replay && hasClass(failures, ClassUnknownEntity) {
-		if r, ok := p.Resolver.(Refresher); ok {
-			v, err := r.Refresh(ctx)
-			if err != nil {
-				return in, false, fmt.Errorf("refresh hierarchy: %w", err)
-			}
-			if v > in.HierarchyVersion {
-				in.HierarchyVersion = v
-				return in, true, nil
-			}
+		if again, err := p.catchUp(ctx, &in); again || err != nil {
+			return in, again, err
 		}
 	}
 
@@ -197,15 +190,8 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if errors.Is(err, ErrHierarchyBehind) && !in.Replay && mayRefresh {
 		// The restater has fenced off older versions: catch up and resolve
 		// the batch again.
-		if r, ok := p.Resolver.(Refresher); ok {
-			v, rerr := r.Refresh(ctx)
-			if rerr != nil {
-				return in, false, fmt.Errorf("refresh hierarchy: %w", rerr)
-			}
-			if v > in.HierarchyVersion {
-				in.HierarchyVersion = v
-				return in, true, nil
-			}
+		if again, cerr := p.catchUp(ctx, &in); again || cerr != nil {
+			return in, again, cerr
 		}
 	}
 	if err != nil {
@@ -321,6 +307,24 @@ func (p *Processor) resolved(b *Batch, recs []Record) []Failure {
 		})
 	}
 	return out
+}
+
+// catchUp brings the hierarchy up to date when the Resolver can, and moves a
+// new batch to the newer version; again reports that it did.
+func (p *Processor) catchUp(ctx context.Context, in *Intent) (again bool, err error) {
+	r, ok := p.Resolver.(Refresher)
+	if !ok {
+		return false, nil
+	}
+	v, err := r.Refresh(ctx)
+	if err != nil {
+		return false, fmt.Errorf("refresh hierarchy: %w", err)
+	}
+	if v <= in.HierarchyVersion {
+		return false, nil
+	}
+	in.HierarchyVersion = v
+	return true, nil
 }
 
 func hasClass(fs []Failure, c Class) bool {
