@@ -51,9 +51,16 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 		return 0, nil
 	}
 	first := recs[0]
-	in, found, err := p.Ledger.Intent(ctx, Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset})
+	in, found, err := p.Ledger.Intent(ctx, Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset})
 	if err != nil {
 		return 0, err
+	}
+	if found && in.First > first.Offset {
+		// A batch recorded earlier starts inside these records (a backfill
+		// over a wider range than before, offsets moved by hand): stop
+		// before it, or its records would count twice.
+		recs = recs[:cut(recs, in.First-1)]
+		found = false
 	}
 	if found && in.Done {
 		// Everything of that batch, ack included, is written; only the

@@ -47,10 +47,17 @@ func (l *memLedger) Acquire(_ context.Context, src Source, _ string) (int64, err
 func (l *memLedger) Intent(_ context.Context, src Source) (Intent, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var next *Intent
 	for _, in := range l.intents[lpOf(src)] {
 		if in.First <= src.First && src.First <= in.Last {
 			return in, true, nil
 		}
+		if in.First > src.First && in.First <= src.Last && (next == nil || in.First < next.First) {
+			next = &in
+		}
+	}
+	if next != nil {
+		return *next, true, nil
 	}
 	return Intent{}, false, nil
 }
@@ -322,5 +329,39 @@ func TestProcessRefreshesBeforeUnknownEntity(t *testing.T) {
 	if b.Counts.Accepted != 1 || b.Counts.DeadLettered != 1 || r.refreshes != 1 || b.Intent.HierarchyVersion != 8 {
 		t.Fatalf("counts %+v, refreshes %d, version %d; want 1 accepted, 1 dead letter (77), one refresh, version 8",
 			b.Counts, r.refreshes, b.Intent.HierarchyVersion)
+	}
+}
+
+// A batch over a wider range than an earlier one (a backfill from an earlier
+// offset, offsets moved back by hand) stops before the recorded batch, skips
+// it, and goes on after it: each record is written once.
+func TestProcessStopsBeforeRecordedBatch(t *testing.T) {
+	p, l, s := newTestProcessor()
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
+	var recs []Record
+	for i := range 9 {
+		recs = append(recs, record(int64(i), ev(fmt.Sprintf("e%d", i), 3, "1")))
+	}
+	if n, err := p.Process(context.Background(), epoch, recs[3:6]); err != nil || n != 3 {
+		t.Fatalf("middle batch: n=%d err=%v", n, err)
+	}
+	var steps []int
+	for done := 0; done < len(recs); {
+		n, err := p.Process(context.Background(), epoch, recs[done:])
+		if err != nil || n == 0 {
+			t.Fatalf("at %d: n=%d err=%v", done, n, err)
+		}
+		steps = append(steps, n)
+		done += n
+	}
+	if !reflect.DeepEqual(steps, []int{3, 3, 3}) {
+		t.Fatalf("batches of %v records, want 3, 3 (the recorded one, skipped), 3", steps)
+	}
+	var accepted uint32
+	for _, b := range s.batches {
+		accepted += b.Counts.Accepted
+	}
+	if accepted != 9 || len(s.batches) != 3 {
+		t.Fatalf("%d batches accepted %d events, want 3 batches, 9 events", len(s.batches), accepted)
 	}
 }

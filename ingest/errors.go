@@ -34,6 +34,10 @@ var (
 	// ErrHierarchyBehind means the in-memory hierarchy is older than the
 	// version a replayed batch was first resolved with; wait and retry.
 	ErrHierarchyBehind = errors.New("ingest: hierarchy older than the batch being replayed")
+	// ErrPaused means canopy rebuild is swapping rollup partitions: no new
+	// batch may start until it is done (batches already recorded may
+	// finish). Wait and retry.
+	ErrPaused = errors.New("ingest: paused while canopy rebuild swaps rollups")
 	// ErrOverlap means the committed position falls inside a batch recorded
 	// by an earlier attempt that did not start there (offsets moved by hand).
 	ErrOverlap = errors.New("ingest: position falls inside an earlier batch")

@@ -52,7 +52,9 @@ type Ledger interface {
 	Acquire(ctx context.Context, src Source, owner string) (epoch int64, err error)
 	// Intent returns the recorded intent that contains offset src.First, if any:
 	// usually one starting there (a replay), or one that started earlier when
-	// offsets were moved by hand.
+	// offsets were moved by hand. Failing that, it returns the first intent
+	// that starts after src.First up to src.Last, so a new batch can stop
+	// before it: no offset may belong to two batches.
 	Intent(ctx context.Context, src Source) (in Intent, found bool, err error)
 	// Begin atomically checks the lease epoch, records the intent (or finds
 	// the one an earlier attempt recorded), claims the event ids of a new

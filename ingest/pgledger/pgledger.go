@@ -58,11 +58,18 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 	topic, partition, first := key(src), src.Partition, src.First
 	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: partition}}
 	var done *time.Time
+	// The intent containing first, else the first one starting after it
+	// within last.
 	err := l.Pool.QueryRow(ctx, `
-		select first_offset, last_offset, hierarchy_version, asis_tag, created_at, done_at
-		  from canopy.ingest_intents
-		 where src_topic = $1 and src_partition = $2 and first_offset <= $3 and last_offset >= $3
-		 order by first_offset desc limit 1`, topic, partition, first).
+		select first_offset, last_offset, hierarchy_version, asis_tag, created_at, done_at from (
+		  (select * from canopy.ingest_intents
+		    where src_topic = $1 and src_partition = $2 and first_offset <= $3 and last_offset >= $3
+		    order by first_offset desc limit 1)
+		  union all
+		  (select * from canopy.ingest_intents
+		    where src_topic = $1 and src_partition = $2 and first_offset > $3 and first_offset <= $4
+		    order by first_offset limit 1)) i
+		 order by first_offset > $3 limit 1`, topic, partition, first, max(src.Last, first)).
 		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return in, false, nil
@@ -105,8 +112,12 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared($1)`, RestateLockKey); err != nil {
 			return fmt.Errorf("restate lock: %w", err)
 		}
-		var fence, restated int64
-		if err := tx.QueryRow(ctx, `select fence, restated_through from canopy.restate_state`).Scan(&fence, &restated); err != nil {
+		var (
+			fence, restated int64
+			paused          bool // canopy rebuild is swapping rollups: no new batch
+		)
+		if err := tx.QueryRow(ctx, `select fence, restated_through, coalesce(paused_until > now(), false)
+			from canopy.restate_state`).Scan(&fence, &restated, &paused); err != nil {
 			return fmt.Errorf("read restate state: %w", err)
 		}
 		pending := in.HierarchyVersion
@@ -116,9 +127,9 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		tag, err := tx.Exec(ctx, `
 			insert into canopy.ingest_intents
 			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at)
-			select $1, $2, $3, $4, $5, $6::bigint, $7, $8 where $6::bigint >= $9::bigint
+			select $1, $2, $3, $4, $5, $6::bigint, $7, $8 where $6::bigint >= $9::bigint and not $10::boolean
 			on conflict do nothing`,
-			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence)
+			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence, paused)
 		if err != nil {
 			return fmt.Errorf("record intent: %w", err)
 		}
@@ -130,6 +141,9 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 				select last_offset, hierarchy_version, asis_tag, created_at, done_at from canopy.ingest_intents
 				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
 				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
+			if errors.Is(err, pgx.ErrNoRows) && paused {
+				return ingest.ErrPaused
+			}
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("%w: batch resolved with version %d, the restater's fence is %d",
 					ingest.ErrHierarchyBehind, in.HierarchyVersion, fence)
