@@ -2,24 +2,53 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
-// Backfill loads files through a Processor: the same validation, fan-out
+// Input is one log a backfill reads: a file, one partition of a Kafka
+// offset range, a spooled query result. Reading it again gives the same
+// records at the same offsets; that is what makes a backfill resumable.
+type Input interface {
+	// Name is the input as the user knows it, for messages.
+	Name() string
+	// Total is the input's size in progress units (bytes of a file,
+	// records of a Kafka range).
+	Total() int64
+	// Records calls fn for each record in offset order, with the units of
+	// the input consumed so far.
+	Records(fn func(r Record, done int64) error) error
+}
+
+// Backfill loads inputs through a Processor: the same validation, fan-out
 // and exactly-once path as live ingestion. Batches are cut at fixed offset
-// strides of each file, so a backfill killed at any point and started again
-// with the same files finds the batches it finished (and skips them) and
-// the one it was writing (and replays it exactly); a second run changes
+// strides of each input, so a backfill killed at any point and started again
+// with the same inputs finds the batches it finished (and skips them) and
+// the ones it was writing (and replays them exactly); a second run changes
 // nothing. Event ids are claimed like live events, so an event that also
 // arrives through Kafka counts once.
+//
+// Strides are independent batches, so Parallel of them are processed at
+// once while the next ones are read.
 type Backfill struct {
 	Processor    *Processor
 	BatchRecords int // records per stride; default 5000
-	// Progress, if set, is called after each batch with the bytes read of
-	// the current file, the sum of the sizes of the files before it, and
-	// the records handled so far.
-	Progress func(bytesDone int64, records int64)
+	Parallel     int // batches in flight; default 4
+	// RetryFor bounds how long a batch is retried after transient failures
+	// (a database down) before the backfill gives up; default 10m.
+	RetryFor time.Duration
+	// Progress, if set, is called after each batch with the units read of
+	// all inputs so far and the records handled.
+	Progress func(done int64, records int64)
+	Log      *slog.Logger
 }
 
 // BackfillStats sums what a backfill did.
@@ -31,15 +60,28 @@ type BackfillStats struct {
 	DeadLettered map[Class]int64
 }
 
-// Run processes the files in order.
-func (b *Backfill) Run(ctx context.Context, files []InputFile) (BackfillStats, error) {
-	stride := int64(b.BatchRecords)
-	if stride <= 0 {
-		stride = 5000
+type stride struct {
+	input Input
+	recs  []Record
+}
+
+// Run processes the inputs in order, Parallel batches at a time.
+func (b *Backfill) Run(ctx context.Context, inputs []Input) (BackfillStats, error) {
+	size := int64(b.BatchRecords)
+	if size <= 0 {
+		size = 5000
+	}
+	parallel := max(b.Parallel, 1)
+	if b.Parallel == 0 {
+		parallel = 4
 	}
 	st := BackfillStats{DeadLettered: map[Class]int64{}}
-	var mu sync.Mutex
-	written := int64(0)
+	var (
+		mu      sync.Mutex
+		written int64
+		read    atomic.Int64 // units read, over all inputs
+		records atomic.Int64
+	)
 	prev := b.Processor.Observer
 	b.Processor.Observer = func(c Counts, dead []Failure) {
 		mu.Lock()
@@ -56,49 +98,116 @@ func (b *Backfill) Run(ctx context.Context, files []InputFile) (BackfillStats, e
 	}
 	defer func() { b.Processor.Observer = prev }()
 
-	var before int64 // bytes of the files already done
-	for _, f := range files {
-		var (
-			batch []Record
-			read  int64
-		)
-		flush := func() error {
-			for len(batch) > 0 {
-				n, err := b.Processor.Process(ctx, 0, batch)
-				if err != nil {
-					return fmt.Errorf("%s offsets %d…%d: %w", f.Path, batch[0].Offset, batch[len(batch)-1].Offset, err)
-				}
-				if n == 0 {
-					return fmt.Errorf("%s offset %d: %w: a batch recorded earlier spans this one", f.Path, batch[0].Offset, ErrOverlap)
-				}
-				batch = batch[n:]
-			}
-			if b.Progress != nil {
-				b.Progress(before+read, st.Records)
-			}
-			return nil
-		}
-		err := f.Records(func(r Record, n int64) error {
-			if len(batch) > 0 && r.Offset/stride != batch[0].Offset/stride {
-				if err := flush(); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	strides := make(chan stride, parallel)
+	for range parallel {
+		g.Go(func() error {
+			for s := range strides {
+				if err := b.process(gctx, s); err != nil {
 					return err
 				}
+				if b.Progress != nil {
+					b.Progress(read.Load(), records.Load())
+				}
 			}
-			read = n
-			st.Records++
-			batch = append(batch, r)
-			return ctx.Err()
+			return nil
 		})
-		if err == nil {
-			err = flush()
+	}
+	g.Go(func() error {
+		defer close(strides)
+		var before int64
+		for _, in := range inputs {
+			var batch []Record
+			send := func() error {
+				select {
+				case strides <- stride{in, batch}:
+					batch = nil
+					return nil
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			err := in.Records(func(r Record, done int64) error {
+				if len(batch) > 0 && r.Offset/size != batch[0].Offset/size {
+					if err := send(); err != nil {
+						return err
+					}
+				}
+				read.Store(before + done)
+				records.Add(1)
+				batch = append(batch, r)
+				return gctx.Err()
+			})
+			if err == nil && len(batch) > 0 {
+				err = send()
+			}
+			if err != nil {
+				if gctx.Err() != nil {
+					return nil // a batch failed; its error is the one to report
+				}
+				return fmt.Errorf("%s: %w", in.Name(), err)
+			}
+			before += in.Total()
+			read.Store(before)
 		}
-		if err != nil {
-			return st, err
-		}
-		before += f.Size
+		return nil
+	})
+	err := g.Wait()
+	if err == nil {
+		err = ctx.Err()
 	}
 	mu.Lock()
-	st.Skipped = st.Records - written
-	mu.Unlock()
-	return st, nil
+	defer mu.Unlock()
+	st.Records = records.Load()
+	if err == nil {
+		st.Skipped = st.Records - written
+	}
+	return st, err
+}
+
+// process writes one stride, retrying transient failures with capped
+// backoff for up to RetryFor.
+func (b *Backfill) process(ctx context.Context, s stride) error {
+	retryFor := b.RetryFor
+	if retryFor <= 0 {
+		retryFor = 10 * time.Minute
+	}
+	recs := s.recs
+	backoff := 100 * time.Millisecond
+	var failing time.Time
+	for len(recs) > 0 {
+		n, err := b.Processor.Process(ctx, 0, recs)
+		if err == nil && n == 0 {
+			err = fmt.Errorf("%w: a batch recorded earlier spans this one (was --batch changed?)", ErrOverlap)
+		}
+		if errors.Is(err, ErrPaused) {
+			// canopy rebuild is swapping partitions: wait, it is not a failure.
+			if !wait.Sleep(ctx, 250*time.Millisecond) {
+				return ctx.Err()
+			}
+			continue
+		}
+		if err != nil {
+			err = fmt.Errorf("%s offsets %d…%d: %w", s.input.Name(), recs[0].Offset, recs[len(recs)-1].Offset, err)
+			if !Retryable(err) || ctx.Err() != nil {
+				return err
+			}
+			if failing.IsZero() {
+				failing = time.Now()
+			} else if time.Since(failing) > retryFor {
+				return fmt.Errorf("gave up after retrying for %s: %w", retryFor, err)
+			}
+			if b.Log != nil {
+				b.Log.Warn("backfill batch failed, retrying", "err", err, "backoff", backoff)
+			}
+			if !wait.Sleep(ctx, backoff) {
+				return errors.Join(ctx.Err(), err)
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		recs = recs[n:]
+		failing, backoff = time.Time{}, 100*time.Millisecond
+	}
+	return nil
 }

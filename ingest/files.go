@@ -31,10 +31,24 @@ type InputFile struct {
 	// backfill finds its batches in the ledger and an edited file is a new
 	// log.
 	Log string
+	// Label, if set, replaces "file:<path>" as the source name (a spooled
+	// query result is named after its query, not its spool file).
+	Label string
 }
 
 // Source is the file's name in the ledger and in ingest_acks.
-func (f InputFile) Source() string { return "file:" + f.Path }
+func (f InputFile) Source() string {
+	if f.Label != "" {
+		return f.Label
+	}
+	return "file:" + f.Path
+}
+
+// Name is the file's path.
+func (f InputFile) Name() string { return f.Path }
+
+// Total is the file's size in bytes.
+func (f InputFile) Total() int64 { return f.Size }
 
 var inputName = regexp.MustCompile(`\.(ndjson|jsonl|json|csv)(\.gz)?$`)
 
@@ -90,16 +104,23 @@ func ExpandInputs(args []string) ([]InputFile, error) {
 		if err != nil {
 			return nil, err
 		}
-		f := InputFile{Path: abs}
-		name := strings.TrimSuffix(strings.ToLower(p), ".gz")
-		f.Gzip = strings.HasSuffix(strings.ToLower(p), ".gz")
-		f.CSV = strings.HasSuffix(name, ".csv")
-		if err := f.hash(); err != nil {
+		f, err := OpenInput(abs)
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, f)
 	}
 	return out, nil
+}
+
+// OpenInput describes one file by its name (.csv or not, .gz or not) and
+// hashes its content.
+func OpenInput(path string) (InputFile, error) {
+	f := InputFile{Path: path}
+	name := strings.TrimSuffix(strings.ToLower(path), ".gz")
+	f.Gzip = strings.HasSuffix(strings.ToLower(path), ".gz")
+	f.CSV = strings.HasSuffix(name, ".csv")
+	return f, f.hash()
 }
 
 func (f *InputFile) hash() error {
@@ -219,7 +240,7 @@ func (f InputFile) csvRecords(r io.Reader, counter *countingReader, fn func(Reco
 			line = pe.Line
 			value = []byte(fmt.Sprintf("csv line %d: %v", pe.Line, pe.Err))
 		} else {
-			value = csvRowJSON(cols, row)
+			value = RowJSON(cols, row)
 		}
 		if ferr := fn(Record{Topic: f.Source(), Log: f.Log, Offset: int64(line - 1), Value: value}, counter.n); ferr != nil {
 			return ferr
@@ -229,11 +250,11 @@ func (f InputFile) csvRecords(r io.Reader, counter *countingReader, fn func(Reco
 
 var integer = regexp.MustCompile(`^-?[0-9]+$`)
 
-// csvRowJSON renders a CSV row as a JSON object. entity_id and integers in
+// RowJSON renders a CSV row as a JSON object. entity_id and integers in
 // other columns stay JSON numbers; everything else is a string, which the
 // decoder parses as it would in JSON (decimals are accepted as strings). An
 // empty cell is left out, so a missing required field is missing_field.
-func csvRowJSON(cols, row []string) []byte {
+func RowJSON(cols, row []string) []byte {
 	var b bytes.Buffer
 	b.WriteByte('{')
 	first := true

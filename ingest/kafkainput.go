@@ -1,0 +1,217 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// KafkaBound is one end of a Kafka backfill range: a time (the first record
+// whose timestamp is at or after it) or an offset, the same in every
+// partition. The zero bound is the start (as From) or the end (as To) of
+// each partition.
+type KafkaBound struct {
+	Time     time.Time
+	Offset   int64
+	IsOffset bool
+}
+
+func (b KafkaBound) set() bool { return b.IsOffset || !b.Time.IsZero() }
+
+func (b KafkaBound) String() string {
+	switch {
+	case b.IsOffset:
+		return fmt.Sprintf("offset %d", b.Offset)
+	case !b.Time.IsZero():
+		return b.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return "the end"
+}
+
+// kafkaInput is one partition's offsets [start, end) of a topic.
+type kafkaInput struct {
+	opts       []kgo.Opt
+	ctx        context.Context
+	topic, log string
+	partition  int32
+	start, end int64
+	logger     *slog.Logger
+}
+
+// KafkaSourcePrefix starts the source name of records a backfill reads
+// from Kafka, so their batches never collide with the live worker's batches
+// of the same topic in the ledger; their event ids are claimed like any
+// other, so an event read both ways counts once.
+const KafkaSourcePrefix = "kafka:"
+
+// KafkaRange resolves the records of topic from from (inclusive) to to
+// (exclusive) into one input per partition. The end is fixed when it is
+// resolved: records produced afterwards are not part of the range. A
+// missing topic or an unreachable broker is an error.
+func KafkaRange(ctx context.Context, opts []kgo.Opt, topic string, from, to KafkaBound, logger *slog.Logger) ([]Input, error) {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	details, err := adm.ListTopics(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	d, ok := details[topic]
+	if !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+		return nil, fmt.Errorf("kafka topic %s: no such topic", topic)
+	}
+	if d.Err != nil {
+		return nil, fmt.Errorf("kafka topic %s: %w", topic, d.Err)
+	}
+	var zero kadm.TopicID
+	log := ""
+	if d.ID != zero {
+		log = d.ID.String()
+	}
+	list := func(what string, fn func() (kadm.ListedOffsets, error)) (map[int32]int64, error) {
+		l, err := fn()
+		if err == nil {
+			err = l.Error()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kafka topic %s: %s offsets: %w", topic, what, err)
+		}
+		out := map[int32]int64{}
+		l.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+		return out, nil
+	}
+	starts, err := list("start", func() (kadm.ListedOffsets, error) { return adm.ListStartOffsets(ctx, topic) })
+	if err != nil {
+		return nil, err
+	}
+	ends, err := list("end", func() (kadm.ListedOffsets, error) { return adm.ListCommittedOffsets(ctx, topic) })
+	if err != nil {
+		return nil, err
+	}
+	at := func(b KafkaBound, def map[int32]int64) (map[int32]int64, error) {
+		switch {
+		case b.IsOffset:
+			out := map[int32]int64{}
+			for p := range def {
+				out[p] = b.Offset
+			}
+			return out, nil
+		case !b.Time.IsZero():
+			return list("time", func() (kadm.ListedOffsets, error) {
+				return adm.ListOffsetsAfterMilli(ctx, b.Time.UnixMilli(), topic)
+			})
+		}
+		return def, nil
+	}
+	lo, err := at(from, starts)
+	if err != nil {
+		return nil, err
+	}
+	hi, err := at(to, ends)
+	if err != nil {
+		return nil, err
+	}
+	var parts []int32
+	for p := range ends {
+		parts = append(parts, p)
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
+	var out []Input
+	for _, p := range parts {
+		start := max(lo[p], starts[p])
+		end := hi[p]
+		if end < 0 || end > ends[p] {
+			end = ends[p]
+		}
+		if start >= end {
+			continue
+		}
+		out = append(out, &kafkaInput{opts: opts, ctx: ctx, topic: topic, log: log, partition: p, start: start, end: end, logger: logger})
+	}
+	return out, nil
+}
+
+func (k *kafkaInput) Name() string {
+	return fmt.Sprintf("%s partition %d offsets %d…%d", k.topic, k.partition, k.start, k.end-1)
+}
+
+func (k *kafkaInput) Total() int64 { return k.end - k.start }
+
+// Records reads the partition from start to end. Offsets a transaction
+// aborted (or compaction removed) never arrive; the range ends when the
+// broker has nothing more below end, checked by a few polls that come back
+// empty while the broker answers.
+func (k *kafkaInput) Records(fn func(Record, int64) error) error {
+	opts := append(append([]kgo.Opt(nil), k.opts...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topic: {k.partition: kgo.NewOffset().At(k.start)}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	source := KafkaSourcePrefix + k.topic
+	next := k.start
+	empty := 0
+	for next < k.end {
+		pctx, cancel := context.WithTimeout(k.ctx, 2*time.Second)
+		fetches := cl.PollFetches(pctx)
+		cancel()
+		if err := k.ctx.Err(); err != nil {
+			return err
+		}
+		var ferr error
+		fetches.EachError(func(_ string, _ int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				ferr = err
+			}
+		})
+		if ferr != nil {
+			return fmt.Errorf("fetch: %w", ferr)
+		}
+		got := false
+		for it := fetches.RecordIter(); !it.Done(); {
+			r := it.Next()
+			if r.Offset < next || r.Offset >= k.end {
+				continue
+			}
+			got = true
+			next = r.Offset + 1
+			if err := fn(Record{Topic: source, Log: k.log, Partition: k.partition, Offset: r.Offset, Key: r.Key, Value: r.Value}, next-k.start); err != nil {
+				return err
+			}
+		}
+		if got {
+			empty = 0
+			continue
+		}
+		// Nothing came: either the rest of the range holds no readable
+		// record, or the broker is slow. Only a broker that answers and
+		// still has the range counts towards ending.
+		l, err := kadm.NewClient(cl).ListStartOffsets(k.ctx, k.topic)
+		if err == nil {
+			err = l.Error()
+		}
+		if err != nil {
+			empty = 0
+			k.logger.Warn("kafka backfill: broker not answering, waiting", "topic", k.topic, "partition", k.partition, "err", err)
+			continue
+		}
+		if empty++; empty >= 3 {
+			k.logger.Info("kafka backfill: no readable records left in range (aborted or compacted)", "topic", k.topic, "partition", k.partition, "from", next, "end", k.end)
+			return nil
+		}
+	}
+	return nil
+}
