@@ -123,6 +123,12 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 // WriteRollup inserts r into one of the rollup tables as one block; pending
 // is the pending_version of rollup_daily_current rows (ignored elsewhere).
 func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollup, unit string, pending int64) error {
+	return s.WriteRollupTo(ctx, table, table, r, unit, pending)
+}
+
+// WriteRollupTo is WriteRollup into another table of the same columns as
+// the rollup table named by table (a staging copy).
+func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, r *Rollup, unit string, pending int64) error {
 	if r.Len() == 0 {
 		return nil
 	}
@@ -179,11 +185,11 @@ func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollu
 		vals = append(vals, []any{tags})
 	}
 	vals = append(vals, []any{units})
-	batch, err := s.prepare(ctx, table, cols)
+	batch, err := s.prepare(ctx, into, cols)
 	if err != nil {
 		return err
 	}
-	return send(batch, table, vals)
+	return send(batch, into, vals)
 }
 
 func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {

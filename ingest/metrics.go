@@ -31,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
 		batchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "canopy_batch_errors_total", Help: "Failed batch attempts by kind (transient, fenced, overlap).",
+			Name: "canopy_batch_errors_total", Help: "Failed batch attempts by kind (transient, fenced, overlap, paused).",
 		}, []string{"kind"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "canopy_consumer_lag", Help: "Records between the end of a partition and the last processed offset.",

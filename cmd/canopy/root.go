@@ -27,6 +27,7 @@ func newRoot() *cobra.Command {
 		newReconcile(cfg),
 		newDLQ(cfg),
 		newBackfill(cfg),
+		newRebuild(cfg),
 	)
 	return root
 }

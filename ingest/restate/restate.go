@@ -173,8 +173,13 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("hierarchy at version %d, restating up to %d", v, target)
 	}
 	if fence < target {
-		if err := r.raiseFence(ctx, target); err != nil {
+		raised, err := r.raiseFence(ctx, target)
+		if err != nil {
 			return false, err
+		}
+		if !raised {
+			r.log().Debug("restater waiting: canopy rebuild has paused writers")
+			return false, nil
 		}
 	}
 	if err := r.awaitBatches(ctx, target); err != nil {
@@ -215,15 +220,20 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 }
 
 // raiseFence makes every new batch resolve with version >= v. The exclusive
-// lock waits for batches recording their intent under the old fence.
-func (r *Restater) raiseFence(ctx context.Context, v int64) error {
-	return pgx.BeginFunc(ctx, r.PG, func(tx pgx.Tx) error {
+// lock waits for batches recording their intent under the old fence. It
+// raises nothing, and says so, while canopy rebuild pauses writers.
+func (r *Restater) raiseFence(ctx context.Context, v int64) (bool, error) {
+	raised := false
+	err := pgx.BeginFunc(ctx, r.PG, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", pgledger.RestateLockKey); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `update canopy.restate_state set fence = greatest(fence, $1), updated_at = now()`, v)
+		tag, err := tx.Exec(ctx, `update canopy.restate_state set fence = greatest(fence, $1), updated_at = now()
+			where paused_until is null or paused_until <= now()`, v)
+		raised = tag.RowsAffected() == 1
 		return err
 	})
+	return raised, err
 }
 
 // awaitBatches waits until every batch resolved with a version below v has

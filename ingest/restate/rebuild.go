@@ -1,0 +1,424 @@
+package restate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/schema"
+)
+
+// rebuildLockKey is the session-level advisory lock of the one running
+// canopy rebuild ('canopy' || 0x0005).
+const rebuildLockKey int64 = 0x63616e6f70790005
+
+// pauseFor is how long a pause lasts unless renewed; rebuild renews it
+// every pauseRenew and never swaps a partition unless it renewed within
+// pauseSafe, so the pause cannot lapse during a swap.
+const (
+	pauseFor   = 30 * time.Second
+	pauseRenew = 3 * time.Second
+	pauseSafe  = 15 * time.Second
+)
+
+// Rebuild recomputes the three rollup tables for a range of days from the
+// events in ClickHouse and swaps each affected monthly partition in whole
+// (ALTER TABLE … REPLACE PARTITION … FROM a staging table), so a reader sees
+// a partition before or after, never half-built. Rows of the partition
+// outside the range are carried over as they are.
+//
+// It runs with workers running: it pauses new batches (they wait and
+// retry), waits for the batches already begun and for the restater to
+// finish its current change, computes and swaps, and lifts the pause. Each
+// event is attributed as the live path would attribute it at that point:
+// as-was with the hierarchy as of the later of the restater's progress and
+// the event's own batch version, as-is through the current hierarchy as of
+// the restater's progress (rows the restater will move on from there).
+type Rebuild struct {
+	PG       *pgxpool.Pool
+	CH       driver.Conn
+	Schema   schema.ClickHouse
+	Resolver ingest.Resolver
+	Refresh  func(ctx context.Context) (int64, error) // catch Resolver up with PostgreSQL
+	Policy   ingest.SuspendedPolicy
+	Log      *slog.Logger
+	// Wait bounds the wait for batches already begun (default 2m); a batch
+	// left unfinished by a killed backfill or reconcile must be finished by
+	// running it again first.
+	Wait time.Duration
+}
+
+// RebuildStats says what a rebuild did.
+type RebuildStats struct {
+	Events     int64
+	Rows       map[string]int64 // recomputed rows written per table
+	Partitions []string         // months swapped
+	Version    int64            // hierarchy version the range was attributed with
+}
+
+// rebuildTables are the tables a rebuild swaps, in that order.
+var rebuildTables = []string{schema.TableRollupHourly, schema.TableRollupDaily, schema.TableRollupAsIs}
+
+// Run rebuilds the days from, …, to (UTC dates, both included).
+func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, error) {
+	st := RebuildStats{Rows: map[string]int64{}}
+	from, to = day(from), day(to).AddDate(0, 0, 1)
+	if !from.Before(to) {
+		return st, fmt.Errorf("rebuild: --from %s is after --to %s", from.Format(time.DateOnly), to.AddDate(0, 0, -1).Format(time.DateOnly))
+	}
+	for _, t := range rebuildTables {
+		if err := rb.checkTable(ctx, t); err != nil {
+			return st, err
+		}
+	}
+	conn, err := rb.PG.Acquire(ctx)
+	if err != nil {
+		return st, err
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", rebuildLockKey).Scan(&got); err != nil {
+		return st, err
+	}
+	if !got {
+		return st, errors.New("rebuild: another canopy rebuild is running")
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), "select pg_advisory_unlock($1)", rebuildLockKey) }()
+
+	pause, err := rb.pause(ctx)
+	if err != nil {
+		return st, err
+	}
+	defer pause.lift()
+	if st.Version, err = rb.quiesce(ctx); err != nil {
+		return st, err
+	}
+	if v, err := rb.Refresh(ctx); err != nil {
+		return st, err
+	} else if v < st.Version {
+		return st, fmt.Errorf("rebuild: hierarchy at version %d, restated through %d", v, st.Version)
+	}
+	rb.log().Info("rebuild: writers paused", "hierarchy_version", st.Version)
+	for m := monthOf(from); m.Before(to); m = m.AddDate(0, 1, 0) {
+		lo, hi := maxTime(from, m), minTime(to, m.AddDate(0, 1, 0))
+		if err := rb.month(ctx, pause, m, lo, hi, &st); err != nil {
+			return st, fmt.Errorf("rebuild %s: %w", m.Format("2006-01"), err)
+		}
+		st.Partitions = append(st.Partitions, m.Format("200601"))
+	}
+	return st, nil
+}
+
+// checkTable makes sure t is partitioned by month of bucket, as the swap
+// assumes.
+func (rb *Rebuild) checkTable(ctx context.Context, t string) error {
+	var pk string
+	err := rb.CH.QueryRow(ctx, "SELECT partition_key FROM system.tables WHERE database = ? AND name = ?", rb.Schema.Database, t).Scan(&pk)
+	if err != nil {
+		return fmt.Errorf("rebuild: table %s.%s: %w (run canopy migrate)", rb.Schema.Database, t, err)
+	}
+	if strings.ReplaceAll(pk, " ", "") != "toYYYYMM(bucket)" {
+		return fmt.Errorf("rebuild: table %s.%s is partitioned by %q, not toYYYYMM(bucket)", rb.Schema.Database, t, pk)
+	}
+	return nil
+}
+
+// month recomputes [lo, hi) of month m into staging tables and swaps them in.
+func (rb *Rebuild) month(ctx context.Context, p *pauser, m, lo, hi time.Time, st *RebuildStats) error {
+	part := m.Format("200601")
+	staging := map[string]string{}
+	defer func() {
+		for _, s := range staging {
+			_ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+s)
+		}
+	}()
+	for _, t := range rebuildTables {
+		s, err := rb.stage(ctx, t, part, lo, hi)
+		if err != nil {
+			return err
+		}
+		staging[t] = s
+	}
+	n, err := rb.compute(ctx, lo, hi, st)
+	if err != nil {
+		return err
+	}
+	st.Events += n
+	if !p.safe() {
+		return errors.New("the pause on writers could not be renewed; nothing swapped")
+	}
+	for _, t := range rebuildTables {
+		q := fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", rb.Schema.Database, t, part, staging[t])
+		if err := rb.CH.Exec(ctx, q); err != nil {
+			return fmt.Errorf("swap %s: %w", t, err)
+		}
+	}
+	rb.log().Info("rebuild: partition swapped", "month", m.Format("2006-01"), "from", lo.Format(time.DateOnly),
+		"to", hi.AddDate(0, 0, -1).Format(time.DateOnly), "events", n)
+	return nil
+}
+
+// stage creates t's staging table for partition part, holding t's rows of
+// the partition outside [lo, hi).
+func (rb *Rebuild) stage(ctx context.Context, t, part string, lo, hi time.Time) (string, error) {
+	db := rb.Schema.Database
+	name := fmt.Sprintf("%s.%s_rebuild", db, t)
+	var sk string
+	if err := rb.CH.QueryRow(ctx, "SELECT sorting_key FROM system.tables WHERE database = ? AND name = ?", db, t).Scan(&sk); err != nil {
+		return "", fmt.Errorf("sorting key of %s: %w", t, err)
+	}
+	if err := rb.CH.Exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
+		return "", err
+	}
+	create := fmt.Sprintf("CREATE TABLE %s AS %s.%s ENGINE = SummingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (%s)", name, db, t, sk)
+	if err := rb.CH.Exec(ctx, create); err != nil {
+		return "", fmt.Errorf("create %s: %w", name, err)
+	}
+	cols := rb.columns(t)
+	lower, upper := bound(t, lo), bound(t, hi)
+	keep := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s.%s WHERE toYYYYMM(bucket) = %s AND (bucket < %s OR bucket >= %s)",
+		name, cols, cols, db, t, part, lower, upper)
+	if err := rb.CH.Exec(ctx, keep); err != nil {
+		return "", fmt.Errorf("carry over %s rows outside the range: %w", t, err)
+	}
+	return name, nil
+}
+
+func bound(table string, t time.Time) string {
+	if table == schema.TableRollupHourly {
+		return fmt.Sprintf("toDateTime(%d)", t.Unix())
+	}
+	return fmt.Sprintf("toDate('%s')", t.Format(time.DateOnly))
+}
+
+func (rb *Rebuild) columns(t string) string {
+	var cols []schema.Column
+	switch t {
+	case schema.TableRollupHourly:
+		cols = rb.Schema.RollupColumns("DateTime('UTC')")
+	case schema.TableRollupDaily:
+		cols = rb.Schema.RollupColumns("Date")
+	default:
+		cols = rb.Schema.AsIsColumns()
+	}
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// compute reads the events of [lo, hi) in time order and writes their
+// rollups into the staging tables, one day at a time.
+func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildStats) (int64, error) {
+	ms := rb.Schema.Measures
+	sink := &ingest.ClickHouseSink{Conn: rb.CH, Schema: rb.Schema}
+	unit := "rebuild/" + lo.Format(time.DateOnly) + "/" + hi.Format(time.DateOnly)
+	var hourly, daily, asIs *ingest.Rollup
+	reset := func() {
+		hourly, daily, asIs = ingest.NewRollup(len(ms)), ingest.NewRollup(len(ms)), ingest.NewRollup(len(ms))
+	}
+	reset()
+	flush := func() error {
+		for _, t := range []struct {
+			table string
+			r     *ingest.Rollup
+		}{{schema.TableRollupHourly, hourly}, {schema.TableRollupDaily, daily}, {schema.TableRollupAsIs, asIs}} {
+			t.r.Sort()
+			t.r.Compact()
+			if err := sink.WriteRollupTo(ctx, t.table, t.table+"_rebuild", t.r, unit, 0); err != nil {
+				return err
+			}
+			st.Rows[t.table] += int64(t.r.Len())
+		}
+		reset()
+		return nil
+	}
+	var q strings.Builder
+	q.WriteString("SELECT entity_id, occurred_at, type, hierarchy_version")
+	for _, m := range ms {
+		q.WriteString(", " + m.Name)
+	}
+	fmt.Fprintf(&q, " FROM %s.%s WHERE occurred_at >= toDateTime(%d) AND occurred_at < toDateTime(%d) ORDER BY occurred_at",
+		rb.Schema.Database, schema.TableEvents, lo.Unix(), hi.Unix())
+	rows, err := rb.CH.Query(ctx, q.String())
+	if err != nil {
+		return 0, fmt.Errorf("read events: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var (
+		entity uint64
+		hv     int64
+		ev     ingest.Event
+		n      int64
+		cur    time.Time // the day being aggregated
+		b1, b2 [64]ingest.Ancestor
+		last   = time.Now()
+	)
+	ev.Measures = make([]int64, len(ms))
+	dest := measureDest(ms, &entity, &ev.OccurredAt, &ev.Type, &hv)
+	asOf := rb.Resolver.Version()
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return n, fmt.Errorf("read events: %w", err)
+		}
+		if err := collectInts(ms, dest[4:], ev.Measures); err != nil {
+			return n, err
+		}
+		if d := day(ev.OccurredAt); !d.Equal(cur) {
+			if err := flush(); err != nil {
+				return n, err
+			}
+			cur = d
+			if time.Since(last) > 5*time.Second {
+				last = time.Now()
+				rb.log().Info("rebuild: computing", "day", d.Format(time.DateOnly), "events", n)
+			}
+		}
+		ev.EntityID = int64(entity) //nolint:gosec // ids < 2^63
+		was, ok1 := ingest.Chain(rb.Resolver, ev.EntityID, ev.OccurredAt, max(st.Version, hv), rb.Policy, b1[:0])
+		now, ok2 := ingest.Chain(rb.Resolver, ev.EntityID, ingest.EndOfTime, st.Version, rb.Policy, b2[:0])
+		if !ok1 || !ok2 {
+			return n, fmt.Errorf("event of entity %d at %s: entity not in the hierarchy (version %d)", ev.EntityID, ev.OccurredAt, asOf)
+		}
+		ingest.AddFanout(hourly, daily, &ev, was, 1)
+		ingest.AddFanout(nil, asIs, &ev, now, 1)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return n, fmt.Errorf("read events: %w", err)
+	}
+	return n, flush()
+}
+
+// pauser holds the pause on new batches and renews it.
+type pauser struct {
+	pg      *pgxpool.Pool
+	log     *slog.Logger
+	mu      sync.Mutex
+	renewed time.Time
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+// pause stops new batches (and new restater steps) from beginning, under
+// the lock batches take shared when they begin.
+func (rb *Rebuild) pause(ctx context.Context) (*pauser, error) {
+	err := pgx.BeginFunc(ctx, rb.PG, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", pgledger.RestateLockKey); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "update canopy.restate_state set paused_until = now() + make_interval(secs => $1)", pauseFor.Seconds())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: pause writers: %w", err)
+	}
+	rctx, stop := context.WithCancel(context.Background())
+	p := &pauser{pg: rb.PG, log: rb.log(), renewed: time.Now(), stop: stop, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for wait.Sleep(rctx, pauseRenew) {
+			at := time.Now()
+			_, err := p.pg.Exec(rctx, "update canopy.restate_state set paused_until = now() + make_interval(secs => $1)", pauseFor.Seconds())
+			if err != nil {
+				p.log.Warn("rebuild: renewing the pause failed", "err", err)
+				continue
+			}
+			p.mu.Lock()
+			p.renewed = at
+			p.mu.Unlock()
+		}
+	}()
+	return p, nil
+}
+
+func (p *pauser) safe() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Since(p.renewed) < pauseSafe
+}
+
+func (p *pauser) lift() {
+	p.stop()
+	<-p.done
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := p.pg.Exec(ctx, "update canopy.restate_state set paused_until = null"); err != nil {
+		p.log.Warn("rebuild: lifting the pause failed; it lapses by itself", "err", err, "within", pauseFor)
+	}
+}
+
+// quiesce waits until no batch is unfinished and the restater has caught
+// up with its fence, and returns how far it has restated.
+func (rb *Rebuild) quiesce(ctx context.Context) (int64, error) {
+	limit := rb.Wait
+	if limit <= 0 {
+		limit = 2 * time.Minute
+	}
+	start := time.Now()
+	for {
+		var (
+			fence, done int64
+			open        string
+		)
+		err := rb.PG.QueryRow(ctx, `select fence, restated_through, coalesce((
+			select src_topic || ' partition ' || src_partition || ' offsets ' || first_offset || '…' || last_offset
+			  from canopy.ingest_intents where done_at is null limit 1), '')
+			from canopy.restate_state`).Scan(&fence, &done, &open)
+		if err != nil {
+			return 0, fmt.Errorf("rebuild: %w", err)
+		}
+		if open == "" && done >= fence {
+			return done, nil
+		}
+		if time.Since(start) > limit {
+			if open != "" {
+				return 0, fmt.Errorf("rebuild: batch %s is unfinished after %s; finish it first (run the backfill or canopy reconcile that began it again, or start a worker)", open, limit)
+			}
+			return 0, fmt.Errorf("rebuild: the restater is still applying changes up to %d (done %d) after %s", fence, done, limit)
+		}
+		if !wait.Sleep(ctx, 100*time.Millisecond) {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (rb *Rebuild) log() *slog.Logger {
+	if rb.Log != nil {
+		return rb.Log
+	}
+	return slog.Default()
+}
+
+func day(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+func monthOf(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC) }
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
