@@ -154,10 +154,14 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			in.CreatedAt = in.CreatedAt.UTC()
 			in.Replay, in.Done = true, done != nil
 		} else {
+			// A new batch owns exactly the ids it claims now. Claims that
+			// name its offsets but exist already were made by an earlier
+			// batch over the same offsets whose intent has been purged
+			// since (the range read again much later): those events are
+			// counted, and are duplicates here.
 			in.PendingVersion = pending
-			if err := insertClaims(ctx, tx, in.Source, claims); err != nil {
-				return err
-			}
+			owned, err = insertClaims(ctx, tx, in.Source, claims)
+			return err
 		}
 		rows, err := tx.Query(ctx, `
 			select src_offset from canopy.event_claims
@@ -183,8 +187,9 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 }
 
 // insertClaims claims ids in sorted order, so two batches claiming
-// overlapping ids lock them in the same order and cannot deadlock.
-func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []ingest.Claim) error {
+// overlapping ids lock them in the same order and cannot deadlock, and
+// returns the offsets whose claim it made.
+func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []ingest.Claim) (map[int64]bool, error) {
 	sorted := make([]ingest.Claim, len(claims))
 	copy(sorted, claims)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].EventID < sorted[j].EventID })
@@ -194,14 +199,23 @@ func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []in
 	for i, c := range sorted {
 		ids[i], at[i], offs[i] = c.EventID, c.OccurredAt, c.Offset
 	}
-	_, err := tx.Exec(ctx, `
+	rows, err := tx.Query(ctx, `
 		insert into canopy.event_claims (event_id, occurred_at, src_topic, src_partition, src_offset)
 		select id, at, $4, $5, off from unnest($1::text[], $2::timestamptz[], $3::bigint[]) as c(id, at, off)
-		on conflict (event_id) do nothing`, ids, at, offs, key(src), src.Partition)
+		on conflict (event_id) do nothing
+		returning src_offset`, ids, at, offs, key(src), src.Partition)
 	if err != nil {
-		return fmt.Errorf("claim event ids: %w", err)
+		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	return nil
+	offsets, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("claim event ids: %w", err)
+	}
+	owned := make(map[int64]bool, len(offsets))
+	for _, o := range offsets {
+		owned[o] = true
+	}
+	return owned, nil
 }
 
 // Done implements ingest.Ledger.

@@ -111,6 +111,16 @@ func TestLedgerContract(t *testing.T) {
 		t.Fatal("Done not recorded")
 	}
 
+	// The same range read again after its intent was purged is a new batch
+	// that owns nothing: its events were counted by the first.
+	if _, err := l.Pool.Exec(ctx, "delete from canopy.ingest_intents where first_offset = 2"); err != nil {
+		t.Fatal(err)
+	}
+	again, owned, err := l.Begin(ctx, cur, second, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
+	if err != nil || again.Replay || len(owned) != 0 {
+		t.Fatalf("batch over a purged intent's range = %+v, owns %v (%v), want a new batch owning nothing", again, owned, err)
+	}
+
 	// The same topic name with another id is another log.
 	other := ingest.Source{Topic: "events", Log: "id-2", Partition: 3}
 	if e, _ := l.Acquire(ctx, other, "c"); e != 1 {
