@@ -40,8 +40,8 @@ type Input interface {
 // once while the next ones are read.
 type Backfill struct {
 	Processor    *Processor
-	BatchRecords int // records per stride; default 5000
-	Parallel     int // batches in flight; default 4
+	BatchRecords int // records per stride; default 25000
+	Parallel     int // batches in flight; default 3
 	// RetryFor bounds how long a batch is retried after transient failures
 	// (a database down) before the backfill gives up; default 10m.
 	RetryFor time.Duration
@@ -69,11 +69,11 @@ type stride struct {
 func (b *Backfill) Run(ctx context.Context, inputs []Input) (BackfillStats, error) {
 	size := int64(b.BatchRecords)
 	if size <= 0 {
-		size = 5000
+		size = 25000
 	}
 	parallel := max(b.Parallel, 1)
 	if b.Parallel == 0 {
-		parallel = 4
+		parallel = 3
 	}
 	st := BackfillStats{DeadLettered: map[Class]int64{}}
 	var (

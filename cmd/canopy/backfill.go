@@ -135,8 +135,8 @@ event_id that also arrives through Kafka counts once.`,
 			return err
 		},
 	}
-	cmd.Flags().IntVar(&batch, "batch", 5000, "records per batch (keep it the same when resuming)")
-	cmd.Flags().IntVar(&parallel, "parallel", 4, "batches written at once")
+	cmd.Flags().IntVar(&batch, "batch", 25000, "records per batch (keep it the same when resuming)")
+	cmd.Flags().IntVar(&parallel, "parallel", 3, "batches written at once")
 	cmd.Flags().StringVar(&topic, "topic", "", "backfill from this Kafka topic")
 	cmd.Flags().StringVar(&from, "from", "", "with --topic: first offset or time (inclusive)")
 	cmd.Flags().StringVar(&to, "to", "", "with --topic: last offset or time (exclusive)")

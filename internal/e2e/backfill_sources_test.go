@@ -77,6 +77,8 @@ func TestBackfillKafkaRangeMatchesOracle(t *testing.T) {
 	}
 
 	e.wantExit(2, "--from", "backfill", "--topic", archive, "--from", "last tuesday")
+	e.wantExit(2, "exactly one source", "backfill")
+	e.wantExit(2, "exactly one source", "backfill", "--topic", archive, "some.ndjson")
 	e.wantExit(1, "no such topic", "backfill", "--topic", e.name+".missing")
 	if n, _ := e.ackedRecordsOf(ctx, "kafka:%"); n != 0 {
 		t.Fatalf("failed backfills acknowledged %d records", n)

@@ -331,3 +331,55 @@ func abs(x int) int {
 	}
 	return x
 }
+
+// BenchmarkBackfillVsLive measures, in one run on one hierarchy, the live
+// worker draining N events from Kafka (produced first) and canopy backfill
+// loading N other events from an NDJSON file, and reports both rates and
+// their ratio.
+//
+// Sizes: CANOPY_BENCH_ENTITIES (default 1,000,000),
+// CANOPY_BENCH_BACKFILL_EVENTS (default 5,000,000),
+// CANOPY_BENCH_BACKFILL_PARALLEL (default 3), CANOPY_BENCH_BACKFILL_BATCH
+// (default 25000). Run it with scripts/bench.
+func BenchmarkBackfillVsLive(b *testing.B) {
+	entities := envInt(b, "CANOPY_BENCH_ENTITIES", 1_000_000)
+	events := envInt(b, "CANOPY_BENCH_BACKFILL_EVENTS", 5_000_000)
+	parallel := envInt(b, "CANOPY_BENCH_BACKFILL_PARALLEL", 3)
+	batch := envInt(b, "CANOPY_BENCH_BACKFILL_BATCH", 25000)
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, 4)
+		e.run("gen", "--entities", strconv.Itoa(entities), "--seed", "1")
+		t0 := time.Now()
+		e.run("gen", "--events", strconv.Itoa(events), "--seed", "2", "--days", "30")
+		b.Logf("%d events produced to Kafka in %s", events, time.Since(t0).Round(time.Millisecond))
+		file := filepath.Join(b.TempDir(), "history.ndjson")
+		t0 = time.Now()
+		e.run("gen", "--events", strconv.Itoa(events), "--seed", "3", "--days", "30", "--events-file", file)
+		st, err := os.Stat(file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%d events written to %s (%d MiB) in %s", events, file, st.Size()>>20, time.Since(t0).Round(time.Millisecond))
+
+		b.ResetTimer()
+		start := time.Now()
+		w := e.startWorker(0)
+		e.waitAcked(uint64(events), 2*time.Hour)
+		live := time.Since(start)
+		w.stop(b)
+
+		start = time.Now()
+		out := e.run("backfill", file, "--parallel", strconv.Itoa(parallel), "--batch", strconv.Itoa(batch))
+		backfill := time.Since(start)
+		b.StopTimer()
+		if n, err := e.ackedRecordsOf(context.Background(), "file:%"); err != nil || n != uint64(events) {
+			b.Fatalf("backfill acknowledged %d of %d records (%v)\n%s", n, events, err, out)
+		}
+		liveRate, fileRate := float64(events)/live.Seconds(), float64(events)/backfill.Seconds()
+		b.ReportMetric(liveRate, "live-events/s")
+		b.ReportMetric(fileRate, "backfill-events/s")
+		b.ReportMetric(fileRate/liveRate, "backfill/live")
+		b.Logf("%d events: live worker %s (%.0f events/s), backfill of an NDJSON file with --parallel %d --batch %d %s (%.0f events/s): backfill/live = %.2f",
+			events, live.Round(time.Millisecond), liveRate, parallel, batch, backfill.Round(time.Millisecond), fileRate, fileRate/liveRate)
+	}
+}
