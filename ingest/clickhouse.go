@@ -132,15 +132,8 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 	if r.Len() == 0 {
 		return nil
 	}
-	var cols []schema.Column
-	switch table {
-	case schema.TableRollupHourly:
-		cols = s.Schema.RollupColumns("DateTime('UTC')")
-	case schema.TableRollupDaily:
-		cols = s.Schema.RollupColumns("Date")
-	case schema.TableRollupAsIs:
-		cols = s.Schema.AsIsColumns()
-	default:
+	cols, ok := s.Schema.RollupTableColumns(table)
+	if !ok {
 		return fmt.Errorf("write rollup: %s is not a rollup table", table)
 	}
 	ms := s.Schema.Measures

@@ -170,6 +170,20 @@ func (c ClickHouse) AsIsColumns() []Column {
 	return append(cols[:n-1:n-1], Column{"pending_version", "UInt64"}, cols[n-1])
 }
 
+// RollupTableColumns is the column order of one of the three rollup
+// tables and of its INSERT; ok is false for any other table.
+func (c ClickHouse) RollupTableColumns(table string) (cols []Column, ok bool) {
+	switch table {
+	case TableRollupHourly:
+		return c.RollupColumns("DateTime('UTC')"), true
+	case TableRollupDaily:
+		return c.RollupColumns("Date"), true
+	case TableRollupAsIs:
+		return c.AsIsColumns(), true
+	}
+	return nil, false
+}
+
 // AckColumns is the column order of ingest_acks.
 func (c ClickHouse) AckColumns() []Column {
 	return []Column{

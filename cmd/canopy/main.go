@@ -8,14 +8,27 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// CANOPY_CPU_PROFILE=FILE writes a CPU profile of any command (the
+	// worker also serves /debug/pprof/).
+	if path := os.Getenv("CANOPY_CPU_PROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil { //nolint:gosec // the operator's path
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { _ = f.Close() }()
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	err := newRoot().ExecuteContext(ctx)
 	stop()
-	os.Exit(exitCode(err))
+	code := exitCode(err)
+	pprof.StopCPUProfile()
+	os.Exit(code)
 }
 
 // exitCode maps an error to the SPEC's exit codes: 0 ok, 1 runtime failure,

@@ -32,6 +32,9 @@ pause when done; if it dies, the pause lapses by itself within 30 s.`,
 		Example: `  canopy rebuild --from 2026-10-01 --to 2026-10-31`,
 		Args:    args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || to == "" {
+				return usageError{fmt.Errorf("give the days to rebuild: --from DATE --to DATE")}
+			}
 			lo, err := parseDay("--from", from)
 			if err != nil {
 				return err
@@ -73,8 +76,6 @@ pause when done; if it dies, the pause lapses by itself within 30 s.`,
 	cmd.Flags().StringVar(&from, "from", "", "first day (YYYY-MM-DD, UTC)")
 	cmd.Flags().StringVar(&to, "to", "", "last day, included (YYYY-MM-DD, UTC)")
 	cmd.Flags().DurationVar(&waitFor, "wait", 2*time.Minute, "how long to wait for batches already begun")
-	_ = cmd.MarkFlagRequired("from")
-	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }
 

@@ -203,15 +203,7 @@ func bound(table string, t time.Time) string {
 }
 
 func (rb *Rebuild) columns(t string) string {
-	var cols []schema.Column
-	switch t {
-	case schema.TableRollupHourly:
-		cols = rb.Schema.RollupColumns("DateTime('UTC')")
-	case schema.TableRollupDaily:
-		cols = rb.Schema.RollupColumns("Date")
-	default:
-		cols = rb.Schema.AsIsColumns()
-	}
+	cols, _ := rb.Schema.RollupTableColumns(t)
 	names := make([]string, len(cols))
 	for i, c := range cols {
 		names[i] = c.Name
