@@ -41,6 +41,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer)
+	// Every series exists from the start, at 0, so dashboards and alerts see
+	// "none yet" rather than "no data".
+	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
+		m.records.WithLabelValues(o)
+	}
+	for _, t := range []string{"events", "rollup_hourly", "rollup_daily"} {
+		m.rollupRows.WithLabelValues(t)
+	}
+	for _, k := range []string{"transient", "fenced", "overlap", "paused"} {
+		m.batchErrors.WithLabelValues(k)
+	}
 	return m
 }
 

@@ -3,7 +3,9 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"strings"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/canopyhq/canopy/schema"
@@ -105,4 +107,52 @@ func sameType(a, b string) bool {
 		return string(out)
 	}
 	return strip(a) == strip(b)
+}
+
+// ReaderStatus says how EnsureReader left the read-only user.
+type ReaderStatus string
+
+const (
+	ReaderCreated    ReaderStatus = "created or already present (CREATE USER … GRANT SELECT)"
+	ReaderConfigured ReaderStatus = "declared in the server's users configuration"
+)
+
+// EnsureReader makes the read-only ClickHouse user of Grafana and analysts:
+// SELECT on the database and nothing else (no INSERT, no DDL). Servers with
+// SQL user management (current releases) get CREATE USER and GRANT SELECT;
+// ClickHouse 18.16 has none, so there the user must be declared in
+// users.xml with a readonly profile, and EnsureReader checks that it can
+// log in.
+func EnsureReader(ctx context.Context, conn driver.Conn, dsn, db, user, password string) (ReaderStatus, error) {
+	var rbac uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = 'system' AND name = 'users'").Scan(&rbac); err != nil {
+		return "", err
+	}
+	if rbac > 0 {
+		quoted := strings.ReplaceAll(password, `\`, `\\`)
+		quoted = strings.ReplaceAll(quoted, `'`, `\'`)
+		for _, q := range []string{
+			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY '%s' SETTINGS readonly = 2", user, quoted),
+			fmt.Sprintf("GRANT SELECT ON %s.* TO %s", db, user),
+		} {
+			if err := conn.Exec(ctx, q); err != nil {
+				return "", fmt.Errorf("read-only user %s: %w (the migrating user needs access_management)", user, err)
+			}
+		}
+		return ReaderCreated, nil
+	}
+	o, err := clickhouse.ParseDSN(dsn)
+	if err != nil {
+		return "", err
+	}
+	o.Auth = clickhouse.Auth{Database: db, Username: user, Password: password}
+	reader, err := clickhouse.Open(o)
+	if err == nil {
+		err = reader.Ping(ctx)
+		_ = reader.Close()
+	}
+	if err != nil {
+		return "", fmt.Errorf("read-only user %s: this ClickHouse has no CREATE USER; declare the user in users.xml with a readonly profile (scripts/services does): %w", user, err)
+	}
+	return ReaderConfigured, nil
 }

@@ -57,6 +57,8 @@ func newConfig() *config {
 	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string")
 	add("clickhouse.dsn", "clickhouse://default@127.0.0.1:9000/canopy", "ClickHouse native-protocol DSN")
 	add("clickhouse.database", "canopy", "ClickHouse database")
+	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)")
+	add("clickhouse.reader_password", "canopy_reader", "its password")
 	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event")
 	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups")
 	add("ingest.max_poll_records", "50000", "records taken per poll")

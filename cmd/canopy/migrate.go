@@ -50,5 +50,13 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	log.Info("clickhouse schema up to date", "database", chs.Database, "engine", chs.Engine, "measures", chs.Measures.Names())
+	reader := cfg.get("clickhouse.reader_user")
+	status, err := ingest.EnsureReader(ctx, ch, cfg.get("clickhouse.dsn"), chs.Database, reader, cfg.get("clickhouse.reader_password"))
+	if err != nil {
+		// The rollups are ready; only Grafana's login is missing.
+		log.Warn("read-only user not available", "user", reader, "err", err)
+		return nil
+	}
+	log.Info("read-only user ready", "user", reader, "how", string(status))
 	return nil
 }

@@ -93,12 +93,20 @@ func freeAddr(t testing.TB) string {
 
 // scrape reads the plain counters and gauges of a worker's /metrics.
 func scrape(t testing.TB, addr string) map[string]float64 {
+	m, err := scrapeErr(addr)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	return m
+}
+
+func scrapeErr(addr string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("scrape %s: %v", addr, err)
+		return nil, err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	body, _ := io.ReadAll(resp.Body)
@@ -112,7 +120,7 @@ func scrape(t testing.TB, addr string) map[string]float64 {
 			out[line[:i]] = v
 		}
 	}
-	return out
+	return out, nil
 }
 
 func logInt(t testing.TB, path, pattern string) int {
@@ -399,3 +407,83 @@ func (e *env) waitMerges(limit time.Duration) {
 		time.Sleep(time.Second)
 	}
 }
+
+// BenchmarkOverviewPanels measures the latency of every query of the Entity
+// overview dashboard, as Grafana sends it, on a large data set: per panel,
+// p50 and p99 over entities drawn half from the top four levels (large
+// downlines) and half at random (mostly small teams), for the last 30 days
+// (daily) and the last 2 days (hourly), as-was and as-is.
+//
+// Sizes: CANOPY_BENCH_ENTITIES (default 1,000,000), CANOPY_BENCH_PANEL_EVENTS
+// (default 20,000,000), CANOPY_BENCH_PANEL_SAMPLES (entities, default 200).
+func BenchmarkOverviewPanels(b *testing.B) {
+	entities := envInt(b, "CANOPY_BENCH_ENTITIES", 1_000_000)
+	events := envInt(b, "CANOPY_BENCH_PANEL_EVENTS", 20_000_000)
+	samples := envInt(b, "CANOPY_BENCH_PANEL_SAMPLES", 200)
+	for i := 0; i < b.N; i++ {
+		e := newEnv(b, 4)
+		e.run("gen", "--entities", strconv.Itoa(entities), "--seed", "1")
+		t0 := time.Now()
+		e.run("gen", "--events", strconv.Itoa(events), "--seed", "2", "--days", "30")
+		b.Logf("%d events produced in %s", events, time.Since(t0).Round(time.Second))
+		w := e.startWorker(0)
+		t0 = time.Now()
+		e.waitAcked(uint64(events), 4*time.Hour)
+		w.stop(b)
+		b.Logf("ingested in %s", time.Since(t0).Round(time.Second))
+		e.waitMerges(5 * time.Minute)
+
+		ctx := context.Background()
+		var ids []uint64
+		for _, q := range []string{
+			fmt.Sprintf("SELECT id FROM %s.entities FINAL WHERE level <= 3 ORDER BY cityHash64(id) LIMIT %d", e.chDB, samples/2),
+			fmt.Sprintf("SELECT id FROM %s.entities FINAL ORDER BY cityHash64(id, 7) LIMIT %d", e.chDB, samples-samples/2),
+		} {
+			rows, err := e.ch.Query(ctx, q)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for rows.Next() {
+				var id uint64
+				if err := rows.Scan(&id); err != nil {
+					b.Fatal(err)
+				}
+				ids = append(ids, id)
+			}
+			rows.Close()
+		}
+		sqls, _ := loadDashboards(b)
+		now := time.Now().UTC()
+		ranges := map[string][2]time.Time{"30 days": {now.AddDate(0, 0, -30), now}, "2 days": {now.AddDate(0, 0, -2), now}}
+		b.ResetTimer()
+		var report []string
+		for _, q := range sqls {
+			if q.board != "canopy-entity-overview" || q.variable {
+				continue
+			}
+			for _, rng := range []string{"30 days", "2 days"} {
+				for _, view := range []string{"rollup_daily", "rollup_daily_current"} {
+					var lat []time.Duration
+					for _, id := range ids {
+						vars := map[string]string{"entity": strconv.FormatUint(id, 10), "view": view}
+						sql := expandGrafana(strings.ReplaceAll(q.sql, "canopy.", e.chDB+"."), vars, ranges[rng][0], ranges[rng][1], time.Minute)
+						t0 := time.Now()
+						if _, _, err := e.queryText(sql); err != nil {
+							b.Fatalf("%s: %v", q.title, err)
+						}
+						lat = append(lat, time.Since(t0))
+					}
+					sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+					p50, p99 := lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+					report = append(report, fmt.Sprintf("%-55s %-8s %-21s p50 %6.1f ms  p99 %6.1f ms",
+						q.title, rng, view, ms(p50), ms(p99)))
+				}
+			}
+		}
+		b.StopTimer()
+		b.Logf("Entity overview panel latency, %d entities, %d events, %d sampled entities:\n%s",
+			entities, events, len(ids), strings.Join(report, "\n"))
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

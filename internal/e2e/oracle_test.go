@@ -220,6 +220,13 @@ type scenario struct {
 // known past times through the CLI, and generates events over the same span.
 func (e *env) setUp(seed int64, entities, events int) *scenario {
 	e.t.Helper()
+	// Events span 8 days across a month boundary.
+	return e.setUpAt(seed, entities, events, time.Date(2026, 10, 27, 0, 0, 0, 0, time.UTC), 8*24*time.Hour)
+}
+
+// setUpAt is setUp with events (and changes) from start over span.
+func (e *env) setUpAt(seed int64, entities, events int, start time.Time, span time.Duration) *scenario {
+	e.t.Helper()
 	rng := rand.New(rand.NewPCG(uint64(seed), 7))
 	forest := hierarchy.Synthesize(entities, seed)
 	var csv bytes.Buffer
@@ -238,9 +245,6 @@ func (e *env) setUp(seed int64, entities, events int) *scenario {
 		sc.history[f.ID] = []version{{parent: f.ParentID, status: f.Status.String()}}
 		status[f.ID] = f.Status.String()
 	}
-	// Events span 8 days across a month boundary.
-	start := time.Date(2026, 10, 27, 0, 0, 0, 0, time.UTC)
-	span := 8 * 24 * time.Hour
 	// Changes at increasing times inside the span. A moved entity always
 	// goes under a smaller id, so no change can form a cycle.
 	n := max(entities/150, 10)

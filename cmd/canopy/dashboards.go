@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/canopyhq/canopy/dashboards"
+)
+
+func newDashboards(cfg *config) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dashboards",
+		Short: "Grafana dashboards generated from canopy.yaml",
+	}
+	var dir string
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Write the Grafana dashboards and provisioning files from the declared measures",
+		Long: `generate writes dashboards/*.json (Entity overview, Leaderboards, Pipeline
+health) and the Grafana provisioning files under deploy/grafana/provisioning/,
+from the measures in canopy.yaml, clickhouse.database and the read-only user
+(clickhouse.reader_user, clickhouse.reader_password). Run it from the
+repository root (or give --dir) after changing the measures.`,
+		Args: args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			files, err := dashboards.Files(dashboards.Options{
+				Database: cfg.get("clickhouse.database"), Measures: cfg.measures,
+				Reader: cfg.get("clickhouse.reader_user"), Password: cfg.get("clickhouse.reader_password"),
+			})
+			if err != nil {
+				return err
+			}
+			for _, name := range dashboards.Names(files) {
+				path := filepath.Join(dir, filepath.FromSlash(name))
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					return err
+				}
+				if err := os.WriteFile(path, files[name], 0o644); err != nil { //nolint:gosec // served by Grafana
+					return err
+				}
+				fmt.Println("wrote", path)
+			}
+			return nil
+		},
+	}
+	gen.Flags().StringVar(&dir, "dir", ".", "repository root to write under")
+	cmd.AddCommand(gen)
+	return cmd
+}

@@ -1,0 +1,636 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/canopyhq/canopy/internal/synth"
+)
+
+// panelQuery is one ClickHouse query of a committed dashboard.
+type panelQuery struct {
+	board, title, sql string
+	variable          bool // a template variable's query
+}
+
+type promQuery struct{ board, title, expr string }
+
+// loadDashboards reads the committed dashboards as Grafana loads them.
+func loadDashboards(t testing.TB) ([]panelQuery, []promQuery) {
+	t.Helper()
+	files, err := filepath.Glob("../../dashboards/*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no dashboards: %v", err)
+	}
+	var sqls []panelQuery
+	var proms []promQuery
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			UID    string `json:"uid"`
+			Panels []struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					RawSQL string `json:"rawSql"`
+					Expr   string `json:"expr"`
+				} `json:"targets"`
+			} `json:"panels"`
+			Templating struct {
+				List []struct {
+					Name  string          `json:"name"`
+					Type  string          `json:"type"`
+					Query json.RawMessage `json:"query"`
+				} `json:"list"`
+			} `json:"templating"`
+		}
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				switch {
+				case tg.RawSQL != "":
+					sqls = append(sqls, panelQuery{board: d.UID, title: p.Title, sql: tg.RawSQL})
+				case tg.Expr != "":
+					proms = append(proms, promQuery{board: d.UID, title: p.Title, expr: tg.Expr})
+				default:
+					t.Fatalf("%s: panel %q has a target with no query", d.UID, p.Title)
+				}
+			}
+		}
+		for _, v := range d.Templating.List {
+			if v.Type != "query" {
+				continue
+			}
+			var q struct {
+				RawSQL string `json:"rawSql"`
+			}
+			if err := json.Unmarshal(v.Query, &q); err != nil || q.RawSQL == "" {
+				t.Fatalf("%s: variable %s: query %s", d.UID, v.Name, v.Query)
+			}
+			sqls = append(sqls, panelQuery{board: d.UID, title: "$" + v.Name, sql: q.RawSQL, variable: true})
+		}
+	}
+	return sqls, proms
+}
+
+// pgEntity is an entity as PostgreSQL holds it now.
+type pgEntity struct {
+	parent       int64
+	name, status string
+}
+
+func (e *env) pgEntities() map[int64]pgEntity {
+	e.t.Helper()
+	rows, err := e.pg.Query(context.Background(), "select id, coalesce(parent_id, 0), coalesce(name, ''), status from canopy.entities")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int64]pgEntity{}
+	for rows.Next() {
+		var id int64
+		var x pgEntity
+		if err := rows.Scan(&id, &x.parent, &x.name, &x.status); err != nil {
+			e.t.Fatal(err)
+		}
+		out[id] = x
+	}
+	return out
+}
+
+// level counts id's ancestors in ents.
+func level(ents map[int64]pgEntity, id int64) int {
+	n := 0
+	for p := ents[id].parent; p != 0; p = ents[p].parent {
+		n++
+	}
+	return n
+}
+
+// dashOracle computes what each dashboard query must return, from the
+// naive attribution of the generated events and PostgreSQL's hierarchy.
+type dashOracle struct {
+	hourly, daily, current map[rollupKey]sums
+	ents                   map[int64]pgEntity
+	events                 map[string]synth.Event
+	dupes, bad             int
+	badClasses             map[string]int
+}
+
+type dashCase struct {
+	vars     map[string]string
+	from, to time.Time
+}
+
+var measuresOf = []string{"events", "amount", "quantity"}
+
+func (s sums) get(m string) string {
+	switch m {
+	case "events":
+		return strconv.FormatInt(s.events, 10)
+	case "amount":
+		return units(s.amount)
+	}
+	return strconv.FormatInt(s.quantity, 10)
+}
+
+func (s sums) add(o sums) sums {
+	if s.amount == nil {
+		s.amount = new(big.Int)
+	}
+	s.events += o.events
+	s.amount = new(big.Int).Add(s.amount, orZero(o.amount))
+	s.quantity += o.quantity
+	return s
+}
+
+func orZero(a *big.Int) *big.Int {
+	if a == nil {
+		return new(big.Int)
+	}
+	return a
+}
+
+// cmp orders sums by one measure.
+func (s sums) cmp(o sums, m string) int {
+	switch m {
+	case "events":
+		return cmpInt(s.events, o.events)
+	case "amount":
+		return orZero(s.amount).Cmp(orZero(o.amount))
+	}
+	return cmpInt(s.quantity, o.quantity)
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func dayOf(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+// table picks the rollup the case's view reads, and whether the time series
+// are hourly.
+func (o *dashOracle) table(c dashCase) (map[rollupKey]sums, bool) {
+	if c.vars["view"] == "rollup_daily_current" {
+		return o.current, false
+	}
+	return o.daily, c.to.Unix()-c.from.Unix() <= 259200
+}
+
+// rows sums the daily rows of the case's view in its days that match keep,
+// grouped by group.
+func (o *dashOracle) rows(c dashCase, keep func(rollupKey) bool, group func(rollupKey) string) map[string][2]sums {
+	tab, _ := o.table(c)
+	lo, hi := dayOf(c.from).Unix(), dayOf(c.to).Unix()
+	out := map[string][2]sums{}
+	for k, s := range tab {
+		if k.bucket < lo || k.bucket > hi || !keep(k) {
+			continue
+		}
+		g := group(k)
+		pair := out[g]
+		if k.depth == 0 {
+			pair[0] = pair[0].add(s)
+		} else {
+			pair[1] = pair[1].add(s)
+		}
+		out[g] = pair
+	}
+	return out
+}
+
+var (
+	ownDownline = regexp.MustCompile(`^(\w+): own vs downline$`)
+	overTime    = regexp.MustCompile(`^(\w+) over time: own and downline$`)
+	childrenBy  = regexp.MustCompile(`^Direct children by downline (\w+)`)
+)
+
+// want returns the rows q must return in case c, in order when the query
+// orders them fully (ordered), else as a set.
+func (o *dashOracle) want(t testing.TB, q panelQuery, c dashCase) (rows [][]string, ordered bool) {
+	t.Helper()
+	entity, _ := strconv.ParseInt(c.vars["entity"], 10, 64)
+	self := func(k rollupKey) bool { return k.entity == entity }
+	all := func(rollupKey) string { return "" }
+	switch m := q.title; {
+	case m == "$entity":
+		search := strings.ToLower(c.vars["__searchFilter"])
+		var ids []int64
+		for id, x := range o.ents {
+			if strings.Contains(strings.ToLower(strconv.FormatInt(id, 10)+" "+x.name), search) {
+				ids = append(ids, id)
+			}
+		}
+		sort.Slice(ids, func(i, j int) bool {
+			li, lj := level(o.ents, ids[i]), level(o.ents, ids[j])
+			return li < lj || li == lj && ids[i] < ids[j]
+		})
+		for _, id := range ids[:min(len(ids), 200)] {
+			rows = append(rows, []string{o.ents[id].name + " · " + strconv.FormatInt(id, 10), strconv.FormatInt(id, 10)})
+		}
+		return rows, true
+	case m == "$level":
+		seen := map[int]bool{}
+		for id := range o.ents {
+			seen[level(o.ents, id)] = true
+		}
+		for l := 0; l < 64; l++ {
+			if seen[l] {
+				rows = append(rows, []string{strconv.Itoa(l)})
+			}
+		}
+		return rows, true
+	case m == "Entity":
+		x := o.ents[entity]
+		var path []string
+		for id := entity; id != 0; id = o.ents[id].parent {
+			path = append([]string{strconv.FormatInt(id, 10)}, path...)
+		}
+		return [][]string{{c.vars["entity"], x.name, x.status, strconv.Itoa(level(o.ents, entity)),
+			strconv.FormatInt(x.parent, 10), strings.Join(path, " › ")}}, true
+	case ownDownline.MatchString(m):
+		meas := strings.ToLower(ownDownline.FindStringSubmatch(m)[1])
+		p := o.rows(c, self, all)[""]
+		return [][]string{{p[0].get(meas), p[1].get(meas)}}, true
+	case overTime.MatchString(m):
+		meas := strings.ToLower(overTime.FindStringSubmatch(m)[1])
+		tab, hourly := o.table(c)
+		if hourly {
+			tab = o.hourly
+		}
+		lo, hi := dayOf(c.from).Unix(), dayOf(c.to).Unix()
+		if hourly {
+			lo, hi = c.from.Unix(), c.to.Unix()
+		}
+		by := map[int64][2]sums{}
+		for k, s := range tab {
+			if k.entity != entity || k.bucket < lo || k.bucket > hi {
+				continue
+			}
+			p := by[k.bucket]
+			if k.depth == 0 {
+				p[0] = p[0].add(s)
+			} else {
+				p[1] = p[1].add(s)
+			}
+			by[k.bucket] = p
+		}
+		var times []int64
+		for b := range by {
+			times = append(times, b)
+		}
+		sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+		for _, b := range times {
+			rows = append(rows, []string{strconv.FormatInt(b, 10), by[b][0].get(meas), by[b][1].get(meas)})
+		}
+		return rows, true
+	case strings.HasPrefix(m, "By level below the entity"), m == "By type":
+		byDepth := strings.HasPrefix(m, "By level")
+		g := o.rows(c, self, func(k rollupKey) string {
+			if byDepth {
+				return fmt.Sprintf("%03d", k.depth)
+			}
+			return k.typ
+		})
+		var keys []string
+		for k := range g {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			s := g[k][0].add(g[k][1])
+			label := k
+			if byDepth {
+				n, _ := strconv.Atoi(k)
+				label = strconv.Itoa(n)
+			}
+			rows = append(rows, []string{label, s.get("events"), s.get("amount"), s.get("quantity")})
+		}
+		return rows, true
+	case childrenBy.MatchString(m):
+		meas := childrenBy.FindStringSubmatch(m)[1]
+		g := o.rows(c, func(k rollupKey) bool { return o.ents[k.entity].parent == entity },
+			func(k rollupKey) string { return strconv.FormatInt(k.entity, 10) })
+		return o.ranked(g, meas, 100, func(id string, p [2]sums) []string {
+			n, _ := strconv.ParseInt(id, 10, 64)
+			return []string{id, o.ents[n].name, p[0].get(meas), p[1].get(meas), p[0].add(p[1]).get(meas), p[0].add(p[1]).get("events")}
+		}), true
+	case strings.HasPrefix(m, "Top entities at level"):
+		meas := c.vars["measure"]
+		lvl, _ := strconv.Atoi(c.vars["level"])
+		limit, _ := strconv.Atoi(c.vars["limit"])
+		g := o.rows(c, func(k rollupKey) bool { return level(o.ents, k.entity) == lvl },
+			func(k rollupKey) string { return strconv.FormatInt(k.entity, 10) })
+		return o.ranked(g, meas, limit, func(id string, p [2]sums) []string {
+			n, _ := strconv.ParseInt(id, 10, 64)
+			return []string{id, o.ents[n].name, p[1].get(meas), p[0].get(meas), p[0].add(p[1]).get(meas)}
+		}), true
+	case m == "Volume by level":
+		meas := c.vars["measure"]
+		g := o.rows(c, func(k rollupKey) bool { return k.depth == 0 },
+			func(k rollupKey) string { return strconv.FormatInt(k.entity, 10) })
+		byLevel := map[int]struct {
+			n   int
+			own sums
+		}{}
+		for id := range g {
+			n, _ := strconv.ParseInt(id, 10, 64)
+			l := byLevel[level(o.ents, n)]
+			l.n++
+			l.own = l.own.add(g[id][0])
+			byLevel[level(o.ents, n)] = l
+		}
+		for l := 0; l < 64; l++ {
+			if v, ok := byLevel[l]; ok {
+				rows = append(rows, []string{strconv.Itoa(l), strconv.Itoa(v.n), v.own.get(meas)})
+			}
+		}
+		return rows, true
+	case strings.HasPrefix(m, "Acknowledged records per minute"):
+		// Per-minute counts depend on timing; their totals do not.
+		return [][]string{{"", strconv.Itoa(len(o.events)), strconv.Itoa(o.dupes), strconv.Itoa(o.bad), "0"}}, false
+	case strings.HasPrefix(m, "Failures by class"):
+		var classes []string
+		for cl := range o.badClasses {
+			classes = append(classes, cl)
+		}
+		sort.Slice(classes, func(i, j int) bool {
+			a, b := o.badClasses[classes[i]], o.badClasses[classes[j]]
+			return a > b || a == b && classes[i] < classes[j]
+		})
+		for _, cl := range classes {
+			rows = append(rows, []string{cl, "", strconv.Itoa(o.badClasses[cl]), ""})
+		}
+		return rows, true
+	case strings.HasPrefix(m, "Most recent unresolved failures"):
+		return nil, false // checked by count below
+	}
+	t.Fatalf("%s: no oracle for panel %q: add one", q.board, q.title)
+	return nil, false
+}
+
+// ranked orders groups by their downline measure (descending, then id) and
+// renders the first limit.
+func (o *dashOracle) ranked(g map[string][2]sums, meas string, limit int, render func(string, [2]sums) []string) [][]string {
+	var ids []string
+	for id := range g {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool {
+		if c := g[ids[i]][1].cmp(g[ids[j]][1], meas); c != 0 {
+			return c > 0
+		}
+		a, _ := strconv.ParseInt(ids[i], 10, 64)
+		b, _ := strconv.ParseInt(ids[j], 10, 64)
+		return a < b
+	})
+	var rows [][]string
+	for _, id := range ids[:min(len(ids), limit)] {
+		rows = append(rows, render(id, g[id]))
+	}
+	return rows
+}
+
+// TestDashboardQueriesMatchOracle runs every ClickHouse query of every
+// committed dashboard, template variables and macros expanded as Grafana and
+// the plugin expand them, for a chosen entity, level and ranges (daily and
+// hourly grain, as-was and as-is), and compares what it returns with the
+// oracle. Every Prometheus expression must name metrics the worker or
+// reconcile --watch export.
+func TestDashboardQueriesMatchOracle(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 2)
+	sc := e.setUp(seed, 3000, 60000)
+	metricsAddr := freeAddr(t)
+	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+metricsAddr)
+	e.startWorker(1)
+	keys, values := sc.records()
+	bad := map[string][]string{
+		"invalid_json":   {`{"event_id":`, `not json at all`},
+		"missing_field":  {`{"event_id":"m1","entity_id":1,"type":"sale"}`},
+		"unknown_entity": {`{"event_id":"u1","entity_id":99999999,"occurred_at":"2026-10-28T00:00:00Z","type":"sale"}`},
+	}
+	o := &dashOracle{badClasses: map[string]int{}}
+	for cl, recs := range bad {
+		for _, r := range recs {
+			keys, values = append(keys, nil), append(values, []byte(r))
+			o.badClasses[cl]++
+			o.bad++
+		}
+	}
+	e.produce(keys, values)
+	e.waitAcked(uint64(len(values)), 3*time.Minute)
+	e.waitRestated(time.Minute)
+
+	or := buildOracle(sc.history, sc.events)
+	o.events = or.events
+	o.dupes = len(sc.events) - len(or.events)
+	o.hourly, o.daily = attribute(sc.history, or.events, false, false)
+	_, o.current = attribute(sc.history, or.events, true, false)
+	o.ents = e.pgEntities()
+
+	// The entity: the one with the most direct children among those at
+	// level 1 or 2; the level: 2.
+	children := map[int64]int{}
+	for _, x := range o.ents {
+		children[x.parent]++
+	}
+	var entity int64
+	for id := range o.ents {
+		if l := level(o.ents, id); (l == 1 || l == 2) && (children[id] > children[entity] || children[id] == children[entity] && id < entity) {
+			entity = id
+		}
+	}
+	t.Logf("entity %d (%s) with %d children", entity, o.ents[entity].name, children[entity])
+
+	day := func(d int, h int) time.Time { return time.Date(2026, 10, d, h, 0, 0, 0, time.UTC) }
+	now := time.Now().UTC()
+	var cases []dashCase
+	for _, view := range []string{"rollup_daily", "rollup_daily_current"} {
+		for _, r := range [][2]time.Time{
+			{day(28, 0), day(31, 23).Add(59*time.Minute + 59*time.Second)}, // 4 days: daily
+			{day(29, 6), day(30, 18)},                                      // 36 hours: hourly (as-was)
+		} {
+			cases = append(cases, dashCase{vars: map[string]string{
+				"entity": strconv.FormatInt(entity, 10), "view": view, "level": "2", "measure": "amount", "limit": "10",
+				"__searchFilter": strconv.FormatInt(entity, 10),
+			}, from: r[0], to: r[1]})
+		}
+	}
+	health := dashCase{vars: map[string]string{}, from: now.Add(-time.Hour), to: now.Add(time.Minute)}
+
+	sqls, proms := loadDashboards(t)
+	checked := 0
+	for _, q := range sqls {
+		cs := cases
+		if q.board == "canopy-pipeline-health" {
+			cs = []dashCase{health}
+		}
+		for _, c := range cs {
+			sql := expandGrafana(strings.ReplaceAll(q.sql, "canopy.", e.chDB+"."), c.vars, c.from, c.to, time.Minute)
+			if strings.Contains(sql, "$") {
+				t.Fatalf("%s %q: unexpanded variable or macro in\n%s", q.board, q.title, sql)
+			}
+			_, got, err := e.queryText(sql)
+			if err != nil {
+				t.Fatalf("%s %q: %v\n%s", q.board, q.title, err, sql)
+			}
+			want, ordered := o.want(t, q, c)
+			switch {
+			case strings.HasPrefix(q.title, "Most recent unresolved failures"):
+				if len(got) != o.bad {
+					t.Errorf("%s %q: %d rows, want %d unresolved failures", q.board, q.title, len(got), o.bad)
+				}
+			case strings.HasPrefix(q.title, "Acknowledged records per minute"):
+				var tot [4]int64
+				for _, r := range got {
+					for i := range tot {
+						n, _ := strconv.ParseInt(r[i+1], 10, 64)
+						tot[i] += n
+					}
+				}
+				g := []string{"", strconv.FormatInt(tot[0], 10), strconv.FormatInt(tot[1], 10), strconv.FormatInt(tot[2], 10), strconv.FormatInt(tot[3], 10)}
+				if strings.Join(g, ",") != strings.Join(want[0], ",") {
+					t.Errorf("%s %q: totals %v, want %v", q.board, q.title, g, want[0])
+				}
+			case strings.HasPrefix(q.title, "Failures by class"):
+				for _, r := range got {
+					r[3] = "" // last_seen: a time
+				}
+				compareRows(t, q, c, want, got, ordered)
+			default:
+				if len(want) == 0 {
+					t.Errorf("%s %q: the oracle expects no rows for %v; choose a better case", q.board, q.title, c.vars)
+				}
+				compareRows(t, q, c, want, got, ordered)
+			}
+			checked++
+		}
+	}
+	t.Logf("%d dashboard queries checked against the oracle", checked)
+
+	// Prometheus expressions name metrics that exist.
+	reconcileAddr := freeAddr(t)
+	rc := exec.Command(binary, "reconcile", "--watch", "1h")
+	rc.Env = append(append([]string(nil), e.vars...), "CANOPY_HTTP_ADDR="+reconcileAddr)
+	if err := rc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = rc.Process.Kill(); _ = rc.Wait() }()
+	exported := map[string]bool{}
+	for _, addr := range []string{metricsAddr, reconcileAddr} {
+		var m map[string]float64
+		for i := 0; i < 50 && len(m) == 0; i++ {
+			m, _ = scrapeErr(addr)
+			time.Sleep(200 * time.Millisecond)
+		}
+		for k := range m {
+			exported[strings.SplitN(k, "{", 2)[0]] = true
+		}
+	}
+	metric := regexp.MustCompile(`canopy_[a-z_]+`)
+	for _, p := range proms {
+		for _, name := range metric.FindAllString(p.expr, -1) {
+			if !exported[name] {
+				t.Errorf("%s %q: metric %s is not exported by the worker or reconcile", p.board, p.title, name)
+			}
+		}
+	}
+}
+
+func compareRows(t testing.TB, q panelQuery, c dashCase, want, got [][]string, ordered bool) {
+	t.Helper()
+	norm := func(rows [][]string) []string {
+		out := make([]string, len(rows))
+		for i, r := range rows {
+			out[i] = strings.Join(r, " | ")
+		}
+		if !ordered {
+			sort.Strings(out)
+		}
+		return out
+	}
+	w, g := norm(want), norm(got)
+	if strings.Join(w, "\n") != strings.Join(g, "\n") {
+		n := max(len(w), len(g))
+		var diff []string
+		for i := 0; i < n && len(diff) < 10; i++ {
+			var a, b string
+			if i < len(w) {
+				a = w[i]
+			}
+			if i < len(g) {
+				b = g[i]
+			}
+			if a != b {
+				diff = append(diff, fmt.Sprintf("row %d: want %q\n        got  %q", i, a, b))
+			}
+		}
+		t.Errorf("%s %q (%v, %s … %s): %d rows, want %d:\n%s", q.board, q.title, c.vars, c.from.Format(time.RFC3339), c.to.Format(time.RFC3339),
+			len(g), len(w), strings.Join(diff, "\n"))
+	}
+}
+
+// TestReadOnlyUser logs in as the read-only user that migrate provides for
+// Grafana and analysts: it reads, and is refused writes and DDL.
+func TestReadOnlyUser(t *testing.T) {
+	e := newEnv(t, 1)
+	if out := e.run("migrate"); !strings.Contains(out, "read-only user ready") {
+		t.Fatalf("migrate did not provide the read-only user:\n%s", out)
+	}
+	opts, err := clickhouse.ParseDSN(e.svc.chDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Auth = clickhouse.Auth{Database: e.chDB, Username: "canopy_reader", Password: "canopy_reader"}
+	reader, err := clickhouse.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = reader.Close() }()
+	ctx := context.Background()
+	var n uint64
+	if err := reader.QueryRow(ctx, "SELECT count() FROM "+e.chDB+".rollup_daily").Scan(&n); err != nil {
+		t.Fatalf("the reader cannot read: %v", err)
+	}
+	for _, q := range []string{
+		"INSERT INTO " + e.chDB + ".rollup_daily (entity_id, bucket, depth, type, events, ingest_unit) SELECT toUInt64(1), today(), toUInt8(0), 'x', toInt64(1), 'reader'",
+		"DROP TABLE " + e.chDB + ".rollup_daily",
+		"CREATE TABLE " + e.chDB + ".reader_table (a UInt8) ENGINE = Memory",
+		"ALTER TABLE " + e.chDB + ".rollup_daily DELETE WHERE 1 = 1",
+	} {
+		if err := reader.Exec(ctx, q); err == nil || !strings.Contains(strings.ToLower(err.Error()), "readonly") {
+			t.Errorf("the reader ran %q: %v", q, err)
+		}
+	}
+	if err := e.ch.QueryRow(ctx, "SELECT count() FROM "+e.chDB+".rollup_daily").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("rollup_daily after the reader's attempts: %d rows, %v", n, err)
+	}
+}
