@@ -366,15 +366,23 @@ GROUP BY type
 ORDER BY type`, strings.Join(sums, ", "), db), false, panelExtra{})
 
 	rank := rankMeasure(o.Measures)
+	// Children through entities_by_parent (a key lookup, not a scan of the
+	// hierarchy), kept only if their newest version still has this parent.
 	bd.sql(sdk.NewTable(fmt.Sprintf("Direct children by downline %s (click to drill down)", rank)), 24, 10, fmt.Sprintf(`
 SELECT id, name, own, downline, own + downline AS total, events
 FROM (
+    SELECT id, argMax(name, version) AS name
+    FROM %[2]s.entities
+    WHERE id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = ${entity})
+    GROUP BY id
+    HAVING argMax(parent_id, version) = ${entity}
+) AS c
+ANY INNER JOIN (
     SELECT entity_id AS id, sumIf(%[1]s, depth = 0) AS own, sumIf(%[1]s, depth > 0) AS downline, sum(events) AS events
     FROM %[2]s.${view}
-    WHERE entity_id IN (SELECT id FROM %[2]s.entities FINAL WHERE parent_id = ${entity}) AND $__dateFilter(bucket)
+    WHERE entity_id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = ${entity}) AND $__dateFilter(bucket)
     GROUP BY entity_id
-)
-ANY LEFT JOIN (SELECT id, name FROM %[2]s.entities FINAL) USING id
+) AS r USING id
 ORDER BY downline DESC, id
 LIMIT 100`, rank, db), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true}})
 	return bd

@@ -19,15 +19,26 @@ type EntityRow struct {
 	Path     []int64 // root … self
 }
 
-// WriteEntities inserts rows at the given hierarchy version; the table is a
-// ReplacingMergeTree(version), so the newest version of each id wins.
+// WriteEntities inserts rows at the given hierarchy version into entities
+// and entities_by_parent; both are ReplacingMergeTree(version), so the
+// newest version of each id wins in entities. A crash between the two
+// inserts is repaired by the caller's retry, which writes both again.
 func WriteEntities(ctx context.Context, conn driver.Conn, s schema.ClickHouse, version int64, rows []EntityRow) error {
+	for _, table := range []string{schema.TableEntities, schema.TableEntitiesByParent} {
+		if err := writeEntities(ctx, conn, s, table, version, rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeEntities(ctx context.Context, conn driver.Conn, s schema.ClickHouse, table string, version int64, rows []EntityRow) error {
 	const chunk = 200000
 	for start := 0; start < len(rows); start += chunk {
 		end := min(start+chunk, len(rows))
-		batch, err := conn.PrepareBatch(ctx, s.Insert(schema.TableEntities, s.EntityColumns()))
+		batch, err := conn.PrepareBatch(ctx, s.Insert(table, s.EntityColumns()))
 		if err != nil {
-			return fmt.Errorf("prepare insert into entities: %w", err)
+			return fmt.Errorf("prepare insert into %s: %w", table, err)
 		}
 		for _, r := range rows[start:end] {
 			path := make([]uint64, len(r.Path))
@@ -36,11 +47,11 @@ func WriteEntities(ctx context.Context, conn driver.Conn, s schema.ClickHouse, v
 			}
 			if err := batch.Append(uint64(r.ID), uint64(r.ParentID), r.Name, r.Status, r.Level, path, uint64(version)); err != nil { //nolint:gosec // ids, versions >= 0
 				_ = batch.Abort()
-				return fmt.Errorf("insert into entities: %w", err)
+				return fmt.Errorf("insert into %s: %w", table, err)
 			}
 		}
 		if err := batch.Send(); err != nil {
-			return fmt.Errorf("insert into entities: %w", err)
+			return fmt.Errorf("insert into %s: %w", table, err)
 		}
 	}
 	return nil

@@ -49,6 +49,22 @@ func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHous
 			}
 		}
 	}
+	// entities_by_parent arrived after entities: fill it once from there.
+	var have, want uint64
+	q := "SELECT count() FROM %s.%s"
+	if err := conn.QueryRow(ctx, fmt.Sprintf(q, s.Database, schema.TableEntitiesByParent)).Scan(&have); err != nil {
+		return err
+	}
+	if err := conn.QueryRow(ctx, fmt.Sprintf(q, s.Database, schema.TableEntities)).Scan(&want); err != nil {
+		return err
+	}
+	if have == 0 && want > 0 {
+		cols := s.Insert(schema.TableEntitiesByParent, s.EntityColumns())
+		names := cols[strings.Index(cols, "(")+1 : len(cols)-1]
+		if err := conn.Exec(ctx, fmt.Sprintf("%s SELECT %s FROM %s.%s", cols, names, s.Database, schema.TableEntities)); err != nil {
+			return fmt.Errorf("fill %s: %w", schema.TableEntitiesByParent, err)
+		}
+	}
 	return nil
 }
 

@@ -13,6 +13,11 @@ const (
 	TableRollupDaily  = "rollup_daily"
 	TableRollupAsIs   = "rollup_daily_current"
 	TableEntities     = "entities"
+	// TableEntitiesByParent holds the same rows as entities sorted by
+	// parent, so a dashboard finds an entity's children without scanning
+	// the hierarchy. A row there may be stale (the entity moved on): check
+	// the child's newest version in entities.
+	TableEntitiesByParent = "entities_by_parent"
 	TableAcks         = "ingest_acks"
 	TableFailures     = "ingest_failures"
 )
@@ -245,6 +250,8 @@ func (c ClickHouse) Tables() []Table {
 			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version) " + c.settings()},
 		{TableEntities, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntities, "version") +
 			" ORDER BY id " + c.settings()},
+		{TableEntitiesByParent, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntitiesByParent, "version") +
+			" ORDER BY (parent_id, id) " + c.settings()},
 		{TableAcks, c.AckColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableAcks, "") +
 			" ORDER BY (topic, partition, first_offset) " + c.settings()},
 		{TableFailures, c.FailureColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableFailures, "last_failure") +

@@ -479,38 +479,42 @@ func (e *env) compareEntities(l *living) {
 		slices.Reverse(p)
 		return p
 	}
-	chRows, err := e.ch.Query(ctx, fmt.Sprintf(`SELECT id, argMax(parent_id, version), argMax(name, version),
-		argMax(status, version), argMax(level, version), argMax(path, version)
-		FROM %s.entities GROUP BY id`, e.chDB))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	seen := 0
-	for chRows.Next() {
-		var (
-			id, parent   uint64
-			name, status string
-			level        uint8
-			p            []uint64
-		)
-		if err := chRows.Scan(&id, &parent, &name, &status, &level, &p); err != nil {
+	// entities_by_parent holds the same rows under another key: its newest
+	// version of each id must be the same.
+	for _, table := range []string{"entities", "entities_by_parent"} {
+		chRows, err := e.ch.Query(ctx, fmt.Sprintf(`SELECT id, argMax(parent_id, version), argMax(name, version),
+			argMax(status, version), argMax(level, version), argMax(path, version)
+			FROM %s.%s GROUP BY id`, e.chDB, table))
+		if err != nil {
 			e.t.Fatal(err)
 		}
-		seen++
-		x, ok := pg[int64(id)]
-		want := path(int64(id))
-		switch {
-		case !ok:
-			bad = append(bad, fmt.Sprintf("entities has %d, postgres does not", id))
-		case int64(parent) != x.parent || name != x.name || status != x.status:
-			bad = append(bad, fmt.Sprintf("entity %d: clickhouse (%d, %q, %s), postgres (%d, %q, %s)", id, parent, name, status, x.parent, x.name, x.status))
-		case int(level) != len(want)-1 || !slices.Equal(p, want):
-			bad = append(bad, fmt.Sprintf("entity %d: level %d path %v, want %d %v", id, level, p, len(want)-1, want))
+		seen := 0
+		for chRows.Next() {
+			var (
+				id, parent   uint64
+				name, status string
+				level        uint8
+				p            []uint64
+			)
+			if err := chRows.Scan(&id, &parent, &name, &status, &level, &p); err != nil {
+				e.t.Fatal(err)
+			}
+			seen++
+			x, ok := pg[int64(id)]
+			want := path(int64(id))
+			switch {
+			case !ok:
+				bad = append(bad, fmt.Sprintf("%s has %d, postgres does not", table, id))
+			case int64(parent) != x.parent || name != x.name || status != x.status:
+				bad = append(bad, fmt.Sprintf("%s %d: clickhouse (%d, %q, %s), postgres (%d, %q, %s)", table, id, parent, name, status, x.parent, x.name, x.status))
+			case int(level) != len(want)-1 || !slices.Equal(p, want):
+				bad = append(bad, fmt.Sprintf("%s %d: level %d path %v, want %d %v", table, id, level, p, len(want)-1, want))
+			}
 		}
-	}
-	chRows.Close()
-	if seen != len(pg) {
-		bad = append(bad, fmt.Sprintf("entities holds %d ids, postgres %d", seen, len(pg)))
+		chRows.Close()
+		if seen != len(pg) {
+			bad = append(bad, fmt.Sprintf("%s holds %d ids, postgres %d", table, seen, len(pg)))
+		}
 	}
 	if len(bad) > 0 {
 		sort.Strings(bad)

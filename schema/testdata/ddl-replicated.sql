@@ -61,6 +61,16 @@ CREATE TABLE IF NOT EXISTS canopy.entities (
     version UInt64
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/canopy/entities', '{replica}', version) ORDER BY id SETTINGS index_granularity = 8192, replicated_deduplication_window = 100000;
 INSERT INTO canopy.entities (id, parent_id, name, status, level, path, version);
+CREATE TABLE IF NOT EXISTS canopy.entities_by_parent (
+    id UInt64,
+    parent_id UInt64,
+    name String,
+    status String,
+    level UInt8,
+    path Array(UInt64),
+    version UInt64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/canopy/entities_by_parent', '{replica}', version) ORDER BY (parent_id, id) SETTINGS index_granularity = 8192, replicated_deduplication_window = 100000;
+INSERT INTO canopy.entities_by_parent (id, parent_id, name, status, level, path, version);
 CREATE TABLE IF NOT EXISTS canopy.ingest_acks (
     topic String,
     partition Int32,
