@@ -18,8 +18,8 @@ const (
 	// the hierarchy. A row there may be stale (the entity moved on): check
 	// the child's newest version in entities.
 	TableEntitiesByParent = "entities_by_parent"
-	TableAcks         = "ingest_acks"
-	TableFailures     = "ingest_failures"
+	TableAcks             = "ingest_acks"
+	TableFailures         = "ingest_failures"
 )
 
 // Column is one ClickHouse column.
