@@ -128,26 +128,7 @@ func TestAnalystQueriesMatchOracle(t *testing.T) {
 		return []string{id, ents[n].name, p[1].get("amount")}
 	})
 
-	days := map[int64][2]sums{}
-	for k, v := range daily {
-		if recent(k) {
-			p := days[k.bucket]
-			if k.depth == 0 {
-				p[0] = p[0].add(v)
-			} else {
-				p[1] = p[1].add(v)
-			}
-			days[k.bucket] = p
-		}
-	}
-	var dayList []int64
-	for b := range days {
-		dayList = append(dayList, b)
-	}
-	sort.Slice(dayList, func(i, j int) bool { return dayList[i] < dayList[j] })
-	for _, b := range dayList {
-		want["daily-series"] = append(want["daily-series"], []string{strconv.FormatInt(b, 10), days[b][0].get("amount"), days[b][1].get("amount")})
-	}
+	want["daily-series"] = series(daily, recent, "amount")
 
 	month := time.Date(today.Year(), today.Month(), 1, 0, 0, 0, 0, time.UTC)
 	prev := month.AddDate(0, -1, 0)

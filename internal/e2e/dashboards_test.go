@@ -288,28 +288,7 @@ func (o *dashOracle) want(t testing.TB, q panelQuery, c dashCase) (rows [][]stri
 		if hourly {
 			lo, hi = c.from.Unix(), c.to.Unix()
 		}
-		by := map[int64][2]sums{}
-		for k, s := range tab {
-			if k.entity != entity || k.bucket < lo || k.bucket > hi {
-				continue
-			}
-			p := by[k.bucket]
-			if k.depth == 0 {
-				p[0] = p[0].add(s)
-			} else {
-				p[1] = p[1].add(s)
-			}
-			by[k.bucket] = p
-		}
-		var times []int64
-		for b := range by {
-			times = append(times, b)
-		}
-		sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-		for _, b := range times {
-			rows = append(rows, []string{strconv.FormatInt(b, 10), by[b][0].get(meas), by[b][1].get(meas)})
-		}
-		return rows, true
+		return series(tab, func(k rollupKey) bool { return k.entity == entity && k.bucket >= lo && k.bucket <= hi }, meas), true
 	case strings.HasPrefix(m, "By level below the entity"), m == "By type":
 		byDepth := strings.HasPrefix(m, "By level")
 		g := o.rows(c, self, func(k rollupKey) string {
@@ -393,6 +372,35 @@ func (o *dashOracle) want(t testing.TB, q panelQuery, c dashCase) (rows [][]stri
 	}
 	t.Fatalf("%s: no oracle for panel %q: add one", q.board, q.title)
 	return nil, false
+}
+
+// series sums the rows of tab that keep accepts by bucket, own (depth 0)
+// and downline apart, as rows (bucket, own, downline) of measure meas in
+// time order.
+func series(tab map[rollupKey]sums, keep func(rollupKey) bool, meas string) [][]string {
+	by := map[int64][2]sums{}
+	for k, s := range tab {
+		if !keep(k) {
+			continue
+		}
+		p := by[k.bucket]
+		if k.depth == 0 {
+			p[0] = p[0].add(s)
+		} else {
+			p[1] = p[1].add(s)
+		}
+		by[k.bucket] = p
+	}
+	var times []int64
+	for b := range by {
+		times = append(times, b)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	var rows [][]string
+	for _, b := range times {
+		rows = append(rows, []string{strconv.FormatInt(b, 10), by[b][0].get(meas), by[b][1].get(meas)})
+	}
+	return rows
 }
 
 // ranked orders groups by their downline measure (descending, then id) and
