@@ -180,13 +180,6 @@ func (b *Backfill) process(ctx context.Context, s stride) error {
 		if err == nil && n == 0 {
 			err = fmt.Errorf("%w: a batch recorded earlier spans this one (was --batch changed?)", ErrOverlap)
 		}
-		if errors.Is(err, ErrPaused) {
-			// canopy rebuild is swapping partitions: wait, it is not a failure.
-			if !wait.Sleep(ctx, 250*time.Millisecond) {
-				return ctx.Err()
-			}
-			continue
-		}
 		if err != nil {
 			err = fmt.Errorf("%s offsets %d…%d: %w", s.input.Name(), recs[0].Offset, recs[len(recs)-1].Offset, err)
 			if !Retryable(err) || ctx.Err() != nil {

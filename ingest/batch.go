@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // Record is one source record: what the processor needs of a Kafka record
@@ -46,7 +48,22 @@ type Processor struct {
 // offsets) and returns how many records it consumed; the caller commits the
 // offset after them. It consumes nothing (0, nil) when recs stop short of a
 // batch an earlier attempt recorded: the caller waits for more records.
+// While canopy rebuild pauses new batches it waits and tries again.
 func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (int, error) {
+	for {
+		n, err := p.process(ctx, epoch, recs)
+		if !errors.Is(err, ErrPaused) {
+			return n, err
+		}
+		// rebuild lifts the pause within seconds, or it lapses by itself.
+		p.Metrics.batchError("paused")
+		if !wait.Sleep(ctx, 250*time.Millisecond) {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}

@@ -19,6 +19,7 @@ type memLedger struct {
 	epoch   map[logPartition]int64
 	intents map[logPartition]map[int64]Intent // by first offset
 	claims  map[string]claimOwner             // event id → owning record
+	paused  int                               // Begins to refuse with ErrPaused
 }
 
 type logPartition struct {
@@ -68,6 +69,10 @@ func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Cl
 	lp := lpOf(in.Source)
 	if l.epoch[lp] != epoch {
 		return in, nil, ErrFenced
+	}
+	if l.paused > 0 {
+		l.paused--
+		return in, nil, ErrPaused
 	}
 	if l.intents[lp] == nil {
 		l.intents[lp] = map[int64]Intent{}
@@ -363,5 +368,23 @@ func TestProcessStopsBeforeRecordedBatch(t *testing.T) {
 	}
 	if accepted != 9 || len(s.batches) != 3 {
 		t.Fatalf("%d batches accepted %d events, want 3 batches, 9 events", len(s.batches), accepted)
+	}
+}
+
+// While canopy rebuild pauses new batches, Process waits and tries again
+// instead of failing; a cancelled wait returns the context's error.
+func TestProcessWaitsOutPause(t *testing.T) {
+	p, l, s := newTestProcessor()
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
+	l.paused = 2
+	n, err := p.Process(context.Background(), epoch, []Record{record(0, ev("a", 3, "1"))})
+	if err != nil || n != 1 || len(s.batches) != 1 || l.paused != 0 {
+		t.Fatalf("after a pause: n=%d err=%v writes=%d refusals left=%d", n, err, len(s.batches), l.paused)
+	}
+	l.paused = 1 << 30
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	if _, err := p.Process(ctx, epoch, []Record{record(1, ev("b", 3, "1"))}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled during a pause: %v", err)
 	}
 }

@@ -338,13 +338,6 @@ func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Recor
 			w.proc.Metrics.batchError("fenced")
 			w.log.Warn("partition taken over by another worker; abandoning batch", "err", err)
 			return done, true
-		case errors.Is(err, ErrPaused):
-			// canopy rebuild is swapping partitions; it lifts the pause
-			// within seconds (or it lapses by itself).
-			w.proc.Metrics.batchError("paused")
-			if !wait.Sleep(ctx, 250*time.Millisecond) {
-				return done, false
-			}
 		case errors.Is(err, ErrOverlap):
 			w.proc.Metrics.batchError("overlap")
 			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)

@@ -36,7 +36,7 @@ var (
 	ErrHierarchyBehind = errors.New("ingest: hierarchy older than the batch being replayed")
 	// ErrPaused means canopy rebuild is swapping rollup partitions: no new
 	// batch may start until it is done (batches already recorded may
-	// finish). Wait and retry.
+	// finish). Ledger.Begin returns it; Processor.Process waits and retries.
 	ErrPaused = errors.New("ingest: paused while canopy rebuild swaps rollups")
 	// ErrOverlap means the committed position falls inside a batch recorded
 	// by an earlier attempt that did not start there (offsets moved by hand).

@@ -10,8 +10,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // Range is an inclusive offset range of one partition.
@@ -118,12 +116,6 @@ func (r *Reconciler) Run(ctx context.Context) ([]Gap, error) {
 				}
 			}
 			n, err := r.Processor.Process(ctx, 0, recs[:end])
-			if errors.Is(err, ErrPaused) {
-				if !wait.Sleep(ctx, 250*time.Millisecond) {
-					return out, ctx.Err()
-				}
-				continue
-			}
 			if err != nil {
 				return out, fmt.Errorf("partition %d offsets %d…%d: %w", g.Partition, recs[0].Offset, recs[end-1].Offset, err)
 			}
