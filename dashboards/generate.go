@@ -231,15 +231,12 @@ func (bd *board) json() ([]byte, error) {
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(sortedKeys(m)); err != nil {
+	// encoding/json writes map keys sorted: the output is stable.
+	if err := enc.Encode(m); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
 }
-
-// sortedKeys returns v unchanged: encoding/json already writes map keys in
-// sorted order, which keeps the output stable.
-func sortedKeys(v any) any { return v }
 
 // measureNames lists events and the declared measures: the columns every
 // rollup sums.

@@ -59,9 +59,9 @@ func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHous
 		return err
 	}
 	if have == 0 && want > 0 {
-		cols := s.Insert(schema.TableEntitiesByParent, s.EntityColumns())
-		names := cols[strings.Index(cols, "(")+1 : len(cols)-1]
-		if err := conn.Exec(ctx, fmt.Sprintf("%s SELECT %s FROM %s.%s", cols, names, s.Database, schema.TableEntities)); err != nil {
+		fill := fmt.Sprintf("%s SELECT %s FROM %s.%s", s.Insert(schema.TableEntitiesByParent, s.EntityColumns()),
+			schema.ColumnList(s.EntityColumns()), s.Database, schema.TableEntities)
+		if err := conn.Exec(ctx, fill); err != nil {
 			return fmt.Errorf("fill %s: %w", schema.TableEntitiesByParent, err)
 		}
 	}

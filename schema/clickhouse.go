@@ -288,9 +288,14 @@ func (c ClickHouse) AddColumn(t Table, col Column, after string) string {
 // Insert is the INSERT statement of a table with every column named, as
 // ClickHouse 18.16 requires from clickhouse-go.
 func (c ClickHouse) Insert(table string, cols []Column) string {
+	return fmt.Sprintf("INSERT INTO %s.%s (%s)", c.Database, table, ColumnList(cols))
+}
+
+// ColumnList is "a, b, c": the column names of an INSERT or a SELECT.
+func ColumnList(cols []Column) string {
 	names := make([]string, len(cols))
 	for i, col := range cols {
 		names[i] = col.Name
 	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s)", c.Database, table, strings.Join(names, ", "))
+	return strings.Join(names, ", ")
 }

@@ -77,10 +77,13 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 	if !from.Before(to) {
 		return st, fmt.Errorf("rebuild: --from %s is after --to %s", from.Format(time.DateOnly), to.AddDate(0, 0, -1).Format(time.DateOnly))
 	}
+	sortingKeys := map[string]string{}
 	for _, t := range rebuildTables {
-		if err := rb.checkTable(ctx, t); err != nil {
+		sk, err := rb.checkTable(ctx, t)
+		if err != nil {
 			return st, err
 		}
+		sortingKeys[t] = sk
 	}
 	conn, err := rb.PG.Acquire(ctx)
 	if err != nil {
@@ -112,7 +115,7 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 	rb.log().Info("rebuild: writers paused", "hierarchy_version", st.Version)
 	for m := monthOf(from); m.Before(to); m = m.AddDate(0, 1, 0) {
 		lo, hi := maxTime(from, m), minTime(to, m.AddDate(0, 1, 0))
-		if err := rb.month(ctx, pause, m, lo, hi, &st); err != nil {
+		if err := rb.month(ctx, pause, sortingKeys, m, lo, hi, &st); err != nil {
 			return st, fmt.Errorf("rebuild %s: %w", m.Format("2006-01"), err)
 		}
 		st.Partitions = append(st.Partitions, m.Format("200601"))
@@ -121,34 +124,32 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 }
 
 // checkTable makes sure t is partitioned by month of bucket, as the swap
-// assumes.
-func (rb *Rebuild) checkTable(ctx context.Context, t string) error {
-	var pk string
-	err := rb.CH.QueryRow(ctx, "SELECT partition_key FROM system.tables WHERE database = ? AND name = ?", rb.Schema.Database, t).Scan(&pk)
+// assumes, and returns its sorting key, which its staging table copies.
+func (rb *Rebuild) checkTable(ctx context.Context, t string) (string, error) {
+	var pk, sk string
+	err := rb.CH.QueryRow(ctx, "SELECT partition_key, sorting_key FROM system.tables WHERE database = ? AND name = ?",
+		rb.Schema.Database, t).Scan(&pk, &sk)
 	if err != nil {
-		return fmt.Errorf("rebuild: table %s.%s: %w (run canopy migrate)", rb.Schema.Database, t, err)
+		return "", fmt.Errorf("rebuild: table %s.%s: %w (run canopy migrate)", rb.Schema.Database, t, err)
 	}
 	if strings.ReplaceAll(pk, " ", "") != "toYYYYMM(bucket)" {
-		return fmt.Errorf("rebuild: table %s.%s is partitioned by %q, not toYYYYMM(bucket)", rb.Schema.Database, t, pk)
+		return "", fmt.Errorf("rebuild: table %s.%s is partitioned by %q, not toYYYYMM(bucket)", rb.Schema.Database, t, pk)
 	}
-	return nil
+	return sk, nil
 }
 
 // month recomputes [lo, hi) of month m into staging tables and swaps them in.
-func (rb *Rebuild) month(ctx context.Context, p *pauser, m, lo, hi time.Time, st *RebuildStats) error {
+func (rb *Rebuild) month(ctx context.Context, p *pauser, sortingKeys map[string]string, m, lo, hi time.Time, st *RebuildStats) error {
 	part := m.Format("200601")
-	staging := map[string]string{}
 	defer func() {
-		for _, s := range staging {
-			_ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+s)
+		for _, t := range rebuildTables {
+			_ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+rb.Schema.Database+"."+staging(t))
 		}
 	}()
 	for _, t := range rebuildTables {
-		s, err := rb.stage(ctx, t, part, lo, hi)
-		if err != nil {
+		if err := rb.stage(ctx, t, sortingKeys[t], part, lo, hi); err != nil {
 			return err
 		}
-		staging[t] = s
 	}
 	n, err := rb.compute(ctx, lo, hi, st)
 	if err != nil {
@@ -159,7 +160,7 @@ func (rb *Rebuild) month(ctx context.Context, p *pauser, m, lo, hi time.Time, st
 		return errors.New("the pause on writers could not be renewed; nothing swapped")
 	}
 	for _, t := range rebuildTables {
-		q := fmt.Sprintf("ALTER TABLE %s.%s REPLACE PARTITION %s FROM %s", rb.Schema.Database, t, part, staging[t])
+		q := fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", rb.Schema.Database, t, part, staging(t))
 		if err := rb.CH.Exec(ctx, q); err != nil {
 			return fmt.Errorf("swap %s: %w", t, err)
 		}
@@ -169,30 +170,29 @@ func (rb *Rebuild) month(ctx context.Context, p *pauser, m, lo, hi time.Time, st
 	return nil
 }
 
-// stage creates t's staging table for partition part, holding t's rows of
-// the partition outside [lo, hi).
-func (rb *Rebuild) stage(ctx context.Context, t, part string, lo, hi time.Time) (string, error) {
-	db := rb.Schema.Database
-	name := fmt.Sprintf("%s.%s_rebuild", db, t)
-	var sk string
-	if err := rb.CH.QueryRow(ctx, "SELECT sorting_key FROM system.tables WHERE database = ? AND name = ?", db, t).Scan(&sk); err != nil {
-		return "", fmt.Errorf("sorting key of %s: %w", t, err)
-	}
+// staging names t's staging table (in the same database).
+func staging(t string) string { return t + "_rebuild" }
+
+// stage creates t's staging table for partition part, sorted by sk, holding
+// t's rows of the partition outside [lo, hi).
+func (rb *Rebuild) stage(ctx context.Context, t, sk, part string, lo, hi time.Time) error {
+	name := rb.Schema.Database + "." + staging(t)
 	if err := rb.CH.Exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
-		return "", err
+		return err
 	}
-	create := fmt.Sprintf("CREATE TABLE %s AS %s.%s ENGINE = SummingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (%s)", name, db, t, sk)
+	create := fmt.Sprintf("CREATE TABLE %s AS %s.%s ENGINE = SummingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (%s)",
+		name, rb.Schema.Database, t, sk)
 	if err := rb.CH.Exec(ctx, create); err != nil {
-		return "", fmt.Errorf("create %s: %w", name, err)
+		return fmt.Errorf("create %s: %w", name, err)
 	}
-	cols := rb.columns(t)
-	lower, upper := bound(t, lo), bound(t, hi)
+	cols, _ := rb.Schema.RollupTableColumns(t)
+	list := schema.ColumnList(cols)
 	keep := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s.%s WHERE toYYYYMM(bucket) = %s AND (bucket < %s OR bucket >= %s)",
-		name, cols, cols, db, t, part, lower, upper)
+		name, list, list, rb.Schema.Database, t, part, bound(t, lo), bound(t, hi))
 	if err := rb.CH.Exec(ctx, keep); err != nil {
-		return "", fmt.Errorf("carry over %s rows outside the range: %w", t, err)
+		return fmt.Errorf("carry over %s rows outside the range: %w", t, err)
 	}
-	return name, nil
+	return nil
 }
 
 func bound(table string, t time.Time) string {
@@ -200,15 +200,6 @@ func bound(table string, t time.Time) string {
 		return fmt.Sprintf("toDateTime(%d)", t.Unix())
 	}
 	return fmt.Sprintf("toDate('%s')", t.Format(time.DateOnly))
-}
-
-func (rb *Rebuild) columns(t string) string {
-	cols, _ := rb.Schema.RollupTableColumns(t)
-	names := make([]string, len(cols))
-	for i, c := range cols {
-		names[i] = c.Name
-	}
-	return strings.Join(names, ", ")
 }
 
 // compute reads the events of [lo, hi) in time order and writes their
@@ -229,7 +220,7 @@ func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildSta
 		}{{schema.TableRollupHourly, hourly}, {schema.TableRollupDaily, daily}, {schema.TableRollupAsIs, asIs}} {
 			t.r.Sort()
 			t.r.Compact()
-			if err := sink.WriteRollupTo(ctx, t.table, t.table+"_rebuild", t.r, unit, 0); err != nil {
+			if err := sink.WriteRollupTo(ctx, t.table, staging(t.table), t.r, unit, 0); err != nil {
 				return err
 			}
 			st.Rows[t.table] += int64(t.r.Len())

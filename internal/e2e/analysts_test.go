@@ -122,8 +122,7 @@ func TestAnalystQueriesMatchOracle(t *testing.T) {
 			kidSums[id] = p
 		}
 	}
-	d := &dashOracle{}
-	want["top-children"] = d.ranked(kidSums, "amount", 10, func(id string, p [2]sums) []string {
+	want["top-children"] = ranked(kidSums, "amount", 10, func(id string, p [2]sums) []string {
 		n, _ := strconv.ParseInt(id, 10, 64)
 		return []string{id, ents[n].name, p[1].get("amount")}
 	})

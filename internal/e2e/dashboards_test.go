@@ -316,7 +316,7 @@ func (o *dashOracle) want(t testing.TB, q panelQuery, c dashCase) (rows [][]stri
 		meas := childrenBy.FindStringSubmatch(m)[1]
 		g := o.rows(c, func(k rollupKey) bool { return o.ents[k.entity].parent == entity },
 			func(k rollupKey) string { return strconv.FormatInt(k.entity, 10) })
-		return o.ranked(g, meas, 100, func(id string, p [2]sums) []string {
+		return ranked(g, meas, 100, func(id string, p [2]sums) []string {
 			n, _ := strconv.ParseInt(id, 10, 64)
 			return []string{id, o.ents[n].name, p[0].get(meas), p[1].get(meas), p[0].add(p[1]).get(meas), p[0].add(p[1]).get("events")}
 		}), true
@@ -326,7 +326,7 @@ func (o *dashOracle) want(t testing.TB, q panelQuery, c dashCase) (rows [][]stri
 		limit, _ := strconv.Atoi(c.vars["limit"])
 		g := o.rows(c, func(k rollupKey) bool { return level(o.ents, k.entity) == lvl },
 			func(k rollupKey) string { return strconv.FormatInt(k.entity, 10) })
-		return o.ranked(g, meas, limit, func(id string, p [2]sums) []string {
+		return ranked(g, meas, limit, func(id string, p [2]sums) []string {
 			n, _ := strconv.ParseInt(id, 10, 64)
 			return []string{id, o.ents[n].name, p[1].get(meas), p[0].get(meas), p[0].add(p[1]).get(meas)}
 		}), true
@@ -405,7 +405,7 @@ func series(tab map[rollupKey]sums, keep func(rollupKey) bool, meas string) [][]
 
 // ranked orders groups by their downline measure (descending, then id) and
 // renders the first limit.
-func (o *dashOracle) ranked(g map[string][2]sums, meas string, limit int, render func(string, [2]sums) []string) [][]string {
+func ranked(g map[string][2]sums, meas string, limit int, render func(string, [2]sums) []string) [][]string {
 	var ids []string
 	for id := range g {
 		ids = append(ids, id)
