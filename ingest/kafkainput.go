@@ -147,14 +147,17 @@ func (k *kafkaInput) Name() string {
 
 func (k *kafkaInput) Total() int64 { return k.end - k.start }
 
-// Records reads the partition from start to end. Offsets a transaction
-// aborted (or compaction removed) never arrive; the range ends when the
-// broker has nothing more below end, checked by a few polls that come back
-// empty while the broker answers.
+// Records reads the partition from start to end. Transaction markers are
+// read too (and skipped), so a range ending in one is seen to end. Offsets
+// that never arrive (records a transaction aborted, or compaction removed,
+// at the very end of the range) end the range only once the broker has
+// answered three fetches for the partition with nothing: a slow or absent
+// broker makes the backfill wait, never skip.
 func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 	opts := append(append([]kgo.Opt(nil), k.opts...),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topic: {k.partition: kgo.NewOffset().At(k.start)}}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -164,6 +167,7 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 	source := KafkaSourcePrefix + k.topic
 	next := k.start
 	empty := 0
+	waiting := time.Now()
 	for next < k.end {
 		pctx, cancel := context.WithTimeout(k.ctx, 2*time.Second)
 		fetches := cl.PollFetches(pctx)
@@ -172,9 +176,13 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 			return err
 		}
 		var ferr error
-		fetches.EachError(func(_ string, _ int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) {
-				ferr = err
+		answered := false
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			switch {
+			case fp.Err == nil:
+				answered = answered || fp.Partition == k.partition
+			case !errors.Is(fp.Err, context.DeadlineExceeded):
+				ferr = fp.Err
 			}
 		})
 		if ferr != nil {
@@ -188,29 +196,24 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 			}
 			got = true
 			next = r.Offset + 1
+			if r.Attrs.IsControl() {
+				continue
+			}
 			if err := fn(Record{Topic: source, Log: k.log, Partition: k.partition, Offset: r.Offset, Key: r.Key, Value: r.Value}, next-k.start); err != nil {
 				return err
 			}
 		}
-		if got {
-			empty = 0
-			continue
-		}
-		// Nothing came: either the rest of the range holds no readable
-		// record, or the broker is slow. Only a broker that answers and
-		// still has the range counts towards ending.
-		l, err := kadm.NewClient(cl).ListStartOffsets(k.ctx, k.topic)
-		if err == nil {
-			err = l.Error()
-		}
-		if err != nil {
-			empty = 0
-			k.logger.Warn("kafka backfill: broker not answering, waiting", "topic", k.topic, "partition", k.partition, "err", err)
-			continue
-		}
-		if empty++; empty >= 3 {
-			k.logger.Info("kafka backfill: no readable records left in range (aborted or compacted)", "topic", k.topic, "partition", k.partition, "from", next, "end", k.end)
-			return nil
+		switch {
+		case got:
+			empty, waiting = 0, time.Now()
+		case answered:
+			if empty++; empty >= 3 {
+				k.logger.Info("kafka backfill: no readable records left in range (aborted or compacted)", "topic", k.topic, "partition", k.partition, "from", next, "end", k.end)
+				return nil
+			}
+		case time.Since(waiting) > 30*time.Second:
+			waiting = time.Now()
+			k.logger.Warn("kafka backfill: no answer from the broker, waiting", "topic", k.topic, "partition", k.partition, "next", next, "end", k.end)
 		}
 	}
 	return nil
