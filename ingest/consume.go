@@ -95,7 +95,7 @@ type Worker struct {
 	leases map[partitionKey]lease    // per owned partition
 	buf    map[partitionKey][]Record // fetched, not yet processed
 
-	ready chan struct{} // closed after the first successful poll
+	ready chan struct{} // closed once partitions are leased, or after the first successful poll
 	once  sync.Once
 }
 
@@ -142,7 +142,8 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	return w, nil
 }
 
-// Ready is closed once the worker has joined its group and polled.
+// Ready is closed once the worker has joined its group and leased its
+// partitions, or has polled.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // assigned takes the lease of every new partition before any of its records
@@ -168,6 +169,11 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 				backoff = min(2*backoff, w.cfg.RetryBackoffMax)
 			}
 		}
+	}
+	// Holding its partitions' leases, the worker is ready even if the topic
+	// is idle (a poll would block until a record comes).
+	if ctx.Err() == nil {
+		w.once.Do(func() { close(w.ready) })
 	}
 }
 
