@@ -1,7 +1,9 @@
 package ingest
 
 import (
-	"sort"
+	"cmp"
+	"slices"
+	"strings"
 
 	"github.com/canopyhq/canopy/schema"
 )
@@ -39,6 +41,24 @@ type rollupSlot struct {
 // NewRollup returns an empty rollup for n measures.
 func NewRollup(n int) *Rollup {
 	return &Rollup{index: map[rollupSlot]int{}, types: map[string]uint16{}, Sums: make([][]schema.Sum128, n)}
+}
+
+// Grow makes room for rows more rows, so a batch whose size is known
+// up front fills its rollup without rehashing the index or growing slices.
+func (r *Rollup) Grow(rows int) {
+	if r.index == nil || rows <= 0 {
+		return
+	}
+	index := make(map[rollupSlot]int, len(r.index)+rows)
+	for k, v := range r.index {
+		index[k] = v
+	}
+	r.index = index
+	r.Keys = slices.Grow(r.Keys, rows)
+	r.Events = slices.Grow(r.Events, rows)
+	for m := range r.Sums {
+		r.Sums[m] = slices.Grow(r.Sums[m], rows)
+	}
 }
 
 // Add adds one event's measures to the row of key k.
@@ -130,7 +150,7 @@ func (r *Rollup) Sort() {
 	for i := range perm {
 		perm[i] = int32(i) //nolint:gosec // rows < 2^31
 	}
-	sort.Slice(perm, func(i, j int) bool { return r.Keys[perm[i]].less(&r.Keys[perm[j]]) })
+	slices.SortFunc(perm, func(i, j int32) int { return r.Keys[i].compare(&r.Keys[j]) })
 	keys := make([]RollupKey, len(perm))
 	events := make([]int64, len(perm))
 	for i, p := range perm {
@@ -147,17 +167,18 @@ func (r *Rollup) Sort() {
 	r.index, r.types = nil, nil
 }
 
-func (a *RollupKey) less(b *RollupKey) bool {
-	if a.EntityID != b.EntityID {
-		return a.EntityID < b.EntityID
+// compare orders keys by entity, bucket, depth, then type.
+func (a *RollupKey) compare(b *RollupKey) int {
+	if c := cmp.Compare(a.EntityID, b.EntityID); c != 0 {
+		return c
 	}
-	if a.Bucket != b.Bucket {
-		return a.Bucket < b.Bucket
+	if c := cmp.Compare(a.Bucket, b.Bucket); c != 0 {
+		return c
 	}
-	if a.Depth != b.Depth {
-		return a.Depth < b.Depth
+	if c := cmp.Compare(a.Depth, b.Depth); c != 0 {
+		return c
 	}
-	return a.Type < b.Type
+	return strings.Compare(a.Type, b.Type)
 }
 
 const (

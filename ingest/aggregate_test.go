@@ -3,13 +3,22 @@ package ingest
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // Rollup against a plain map: same rows and sums, and Sort orders rows by
 // key while keeping every row's sums with it.
+// Grow, before or in the middle of a batch, changes nothing but capacity.
 func TestRollupMatchesNaiveSums(t *testing.T) {
+	for _, grow := range []int{0, 100, 100_000} {
+		testRollupMatchesNaiveSums(t, grow)
+	}
+}
+
+func testRollupMatchesNaiveSums(t *testing.T, grow int) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	r := NewRollup(2)
+	r.Grow(grow)
 	type sums struct{ events, a, b int64 }
 	want := map[RollupKey]sums{}
 	types := []string{"sale", "refund", "x"}
@@ -17,6 +26,9 @@ func TestRollupMatchesNaiveSums(t *testing.T) {
 		k := RollupKey{EntityID: 1 + rng.Int64N(50), Bucket: 3600 * rng.Int64N(5), Depth: uint8(rng.IntN(4)), Type: types[rng.IntN(3)]}
 		a, b := rng.Int64N(1000)-500, rng.Int64N(10)
 		r.Add(k, []int64{a, b})
+		if i == 2500 {
+			r.Grow(grow)
+		}
 		s := want[k]
 		want[k] = sums{s.events + 1, s.a + a, s.b + b}
 	}
@@ -25,7 +37,7 @@ func TestRollupMatchesNaiveSums(t *testing.T) {
 		t.Fatalf("%d rows, want %d", r.Len(), len(want))
 	}
 	for i, k := range r.Keys {
-		if i > 0 && !r.Keys[i-1].less(&k) {
+		if i > 0 && r.Keys[i-1].compare(&k) >= 0 {
 			t.Fatalf("rows %d and %d out of order: %+v, %+v", i-1, i, r.Keys[i-1], k)
 		}
 		w := want[k]
@@ -52,5 +64,39 @@ func TestMergeCancelsAndSums(t *testing.T) {
 	}
 	if v, _ := m.Sums[0][0].Int64(); m.Events[0] != 3 || v != -99 {
 		t.Fatalf("merged row = %d events, sum %d; want 3, -99", m.Events[0], v)
+	}
+}
+
+// BenchmarkRollupBatch is the in-memory aggregation of one worker batch at
+// the benchmark's scale: 50,000 events over 1,000,000 entities, chains of 7,
+// into hourly and daily rollups, then sorted for the INSERT.
+func BenchmarkRollupBatch(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	type fan struct {
+		ev    Event
+		chain []Ancestor
+	}
+	batch := make([]fan, 50_000)
+	types := []string{"sale", "refund", "subscription"}
+	for i := range batch {
+		id := 1 + rng.Int64N(1_000_000)
+		f := fan{ev: Event{EntityID: id, Type: types[rng.IntN(3)], Measures: []int64{rng.Int64N(1e6), 1 + rng.Int64N(9)},
+			OccurredAt: time.Unix(1_790_000_000+rng.Int64N(30*86400), 0)}}
+		for d := 0; d < 7; d++ {
+			f.chain = append(f.chain, Ancestor{ID: id, Depth: uint8(d)})
+			id = 1 + id/8
+		}
+		batch[i] = f
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		hourly, daily := NewRollup(2), NewRollup(2)
+		hourly.Grow(7 * len(batch))
+		daily.Grow(7 * len(batch))
+		for i := range batch {
+			addFanout(hourly, daily, &batch[i].ev, batch[i].chain)
+		}
+		hourly.Sort()
+		daily.Sort()
 	}
 }

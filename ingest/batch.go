@@ -228,6 +228,13 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 
 	nm := len(p.Decoder.measures)
 	b := &Batch{Intent: in, Hourly: NewRollup(nm), Daily: NewRollup(nm)}
+	// Each rollup has at most one row per chain link of the batch.
+	links := 0
+	for i := range valid {
+		links += len(valid[i].chain)
+	}
+	b.Hourly.Grow(links)
+	b.Daily.Grow(links)
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range valid {
 		d := &valid[i]
