@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -142,14 +143,13 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 	buckets := make([]time.Time, n)
 	depths := make([]uint8, n)
 	types := make([]string, n)
-	units := make([]string, n)
 	for i, k := range r.Keys {
 		entities[i] = uint64(k.EntityID) //nolint:gosec // ids are >= 1
 		buckets[i] = time.Unix(k.Bucket, 0).UTC()
 		depths[i] = k.Depth
 		types[i] = k.Type
-		units[i] = unit
 	}
+	units := unitColumn(buckets, unit)
 	vals := [][]any{{entities}, {buckets}, {depths}, {types}, {r.Events}}
 	for m, meas := range ms {
 		if meas.Kind == schema.KindDecimal {
@@ -183,6 +183,25 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 		return err
 	}
 	return send(batch, into, vals)
+}
+
+// unitColumn is the ingest_unit column of a rollup block: the unit on the
+// first row of each month and "" elsewhere. ClickHouse splits an INSERT by
+// partition (toYYYYMM(bucket)) and hashes each part for deduplication, so
+// one row per month is what makes every part of the block unique to its
+// batch; repeating the unit on every row only made the block larger (it was
+// the largest column of the rollups).
+func unitColumn(buckets []time.Time, unit string) []string {
+	units := make([]string, len(buckets))
+	var seen []int
+	for i, b := range buckets {
+		month := b.Year()*12 + int(b.Month())
+		if !slices.Contains(seen, month) {
+			seen = append(seen, month)
+			units[i] = unit
+		}
+	}
+	return units
 }
 
 func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {

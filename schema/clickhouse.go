@@ -146,9 +146,10 @@ func (c ClickHouse) EventColumns() []Column {
 //
 // ingest_unit is not a measure and not part of the key: it makes the block of
 // one batch unique, so that two different batches that happen to produce the
-// same rows are never mistaken for a replay by block deduplication. It is a
-// String so SummingMergeTree does not sum it; after merges it holds any one
-// contributing unit and means nothing.
+// same rows are never mistaken for a replay by block deduplication. The
+// first row of each month (partition) of a block carries it, the others
+// hold "". It is a String so SummingMergeTree does not sum it; after merges
+// it holds any one contributing value and means nothing.
 func (c ClickHouse) RollupColumns(bucketType string) []Column {
 	cols := []Column{
 		{"entity_id", "UInt64"},
