@@ -235,7 +235,7 @@ func (l *Ledger) Done(ctx context.Context, src ingest.Source) error {
 // than keepIntents. It returns how many claims it removed.
 func (l *Ledger) Purge(ctx context.Context, horizon, keepIntents time.Duration) (int64, error) {
 	tag, err := l.Pool.Exec(ctx, `delete from canopy.event_claims
-		where occurred_at < now() - make_interval(secs => $1) and claimed_at < now() - make_interval(secs => $1)`,
+		where claimed_at < now() - make_interval(secs => $1) and occurred_at < now() - make_interval(secs => $1)`,
 		horizon.Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("purge claims: %w", err)
