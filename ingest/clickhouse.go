@@ -193,9 +193,15 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 // the largest column of the rollups).
 func unitColumn(buckets []time.Time, unit string) []string {
 	units := make([]string, len(buckets))
-	var seen []int
+	var (
+		seen  []int
+		prev  time.Time
+		month int
+	)
 	for i, b := range buckets {
-		month := b.Year()*12 + int(b.Month())
+		if i == 0 || !b.Equal(prev) { // rows of one entity share buckets
+			prev, month = b, b.Year()*12+int(b.Month())
+		}
 		if !slices.Contains(seen, month) {
 			seen = append(seen, month)
 			units[i] = unit
