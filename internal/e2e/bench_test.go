@@ -41,13 +41,7 @@ func BenchmarkPipeline(b *testing.B) {
 
 		b.ResetTimer()
 		start := time.Now()
-		addrs := make([]string, workers)
-		ws := make([]*worker, workers)
-		for w := range ws {
-			addrs[w] = freeAddr(b)
-			e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[w])
-			ws[w] = e.startWorker(w)
-		}
+		ws, addrs := e.startWorkers(workers)
 		e.waitAcked(uint64(events), 2*time.Hour)
 		elapsed := time.Since(start)
 		b.StopTimer()
@@ -68,6 +62,17 @@ func BenchmarkPipeline(b *testing.B) {
 		b.Logf("%d workers drained %d events in %s: %.0f events/s, %.2f rollup rows per event (hourly+daily), %d heap bytes per entity",
 			workers, events, elapsed.Round(time.Millisecond), float64(events)/elapsed.Seconds(), rows/accepted, perEntity)
 	}
+}
+
+// startWorkers starts n workers, each serving HTTP on its own free address.
+func (e *env) startWorkers(n int) ([]*worker, []string) {
+	ws, addrs := make([]*worker, n), make([]string, n)
+	for i := range ws {
+		addrs[i] = freeAddr(e.t)
+		e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[i])
+		ws[i] = e.startWorker(i)
+	}
+	return ws, addrs
 }
 
 func envInt(t testing.TB, name string, def int) int {

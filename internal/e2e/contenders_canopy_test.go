@@ -1,0 +1,234 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/synth"
+)
+
+// ingestResult is one contender's ingest run.
+type ingestResult struct {
+	name         string
+	events       int
+	elapsed      time.Duration
+	cpu          map[string]time.Duration // by process: worker, driver, kafka, clickhouse, postgres
+	rowsPerEvent float64                  // rollup rows written per event
+	peakRSS      int64                    // bytes, the largest worker's
+	heapPerEnt   int                      // worker heap bytes per entity after loading the hierarchy
+	verdict      verdict
+	how          string // one line on what was measured
+}
+
+func (r ingestResult) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
+
+// cpuPerMillion is a process's CPU seconds per million events.
+func (r ingestResult) cpuPerMillion(proc string) (float64, bool) {
+	d, ok := r.cpu[proc]
+	if !ok {
+		return 0, false
+	}
+	return d.Seconds() / (float64(r.events) / 1e6), true
+}
+
+// waitReady waits until a worker's /readyz answers 200: it has joined the
+// group and loaded the hierarchy.
+func waitReady(t testing.TB, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + addr + "/readyz") //nolint:noctx // a probe
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("worker at %s not ready after 2m", addr)
+}
+
+// runCanopy runs the Canopy contender in a fresh environment: the hierarchy
+// imported with `canopy gen`, `workers` workers started and ready, then the
+// clock starts, every event is produced to Kafka and the clock stops when
+// ingest_acks covers them all (an ack is written after the batch's rows).
+// The environment is returned for later stages.
+func (bd *benchData) runCanopy(b *testing.B, workers int) (ingestResult, *env) {
+	e := newEnv(b, 4)
+	// Workers are ready once they follow the hierarchy's change topic to its
+	// end; the hierarchy stays still here, so the topic stays empty.
+	hierarchyTopic := e.name + ".hierarchy"
+	if _, err := e.admin.CreateTopic(context.Background(), 1, 1, nil, hierarchyTopic); err != nil {
+		b.Fatal(err)
+	}
+	e.vars = append(e.vars, "CANOPY_KAFKA_HIERARCHY_TOPIC="+hierarchyTopic)
+	t0 := time.Now()
+	e.run("gen", "--entities", strconv.Itoa(bd.n), "--seed", "1")
+	b.Logf("canopy, %d workers: hierarchy of %d imported in %s", workers, bd.n, time.Since(t0).Round(time.Second))
+	ws, addrs := e.startWorkers(workers)
+	for _, a := range addrs {
+		waitReady(b, a)
+	}
+	ctx := context.Background()
+	cpu := startCPU()
+	start := time.Now()
+	if err := produceAll(ctx, e.kafka, e.topic, bd.gen, synth.Event.JSON, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("canopy, %d workers: %d events produced after %s", workers, bd.gen.Count, time.Since(start).Round(time.Second))
+	e.waitAcked(uint64(bd.gen.Count), 3*time.Hour)
+	elapsed := time.Since(start)
+	used := cpu.stop()
+
+	var rows, accepted float64
+	for _, a := range addrs {
+		m := scrape(b, a)
+		rows += m[`canopy_rows_written_total{table="rollup_hourly"}`] + m[`canopy_rows_written_total{table="rollup_daily"}`]
+		accepted += m[`canopy_records_total{outcome="accepted"}`]
+	}
+	r := ingestResult{
+		name:   fmt.Sprintf("Canopy, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1]),
+		events: bd.gen.Count, elapsed: elapsed, cpu: used, rowsPerEvent: rows / accepted,
+		heapPerEnt: logInt(b, ws[0].log, `heap_bytes_per_entity=(\d+)`),
+		how:        "produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on",
+	}
+	for _, w := range ws {
+		w.stop(b)
+		c, rss := workerUsage(w)
+		r.cpu["worker"] += c
+		r.peakRSS = max(r.peakRSS, rss)
+	}
+	delete(r.cpu, "driver") // the producer; not part of Canopy
+	return r, e
+}
+
+// freshness is the delay from produce to visible at a steady rate.
+type freshness struct {
+	rate     float64
+	events   int
+	p50, p99 time.Duration
+	poll     time.Duration
+}
+
+// runFreshness produces `seconds` worth of new events at `rate` per second
+// to e's topic with one worker running, and measures each event's delay from
+// its Produce call to the first poll of ingest_acks that covers its offset.
+func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds int) freshness {
+	addr := freeAddr(b)
+	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addr)
+	w := e.startWorker(9)
+	waitReady(b, addr)
+	defer w.stop(b)
+	ctx := context.Background()
+	before, err := e.ackedRecords(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const poll = 100 * time.Millisecond
+	type seen struct {
+		at   time.Time
+		ends map[int32]int64
+	}
+	var (
+		mu   sync.Mutex
+		obs  []seen
+		stop = make(chan struct{})
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(poll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			rows, err := e.ch.Query(ctx, fmt.Sprintf(
+				"SELECT partition, max(last_offset) + 1 FROM %s.ingest_acks WHERE topic = ? GROUP BY partition", e.chDB), e.topic)
+			if err != nil {
+				continue
+			}
+			s := seen{at: time.Now(), ends: map[int32]int64{}}
+			for rows.Next() {
+				var p int32
+				var end int64
+				if rows.Scan(&p, &end) == nil {
+					s.ends[p] = end
+				}
+			}
+			_ = rows.Close()
+			mu.Lock()
+			obs = append(obs, s)
+			mu.Unlock()
+		}
+	}()
+
+	g := bd.gen
+	g.Seed, g.Count = 3, int(rate*float64(seconds))
+	type sentRec struct {
+		partition int32
+		offset    int64
+		at        time.Time
+	}
+	sent := make([]sentRec, 0, g.Count)
+	start := time.Now()
+	err = g.Each(func(i int, ev synth.Event) error {
+		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		at := time.Now()
+		e.kafka.Produce(ctx, &kgo.Record{Topic: e.topic, Key: strconv.AppendInt(nil, ev.EntityID, 10), Value: ev.JSON()},
+			func(r *kgo.Record, err error) {
+				if err == nil {
+					mu.Lock()
+					sent = append(sent, sentRec{r.Partition, r.Offset, at})
+					mu.Unlock()
+				}
+			})
+		return nil
+	})
+	if err == nil {
+		err = e.kafka.Flush(ctx)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.waitAcked(before+uint64(g.Count), 10*time.Minute)
+	time.Sleep(2 * poll)
+	close(stop)
+	<-done
+	if len(sent) != g.Count {
+		b.Fatalf("freshness: %d of %d records acknowledged by Kafka", len(sent), g.Count)
+	}
+	var lat []float64
+	for _, s := range sent {
+		// The first poll that covers the offset: acks only grow.
+		i, _ := slices.BinarySearchFunc(obs, s, func(o seen, s sentRec) int {
+			if o.ends[s.partition] > s.offset {
+				return 1
+			}
+			return -1
+		})
+		if i == len(obs) {
+			b.Fatalf("freshness: offset %d of partition %d never seen acknowledged", s.offset, s.partition)
+		}
+		lat = append(lat, obs[i].at.Sub(s.at).Seconds())
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration {
+		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))] * float64(time.Second))
+	}
+	return freshness{rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll}
+}

@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/hierarchy"
+	"github.com/canopyhq/canopy/internal/synth"
+)
+
+// benchData is the one seeded data set every contender of
+// BenchmarkContenders runs on: the forest of hierarchy.Synthesize(n, 1) —
+// the very forest `canopy gen --entities n --seed 1` imports — and the
+// events of seed 2 over the 30 whole days before today.
+type benchData struct {
+	n      int
+	parent []int64 // parent[id]; 0 for a root
+	depth  []uint8 // depth[id]; 0 for a root
+	leaf   []bool  // leaf[id]: no children
+	gen    synth.Events
+	day0   int64 // days since 1970-01-01 of the first day
+	chains int64 // sum over all events of their chain's length
+}
+
+func newBenchData(n, events int) *benchData {
+	bd := &benchData{n: n, parent: make([]int64, n+1), depth: make([]uint8, n+1), leaf: make([]bool, n+1)}
+	for i := range bd.leaf {
+		bd.leaf[i] = true
+	}
+	// Synthesize gives every parent a smaller id than its children, so one
+	// pass in id order sees a parent's depth before its children's.
+	for _, e := range hierarchy.Synthesize(n, 1) {
+		bd.parent[e.ID] = e.ParentID
+		if e.ParentID != 0 {
+			bd.depth[e.ID] = bd.depth[e.ParentID] + 1
+			bd.leaf[e.ParentID] = false
+		}
+	}
+	start := time.Now().UTC().AddDate(0, 0, -30).Truncate(24 * time.Hour)
+	bd.gen = synth.Events{Seed: 2, Count: events, Entities: int64(n), Start: start, Span: 30 * 24 * time.Hour}
+	bd.day0 = start.Unix() / 86400
+	return bd
+}
+
+// chain is an entity and its ancestors, nearest first.
+func (bd *benchData) chain(id int64, buf []int64) []int64 {
+	buf = buf[:0]
+	for ; id != 0; id = bd.parent[id] {
+		buf = append(buf, id)
+	}
+	return buf
+}
+
+// prefix is the data set's first k events.
+func (bd *benchData) prefix(k int) synth.Events {
+	g := bd.gen
+	g.Count = min(k, g.Count)
+	return g
+}
+
+// tot is what every answer is made of: events, amount in 10^-4 units and
+// quantity, for one entity on one day.
+type tot struct{ events, amount, quantity int64 }
+
+func (t *tot) add(e synth.Event) {
+	t.events++
+	t.amount += e.Amount
+	t.quantity += e.Quantity
+}
+
+// dayKey packs an entity id and a day (days since 1970-01-01).
+func dayKey(id, epochDay int64) [2]int64 { return [2]int64{id, epochDay} }
+
+// benchOracle is the plain recursive computation the contenders are held to:
+// every event walks its entity's parent pointers and adds itself to each
+// entity on the way, per day. own keeps the entity's own events apart.
+type benchOracle struct {
+	total, own map[[2]int64]tot
+	chains     int64
+}
+
+func (bd *benchData) oracle(g synth.Events) benchOracle {
+	o := benchOracle{total: map[[2]int64]tot{}, own: map[[2]int64]tot{}}
+	_ = g.Each(func(_ int, e synth.Event) error {
+		d := e.OccurredAt.Unix() / 86400
+		t := o.own[dayKey(e.EntityID, d)]
+		t.add(e)
+		o.own[dayKey(e.EntityID, d)] = t
+		for id := e.EntityID; id != 0; id = bd.parent[id] {
+			t := o.total[dayKey(id, d)]
+			t.add(e)
+			o.total[dayKey(id, d)] = t
+			o.chains++
+		}
+		return nil
+	})
+	return o
+}
+
+// verdict is the outcome of comparing a contender's answer with the oracle.
+type verdict struct {
+	rows, wrong, missing, extra int
+	examples                    []string
+}
+
+func (v verdict) ok() bool { return v.rows > 0 && v.wrong == 0 && v.missing == 0 && v.extra == 0 }
+
+func (v verdict) String() string {
+	if v.ok() {
+		return fmt.Sprintf("exact (%d rows)", v.rows)
+	}
+	return fmt.Sprintf("WRONG: %d of %d rows differ, %d missing, %d extra; e.g. %v", v.wrong, v.rows, v.missing, v.extra, v.examples)
+}
+
+// differ compares rows (entity, day) → tot, each key once, with want.
+type differ struct {
+	want map[[2]int64]tot
+	seen int
+	v    verdict
+}
+
+func (d *differ) row(id, epochDay int64, got tot) {
+	d.v.rows++
+	w, ok := d.want[dayKey(id, epochDay)]
+	switch {
+	case !ok:
+		d.v.extra++
+	case w != got:
+		d.v.wrong++
+	default:
+		d.seen++
+		return
+	}
+	if ok {
+		d.seen++
+	}
+	if len(d.v.examples) < 3 {
+		d.v.examples = append(d.v.examples, fmt.Sprintf("entity %d day %s: got %+v want %+v", id,
+			time.Unix(epochDay*86400, 0).UTC().Format(time.DateOnly), got, w))
+	}
+}
+
+func (d *differ) done() verdict {
+	d.v.missing = len(d.want) - d.seen
+	return d.v
+}
+
+// checkCH compares a ClickHouse query's rows (entity_id UInt64, day Int64
+// since 1970-01-01, events, amount × 10^4, quantity as Int64) with want.
+func checkCH(ctx context.Context, ch driver.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
+	rows, err := ch.Query(ctx, sql)
+	if err != nil {
+		return verdict{}, err
+	}
+	defer func() { _ = rows.Close() }()
+	d := differ{want: want}
+	for rows.Next() {
+		var id uint64
+		var day int64
+		var t tot
+		if err := rows.Scan(&id, &day, &t.events, &t.amount, &t.quantity); err != nil {
+			return verdict{}, err
+		}
+		d.row(int64(id), day, t)
+	}
+	return d.done(), rows.Err()
+}
+
+// checkPG is checkCH for a PostgreSQL query (all columns bigint).
+func checkPG(ctx context.Context, pg *pgx.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
+	rows, err := pg.Query(ctx, sql)
+	if err != nil {
+		return verdict{}, err
+	}
+	defer rows.Close()
+	d := differ{want: want}
+	for rows.Next() {
+		var id, day int64
+		var t tot
+		if err := rows.Scan(&id, &day, &t.events, &t.amount, &t.quantity); err != nil {
+			return verdict{}, err
+		}
+		d.row(id, day, t)
+	}
+	return d.done(), rows.Err()
+}
+
+// rollupCheckSQL reads a rollup table of Canopy's shape (entity_id, bucket
+// Date, events, amount Decimal, quantity) as the rows checkCH wants.
+func rollupCheckSQL(table string) string {
+	return `SELECT entity_id, toInt64(toUInt32(bucket)), sum(events), toInt64(sum(amount) * 10000), sum(quantity)
+		FROM ` + table + ` GROUP BY entity_id, bucket`
+}
+
+// produceAll produces every event of g to topic, keyed by entity id, with
+// the value render gives, as fast as the client takes them, and waits for
+// every ack. sent, when not nil, sees each record once acknowledged.
+func produceAll(ctx context.Context, cl *kgo.Client, topic string, g synth.Events, render func(synth.Event) []byte,
+	sent func(r *kgo.Record)) error {
+	errc := make(chan error, 1)
+	err := g.Each(func(_ int, e synth.Event) error {
+		rec := &kgo.Record{Topic: topic, Key: strconv.AppendInt(nil, e.EntityID, 10), Value: render(e)}
+		cl.Produce(ctx, rec, func(r *kgo.Record, err error) {
+			if err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+				return
+			}
+			if sent != nil {
+				sent(r)
+			}
+		})
+		select {
+		case err := <-errc:
+			return err
+		default:
+			return nil
+		}
+	})
+	if ferr := cl.Flush(ctx); err == nil {
+		err = ferr
+	}
+	select {
+	case perr := <-errc:
+		err = errors.Join(err, perr)
+	default:
+	}
+	return err
+}

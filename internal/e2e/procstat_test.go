@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTick is the unit of /proc/PID/stat's CPU times (USER_HZ, 100 on
+// every Linux this runs on).
+const clockTick = 10 * time.Millisecond
+
+// serverPIDs finds the pids of the servers scripts/services started, from
+// its run/NAME.pid files ($CANOPY_DATA_DIR, default <repo>/.data/services).
+// A server without a readable pid file is left out.
+func serverPIDs() map[string]int {
+	dir := servicesDir()
+	out := map[string]int{}
+	for _, name := range []string{"kafka", "clickhouse", "postgres"} {
+		b, err := os.ReadFile(filepath.Join(dir, "run", name+".pid"))
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			out[name] = pid
+		}
+	}
+	return out
+}
+
+// servicesDir is scripts/services' data directory.
+func servicesDir() string {
+	if dir := os.Getenv("CANOPY_DATA_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join("..", "..", ".data", "services")
+}
+
+// procCPU is the CPU time a process has used: its own user and system time,
+// plus, with children, the time of its children — those it has reaped
+// (cutime, cstime) and those still running. PostgreSQL needs children: its
+// work runs in one backend process per connection.
+func procCPU(pid int, children bool) time.Duration {
+	f := statFields(pid)
+	if len(f) < 15 {
+		return 0
+	}
+	ticks := atoi(f[11]) + atoi(f[12]) // utime, stime
+	if children {
+		ticks += atoi(f[13]) + atoi(f[14]) // cutime, cstime
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			child, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if cf := statFields(child); len(cf) > 12 && atoi(cf[1]) == int64(pid) {
+				ticks += atoi(cf[11]) + atoi(cf[12])
+			}
+		}
+	}
+	return time.Duration(ticks) * clockTick
+}
+
+// statFields returns /proc/PID/stat after the command name: field 0 is the
+// state, field 1 the parent pid, fields 11 and 12 utime and stime.
+func statFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
+}
+
+func atoi(s string) int64 { v, _ := strconv.ParseInt(s, 10, 64); return v }
+
+// cpuMeter measures the CPU time the servers and this process spend between
+// start and stop.
+type cpuMeter struct {
+	pids  map[string]int
+	start map[string]time.Duration
+}
+
+func startCPU() *cpuMeter {
+	m := &cpuMeter{pids: serverPIDs(), start: map[string]time.Duration{}}
+	for name, d := range m.sample() {
+		m.start[name] = d
+	}
+	return m
+}
+
+func (m *cpuMeter) sample() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, pid := range m.pids {
+		out[name] = procCPU(pid, name == "postgres")
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		out["driver"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return out
+}
+
+// stop returns the CPU time each process used since start.
+func (m *cpuMeter) stop() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, d := range m.sample() {
+		out[name] = d - m.start[name]
+	}
+	return out
+}
+
+// workerUsage is a finished worker's CPU time and peak resident memory.
+func workerUsage(w *worker) (cpu time.Duration, maxRSS int64) {
+	st := w.cmd.ProcessState
+	if st == nil {
+		return 0, 0
+	}
+	cpu = st.UserTime() + st.SystemTime()
+	if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+		maxRSS = ru.Maxrss * 1024 // kilobytes on Linux
+	}
+	return cpu, maxRSS
+}
