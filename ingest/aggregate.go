@@ -26,7 +26,7 @@ type Rollup struct {
 	// lastName and lastType cache the latest lookup in types.
 	lastName string
 	lastType uint16
-	Keys  []RollupKey
+	Keys     []RollupKey
 	// Events[row] is the number of events of row (negative in a correction).
 	Events []int64
 	// Sums[m][row] is the sum of measure m for row.
