@@ -110,8 +110,8 @@ func (bd *benchData) runPGPerEvent(b *testing.B, e *env, conns int, budget time.
 
 // depthClass is a set of entities the read path is timed on.
 type depthClass struct {
-	name string
-	ids  []int64
+	name, short string // short labels the chart
+	ids         []int64
 }
 
 // readClasses picks `per` entities for each class: the largest downlines
@@ -142,17 +142,17 @@ func (bd *benchData) readClasses(per int) []depthClass {
 		return ids[:min(per, len(ids))]
 	}
 	return []depthClass{
-		{"depth 1 (roots' children), largest downlines", largest(1)},
-		{"depth 3, largest downlines", largest(3)},
-		{"depth 5, largest downlines", largest(5)},
-		{"leaves, at random", random(func(id int) bool { return bd.leaf[id] && bd.depth[id] > 0 })},
-		{"any depth, at random", random(func(int) bool { return true })},
+		{"depth 1 (roots' children), largest downlines", "depth 1, largest", largest(1)},
+		{"depth 3, largest downlines", "depth 3, largest", largest(3)},
+		{"depth 5, largest downlines", "depth 5, largest", largest(5)},
+		{"leaves, at random", "leaves", random(func(id int) bool { return bd.leaf[id] && bd.depth[id] > 0 })},
+		{"any depth, at random", "any depth", random(func(int) bool { return true })},
 	}
 }
 
 // readResult is the read-path comparison of one depth class.
 type readResult struct {
-	class            string
+	class, short     string
 	entities         int
 	meanDownline     float64 // entities in the subtree, the entity included
 	canopy, cte      []float64
@@ -262,7 +262,7 @@ func (bd *benchData) runReads(b *testing.B, e *env, o benchOracle, classes []dep
 	}
 	var out []readResult
 	for _, c := range classes {
-		r := readResult{class: c.name, entities: len(c.ids)}
+		r := readResult{class: c.name, short: c.short, entities: len(c.ids)}
 		for _, id := range c.ids {
 			r.meanDownline += float64(size[id]) / float64(len(c.ids))
 			w := want(id)

@@ -249,7 +249,7 @@ func (rep *report) write(dir string) error {
 		canopyWorst, cteWorst = max(canopyWorst, cp99), max(cteWorst, tp99)
 		p("| %s | %d | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %d · %d |", r.class, r.entities, r.meanDownline,
 			cp50, cp99, tp50, tp99, ratio(tp99, cp99), r.canopyOK, r.cteOK)
-		groups = append(groups, r.class)
+		groups = append(groups, r.short)
 		for i, v := range []float64{cp50, cp99, tp50, tp99} {
 			series[i].Values = append(series[i].Values, v)
 		}
