@@ -25,7 +25,8 @@ import (
 //     through a hierarchical dictionary;
 //   - the per-event PostgreSQL design (one upsert transaction per event for
 //     every ancestor) on 1 and 8 connections, each for
-//     CANOPY_BENCH_PG_SECONDS (default 60) — it would take hours to finish;
+//     CANOPY_BENCH_PG_SECONDS (default 60): the whole set would add 10 to 30
+//     minutes and the rate is steady after a minute;
 //   - the Entity-overview read (daily series and downline totals for 30
 //     days) on Canopy's rollups and as a recursive CTE in PostgreSQL, for
 //     CANOPY_BENCH_READ_SAMPLES (default 100) entities per depth class;
