@@ -46,24 +46,6 @@ func NewRollup(n int) *Rollup {
 	return &Rollup{index: map[rollupSlot]int{}, types: map[string]uint16{}, Sums: make([][]schema.Sum128, n)}
 }
 
-// Grow makes room for rows more rows, so a batch whose size is known
-// up front fills its rollup without rehashing the index or growing slices.
-func (r *Rollup) Grow(rows int) {
-	if r.index == nil || rows <= 0 {
-		return
-	}
-	index := make(map[rollupSlot]int, len(r.index)+rows)
-	for k, v := range r.index {
-		index[k] = v
-	}
-	r.index = index
-	r.Keys = slices.Grow(r.Keys, rows)
-	r.Events = slices.Grow(r.Events, rows)
-	for m := range r.Sums {
-		r.Sums[m] = slices.Grow(r.Sums[m], rows)
-	}
-}
-
 // Add adds one event's measures to the row of key k.
 func (r *Rollup) Add(k RollupKey, measures []int64) {
 	row := r.row(k)
@@ -244,9 +226,4 @@ func Merge(rs ...*Rollup) *Rollup {
 	out.Sort()
 	out.Compact()
 	return out
-}
-
-// addFanout adds ev to the hourly and daily rollups once per link of chain.
-func addFanout(hourly, daily *Rollup, ev *Event, chain []Ancestor) {
-	fanout(hourly, daily, ev, chain, false)
 }

@@ -227,14 +227,12 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	in = got
 
 	nm := len(p.Decoder.measures)
-	b := &Batch{Intent: in, Hourly: NewRollup(nm), Daily: NewRollup(nm)}
-	// Each rollup has at most one row per chain link of the batch.
+	b := &Batch{Intent: in}
 	links := 0
 	for i := range valid {
 		links += len(valid[i].chain)
 	}
-	b.Hourly.Grow(links)
-	b.Daily.Grow(links)
+	hourly, daily := newFanoutBuilder(nm, false, links), newFanoutBuilder(nm, true, links)
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range valid {
 		d := &valid[i]
@@ -243,7 +241,8 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 			continue
 		}
 		b.Events = append(b.Events, Accepted{Event: d.ev, Offset: d.offset})
-		addFanout(b.Hourly, b.Daily, &d.ev, d.chain)
+		hourly.add(&d.ev, d.chain)
+		daily.add(&d.ev, d.chain)
 		if d.current != nil {
 			if moved == nil {
 				moved = NewRollup(nm)
@@ -252,8 +251,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 			addDaily(moved, &d.ev, d.current, 1)
 		}
 	}
-	b.Hourly.Sort()
-	b.Daily.Sort()
+	b.Hourly, b.Daily = hourly.rollup(), daily.rollup()
 	b.AsIs = b.Daily
 	if moved != nil {
 		b.AsIs = Merge(b.Daily, moved)
