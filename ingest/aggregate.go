@@ -159,16 +159,22 @@ func (r *Rollup) Sort() {
 
 // compare orders keys by entity, bucket, depth, then type.
 func (a *RollupKey) compare(b *RollupKey) int {
-	if c := cmp.Compare(a.EntityID, b.EntityID); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Bucket, b.Bucket); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.Depth, b.Depth); c != 0 {
+	if c := compareRow(a.EntityID, a.Bucket, a.Depth, b.EntityID, b.Bucket, b.Depth); c != 0 {
 		return c
 	}
 	return strings.Compare(a.Type, b.Type)
+}
+
+// compareRow orders rollup rows by entity, bucket and depth: the sorting key
+// of the rollup tables before the type, which callers compare their way.
+func compareRow(entityA, bucketA int64, depthA uint8, entityB, bucketB int64, depthB uint8) int {
+	if c := cmp.Compare(entityA, entityB); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(bucketA, bucketB); c != 0 {
+		return c
+	}
+	return cmp.Compare(depthA, depthB)
 }
 
 const (

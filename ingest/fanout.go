@@ -75,13 +75,7 @@ func (f *fanoutBuilder) rollup() *Rollup {
 		names[rank[i]] = n
 	}
 	slices.SortFunc(f.entries, func(a, b fanoutEntry) int {
-		if c := cmp.Compare(a.entity, b.entity); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.bucket, b.bucket); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.depth, b.depth); c != 0 {
+		if c := compareRow(a.entity, a.bucket, a.depth, b.entity, b.bucket, b.depth); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.typ, b.typ)
