@@ -23,10 +23,7 @@ type RollupKey struct {
 type Rollup struct {
 	index map[rollupSlot]int
 	types map[string]uint16 // type → small id, so map keys hash no strings
-	// lastName and lastType cache the latest lookup in types.
-	lastName string
-	lastType uint16
-	Keys     []RollupKey
+	Keys  []RollupKey
 	// Events[row] is the number of events of row (negative in a correction).
 	Events []int64
 	// Sums[m][row] is the sum of measure m for row.
@@ -80,15 +77,10 @@ func (r *Rollup) AddRow(k RollupKey, events int64, sums []schema.Sum128, sign in
 }
 
 func (r *Rollup) row(k RollupKey) int {
-	// An event's links come one after another with the same type.
-	t := r.lastType
-	if k.Type != r.lastName || len(r.types) == 0 {
-		var ok bool
-		if t, ok = r.types[k.Type]; !ok {
-			t = uint16(len(r.types)) //nolint:gosec // a batch has far fewer than 65536 types
-			r.types[k.Type] = t
-		}
-		r.lastName, r.lastType = k.Type, t
+	t, ok := r.types[k.Type]
+	if !ok {
+		t = uint16(len(r.types)) //nolint:gosec // a batch has far fewer than 65536 types
+		r.types[k.Type] = t
 	}
 	slot := rollupSlot{entity: k.EntityID, bucket: k.Bucket, typ: t, depth: k.Depth}
 	row, ok := r.index[slot]
