@@ -152,34 +152,16 @@ func (d *differ) done() verdict {
 	return d.v
 }
 
-// checkCH compares a ClickHouse query's rows (entity_id UInt64, day Int64
-// since 1970-01-01, events, amount × 10^4, quantity as Int64) with want.
-func checkCH(ctx context.Context, ch driver.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
-	rows, err := ch.Query(ctx, sql)
-	if err != nil {
-		return verdict{}, err
-	}
-	defer func() { _ = rows.Close() }()
-	d := differ{want: want}
-	for rows.Next() {
-		var id uint64
-		var day int64
-		var t tot
-		if err := rows.Scan(&id, &day, &t.events, &t.amount, &t.quantity); err != nil {
-			return verdict{}, err
-		}
-		d.row(int64(id), day, t)
-	}
-	return d.done(), rows.Err()
+// rowScanner is what pgx.Rows and clickhouse-go's rows have in common.
+type rowScanner interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
 }
 
-// checkPG is checkCH for a PostgreSQL query (all columns bigint).
-func checkPG(ctx context.Context, pg *pgx.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
-	rows, err := pg.Query(ctx, sql)
-	if err != nil {
-		return verdict{}, err
-	}
-	defer rows.Close()
+// checkRows compares rows (entity, day since 1970-01-01, events,
+// amount × 10^4, quantity, all 64-bit integers) with want.
+func checkRows(rows rowScanner, want map[[2]int64]tot) (verdict, error) {
 	d := differ{want: want}
 	for rows.Next() {
 		var id, day int64
@@ -192,10 +174,30 @@ func checkPG(ctx context.Context, pg *pgx.Conn, sql string, want map[[2]int64]to
 	return d.done(), rows.Err()
 }
 
+// checkCH is checkRows for a ClickHouse query (all columns Int64).
+func checkCH(ctx context.Context, ch driver.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
+	rows, err := ch.Query(ctx, sql)
+	if err != nil {
+		return verdict{}, err
+	}
+	defer func() { _ = rows.Close() }()
+	return checkRows(rows, want)
+}
+
+// checkPG is checkRows for a PostgreSQL query (all columns bigint).
+func checkPG(ctx context.Context, pg *pgx.Conn, sql string, want map[[2]int64]tot) (verdict, error) {
+	rows, err := pg.Query(ctx, sql)
+	if err != nil {
+		return verdict{}, err
+	}
+	defer rows.Close()
+	return checkRows(rows, want)
+}
+
 // rollupCheckSQL reads a rollup table of Canopy's shape (entity_id, bucket
-// Date, events, amount Decimal, quantity) as the rows checkCH wants.
+// Date, events, amount Decimal, quantity) as the rows checkRows wants.
 func rollupCheckSQL(table string) string {
-	return `SELECT entity_id, toInt64(toUInt32(bucket)), sum(events), toInt64(sum(amount) * 10000), sum(quantity)
+	return `SELECT toInt64(entity_id), toInt64(toUInt32(bucket)), sum(events), toInt64(sum(amount) * 10000), sum(quantity)
 		FROM ` + table + ` GROUP BY entity_id, bucket`
 }
 

@@ -36,7 +36,7 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 	ctx := context.Background()
 	short := map[string]string{nativeInMessage: "msg", nativeDictionary: "dict"}[variant]
 	topic, group := e.name+".native-"+short, e.name+"-native-"+short
-	prefix := fmt.Sprintf("%s.native_%s", e.chDB, short)
+	prefix := nativePrefix(e, variant)
 	exec := func(sql string) {
 		if err := e.ch.Exec(ctx, sql); err != nil {
 			b.Fatalf("%s: %v\n%s", variant, err, sql)
@@ -126,6 +126,12 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 		how: "produce to Kafka → Kafka engine → materialized views (arrayJoin over the chain) → SummingMergeTree; " +
 			"driver = the producer" + map[bool]string{true: ", which also walks the chain", false: ""}[variant == nativeInMessage],
 	}
+}
+
+// nativePrefix names a variant's tables: PREFIX_queue, PREFIX_hourly,
+// PREFIX_daily and their views.
+func nativePrefix(e *env, variant string) string {
+	return fmt.Sprintf("%s.native_%s", e.chDB, map[string]string{nativeInMessage: "msg", nativeDictionary: "dict"}[variant])
 }
 
 // nativeJSON renders an event for the Kafka engine's JSONEachRow: 18.16

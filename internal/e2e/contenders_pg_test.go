@@ -290,11 +290,7 @@ func (bd *benchData) runReads(b *testing.B, e *env, o benchOracle, classes []dep
 }
 
 // scanOverview reads an overview answer from either database's rows.
-func scanOverview(rows interface {
-	Next() bool
-	Scan(dest ...any) error
-	Err() error
-}) ([]overviewRow, error) {
+func scanOverview(rows rowScanner) ([]overviewRow, error) {
 	var out []overviewRow
 	for rows.Next() {
 		var r overviewRow

@@ -84,10 +84,9 @@ func BenchmarkContenders(b *testing.B) {
 		for _, variant := range []string{nativeInMessage, nativeDictionary} {
 			nr := bd.runNative(b, envA, variant)
 			nr.rowsPerEvent = 2 * rep.meanChain
-			check(&nr, envA, fmt.Sprintf("%s.native_%s_daily", envA.chDB, map[string]string{nativeInMessage: "msg", nativeDictionary: "dict"}[variant]))
+			check(&nr, envA, nativePrefix(envA, variant)+"_daily")
 			for _, t := range []string{"hourly", "daily"} {
-				_ = envA.ch.Exec(ctx, fmt.Sprintf("DROP TABLE IF EXISTS %s.native_%s_%s", envA.chDB,
-					map[string]string{nativeInMessage: "msg", nativeDictionary: "dict"}[variant], t))
+				_ = envA.ch.Exec(ctx, "DROP TABLE IF EXISTS "+nativePrefix(envA, variant)+"_"+t)
 			}
 		}
 
