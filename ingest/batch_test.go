@@ -30,6 +30,7 @@ type logPartition struct {
 type claimOwner struct {
 	lp     logPartition
 	offset int64
+	batch  time.Time // the claiming intent's CreatedAt
 }
 
 func lpOf(src Source) logPartition { return logPartition{src.Topic, src.Log, src.Partition} }
@@ -85,13 +86,13 @@ func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Cl
 		in.Replay = false
 		for _, c := range claims {
 			if _, taken := l.claims[c.EventID]; !taken {
-				l.claims[c.EventID] = claimOwner{lp, c.Offset}
+				l.claims[c.EventID] = claimOwner{lp, c.Offset, in.CreatedAt}
 			}
 		}
 	}
 	owned := map[int64]bool{}
 	for _, o := range l.claims {
-		if o.lp == lp && o.offset >= in.First && o.offset <= in.Last {
+		if o.lp == lp && o.offset >= in.First && o.offset <= in.Last && o.batch.Equal(in.CreatedAt) {
 			owned[o.offset] = true
 		}
 	}
@@ -241,7 +242,7 @@ func TestProcessReplayIsIdentical(t *testing.T) {
 	}
 	// The same records once more (a zombie, or a lost Done) are skipped or
 	// rebuilt identically.
-	l.intents[lpOf(first.Intent.Source)][0] = Intent{Source: first.Intent.Source, HierarchyVersion: 7, CreatedAt: first.Intent.CreatedAt, Replay: true}
+	l.intents[lpOf(first.Intent.Source)][0] = Intent{Source: first.Intent.Source, HierarchyVersion: 7, CreatedAt: first.Intent.CreatedAt, Fingerprint: first.Intent.Fingerprint, Replay: true}
 	if _, err := p.Process(context.Background(), epoch, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -386,5 +387,63 @@ func TestProcessWaitsOutPause(t *testing.T) {
 	defer cancel()
 	if _, err := p.Process(ctx, epoch, []Record{record(1, ev("b", 3, "1"))}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("cancelled during a pause: %v", err)
+	}
+}
+
+// The same range read again after its batch was done and its intent purged
+// (a backfill rerun, offsets reset) is a new batch that owns nothing; when
+// its first write fails, its replay must own nothing either: the claims in
+// its range belong to the earlier, purged batch, which counted them.
+func TestReplayAfterPurgeOwnsNothing(t *testing.T) {
+	p, l, s := newTestProcessor()
+	ctx := context.Background()
+	epoch, _ := l.Acquire(ctx, Source{Topic: "t"}, "me")
+	recs := []Record{record(0, ev("a", 3, "1")), record(1, ev("b", 2, "2"))}
+	if n, err := p.Process(ctx, epoch, recs); err != nil || n != 2 || s.batches[0].Counts.Accepted != 2 {
+		t.Fatalf("first pass: n=%d err=%v", n, err)
+	}
+	delete(l.intents[lpOf(s.batches[0].Intent.Source)], 0) // the purge, a day after Done
+	p.Now = func() time.Time { return time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC) }
+	s.failNext = true
+	if _, err := p.Process(ctx, epoch, recs); err == nil {
+		t.Fatal("Process succeeded with a failing sink")
+	}
+	if n, err := p.Process(ctx, epoch, recs); err != nil || n != 2 {
+		t.Fatalf("replay: n=%d err=%v", n, err)
+	}
+	if c := s.batches[len(s.batches)-1].Counts; c.Accepted != 0 || c.Duplicates != 2 {
+		t.Fatalf("replay of a re-read range counts %+v, want every record a duplicate", c)
+	}
+}
+
+// An unfinished batch begun under one suspended-ancestors policy (or other
+// measures) is refused a replay under another, which would write blocks
+// that ClickHouse cannot recognise as repeats; with its own configuration
+// back, it finishes.
+func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
+	p, l, s := newTestProcessor()
+	ctx := context.Background()
+	epoch, _ := l.Acquire(ctx, Source{Topic: "t"}, "me")
+	recs := []Record{record(0, ev("a", 3, "1")), record(1, ev("b", 2, "2"))}
+	s.failNext = true
+	if _, err := p.Process(ctx, epoch, recs); err == nil {
+		t.Fatal("Process succeeded with a failing sink")
+	}
+	p.Suspended = SuspendedSkip
+	if _, err := p.Process(ctx, epoch, recs); !errors.Is(err, ErrReplayMismatch) || Retryable(err) {
+		t.Fatalf("replay under another policy = %v, want a final ErrReplayMismatch", err)
+	}
+	other := *p
+	other.Suspended = SuspendedInclude
+	other.Decoder = NewDecoder(schema.Measures{{Name: "amount", Kind: schema.KindDecimal, Scale: 2}}, 0)
+	if _, err := other.Process(ctx, epoch, recs); !errors.Is(err, ErrReplayMismatch) {
+		t.Fatalf("replay under other measures = %v, want ErrReplayMismatch", err)
+	}
+	if len(s.batches) != 0 {
+		t.Fatalf("a refused replay wrote %d batches", len(s.batches))
+	}
+	p.Suspended = SuspendedInclude
+	if n, err := p.Process(ctx, epoch, recs); err != nil || n != 2 || s.batches[0].Counts.Accepted != 2 {
+		t.Fatalf("replay with its own configuration: n=%d err=%v", n, err)
 	}
 }

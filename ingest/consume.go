@@ -348,6 +348,12 @@ func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Recor
 			w.proc.Metrics.batchError("overlap")
 			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)
 			return done, false
+		case errors.Is(err, ErrReplayMismatch):
+			// Parked until a worker with the batch's configuration (or this
+			// one, restarted with it) finishes it; nothing is written.
+			w.proc.Metrics.batchError("replay_mismatch")
+			w.log.Error("unfinished batch needs the configuration it was begun with; partition waits", "err", err)
+			return done, false
 		case ctx.Err() != nil:
 			return done, false
 		default:

@@ -41,6 +41,12 @@ var (
 	// ErrOverlap means the committed position falls inside a batch recorded
 	// by an earlier attempt that did not start there (offsets moved by hand).
 	ErrOverlap = errors.New("ingest: position falls inside an earlier batch")
+	// ErrReplayMismatch means an unfinished batch was begun under other
+	// measures, another suspended-ancestors policy or another block format
+	// than this process has: replaying it would write blocks ClickHouse
+	// cannot recognise as repeats of those already written. The batch waits
+	// for a process with the configuration it was begun with.
+	ErrReplayMismatch = errors.New("ingest: unfinished batch was begun under another configuration")
 )
 
 // PoisonError is a record that can never succeed as it is. It goes to the
@@ -70,7 +76,7 @@ func Retryable(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrFenced), errors.Is(err, ErrOverlap):
+	case errors.Is(err, context.Canceled), errors.Is(err, ErrFenced), errors.Is(err, ErrOverlap), errors.Is(err, ErrReplayMismatch):
 		return false
 	}
 	_, p := IsPoison(err)

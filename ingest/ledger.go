@@ -31,6 +31,11 @@ type Intent struct {
 	// it.
 	PendingVersion int64
 	CreatedAt      time.Time // becomes events.ingested_at and ingest_acks.processed_at
+	// Fingerprint names what decides the batch's blocks besides its records,
+	// hierarchy version and time (Processor.Fingerprint); a replay under
+	// another one is refused with ErrReplayMismatch. "" for intents recorded
+	// before it was kept.
+	Fingerprint string
 	Replay         bool      // an earlier attempt recorded this intent
 	Done           bool      // that attempt finished: every block and the ack are written
 }

@@ -61,7 +61,7 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 	// The intent containing first, else the first one starting after it
 	// within last.
 	err := l.Pool.QueryRow(ctx, `
-		select first_offset, last_offset, hierarchy_version, asis_tag, created_at, done_at from (
+		select first_offset, last_offset, hierarchy_version, asis_tag, created_at, coalesce(fingerprint, ''), done_at from (
 		  (select * from canopy.ingest_intents
 		    where src_topic = $1 and src_partition = $2 and first_offset <= $3 and last_offset >= $3
 		    order by first_offset desc limit 1)
@@ -70,7 +70,7 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 		    where src_topic = $1 and src_partition = $2 and first_offset > $3 and first_offset <= $4
 		    order by first_offset limit 1)) i
 		 order by first_offset > $3 limit 1`, topic, partition, first, max(src.Last, first)).
-		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
+		Scan(&in.First, &in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &in.Fingerprint, &done)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return in, false, nil
 	}
@@ -126,10 +126,10 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		}
 		tag, err := tx.Exec(ctx, `
 			insert into canopy.ingest_intents
-			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at)
-			select $1, $2, $3, $4, $5, $6::bigint, $7, $8 where $6::bigint >= $9::bigint and not $10::boolean
+			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at, fingerprint)
+			select $1, $2, $3, $4, $5, $6::bigint, $7, $8, nullif($11, '') where $6::bigint >= $9::bigint and not $10::boolean
 			on conflict do nothing`,
-			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence, paused)
+			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence, paused, in.Fingerprint)
 		if err != nil {
 			return fmt.Errorf("record intent: %w", err)
 		}
@@ -138,9 +138,9 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			// claiming nothing new.
 			var done *time.Time
 			err := tx.QueryRow(ctx, `
-				select last_offset, hierarchy_version, asis_tag, created_at, done_at from canopy.ingest_intents
+				select last_offset, hierarchy_version, asis_tag, created_at, coalesce(fingerprint, ''), done_at from canopy.ingest_intents
 				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
-				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &done)
+				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &in.Fingerprint, &done)
 			if errors.Is(err, pgx.ErrNoRows) && paused {
 				return ingest.ErrPaused
 			}
@@ -160,13 +160,22 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 			// since (the range read again much later): those events are
 			// counted, and are duplicates here.
 			in.PendingVersion = pending
-			owned, err = insertClaims(ctx, tx, in.Source, claims)
+			owned, err = insertClaims(ctx, tx, in, claims)
 			return err
 		}
+		// A replay owns the claims its own batch made, named by the intent's
+		// created_at: not those of an earlier batch over the same offsets
+		// whose intent was purged since, whose events that batch counted.
+		// Claims made before migration 0104 carry no batch; they are this
+		// batch's if made after it began (an older batch's claims are at
+		// least a day older: intents are kept a day after they are done),
+		// with an hour's room for the worker's clock against the database's.
 		rows, err := tx.Query(ctx, `
 			select src_offset from canopy.event_claims
-			 where src_topic = $1 and src_partition = $2 and src_offset between $3 and $4`,
-			key(in.Source), in.Partition, in.First, in.Last)
+			 where src_topic = $1 and src_partition = $2 and src_offset between $3 and $4
+			   and (batch_created_at = $5
+			        or (batch_created_at is null and claimed_at > $5::timestamptz - interval '1 hour'))`,
+			key(in.Source), in.Partition, in.First, in.Last, in.CreatedAt)
 		if err != nil {
 			return fmt.Errorf("read claims: %w", err)
 		}
@@ -189,7 +198,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 // insertClaims claims ids in sorted order, so two batches claiming
 // overlapping ids lock them in the same order and cannot deadlock, and
 // returns the offsets whose claim it made.
-func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []ingest.Claim) (map[int64]bool, error) {
+func insertClaims(ctx context.Context, tx pgx.Tx, in ingest.Intent, claims []ingest.Claim) (map[int64]bool, error) {
 	sorted := make([]ingest.Claim, len(claims))
 	copy(sorted, claims)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].EventID < sorted[j].EventID })
@@ -200,10 +209,10 @@ func insertClaims(ctx context.Context, tx pgx.Tx, src ingest.Source, claims []in
 		ids[i], at[i], offs[i] = c.EventID, c.OccurredAt, c.Offset
 	}
 	rows, err := tx.Query(ctx, `
-		insert into canopy.event_claims (event_id, occurred_at, src_topic, src_partition, src_offset)
-		select id, at, $4, $5, off from unnest($1::text[], $2::timestamptz[], $3::bigint[]) as c(id, at, off)
+		insert into canopy.event_claims (event_id, occurred_at, src_topic, src_partition, src_offset, batch_created_at)
+		select id, at, $4, $5, off, $6 from unnest($1::text[], $2::timestamptz[], $3::bigint[]) as c(id, at, off)
 		on conflict (event_id) do nothing
-		returning src_offset`, ids, at, offs, key(src), src.Partition)
+		returning src_offset`, ids, at, offs, key(in.Source), in.Partition, in.CreatedAt)
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}

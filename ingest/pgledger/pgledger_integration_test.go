@@ -116,9 +116,21 @@ func TestLedgerContract(t *testing.T) {
 	if _, err := l.Pool.Exec(ctx, "delete from canopy.ingest_intents where first_offset = 2"); err != nil {
 		t.Fatal(err)
 	}
-	again, owned, err := l.Begin(ctx, cur, second, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
+	reread := second
+	reread.CreatedAt = created.Add(48 * time.Hour) // intents are purged a day after Done
+	reread.Fingerprint = "format=1 test"
+	again, owned, err := l.Begin(ctx, cur, reread, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
 	if err != nil || again.Replay || len(owned) != 0 {
 		t.Fatalf("batch over a purged intent's range = %+v, owns %v (%v), want a new batch owning nothing", again, owned, err)
+	}
+	// Its first write fails; the replay owns nothing either: the claims in
+	// its range are the purged batch's, which counted them.
+	replayed, owned, err := l.Begin(ctx, cur, reread, nil)
+	if err != nil || !replayed.Replay || len(owned) != 0 || replayed.Fingerprint != reread.Fingerprint {
+		t.Fatalf("replay over a purged intent's range = %+v, owns %v (%v), want a replay owning nothing", replayed, owned, err)
+	}
+	if got, _, _ := l.Intent(ctx, reread.Source); got.Fingerprint != reread.Fingerprint {
+		t.Fatalf("Intent fingerprint %q, want %q", got.Fingerprint, reread.Fingerprint)
 	}
 
 	// The same topic name with another id is another log.

@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// acksAway makes ClickHouse refuse every acknowledgement (the table is
+// renamed away) until the returned function puts it back: the transient
+// failure that meets a batch after its rows were written.
+func (e *env) acksAway() (back func()) {
+	e.t.Helper()
+	ctx := context.Background()
+	if err := e.ch.Exec(ctx, fmt.Sprintf("RENAME TABLE %[1]s.ingest_acks TO %[1]s.ingest_acks_away", e.chDB)); err != nil {
+		e.t.Fatalf("rename ingest_acks away: %v", err)
+	}
+	done := false
+	back = func() {
+		if done {
+			return
+		}
+		done = true
+		if err := e.ch.Exec(ctx, fmt.Sprintf("RENAME TABLE %[1]s.ingest_acks_away TO %[1]s.ingest_acks", e.chDB)); err != nil {
+			e.t.Fatalf("rename ingest_acks back: %v", err)
+		}
+	}
+	e.t.Cleanup(back)
+	return back
+}
+
+// startCanopy starts a canopy command in the background with extra
+// environment; wait returns its output and error.
+func (e *env) startCanopy(extraEnv []string, args ...string) (cmd *exec.Cmd, wait func() (string, error)) {
+	e.t.Helper()
+	log := filepath.Join(e.logDir, fmt.Sprintf("%s-%d.log", args[0], time.Now().UnixNano()))
+	f, err := os.Create(log)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd = exec.Command(binary, args...)
+	cmd.Env = append(append([]string{}, e.vars...), extraEnv...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, func() (string, error) {
+		err := cmd.Wait()
+		_ = f.Close()
+		b, _ := os.ReadFile(log)
+		return string(b), err
+	}
+}
+
+// waitFor polls ok until it holds, failing the test after timeout.
+func (e *env) waitFor(what string, timeout time.Duration, ok func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("after %s: still waiting for %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// openIntents is how many batches PostgreSQL holds as begun and not done.
+func (e *env) openIntents() int {
+	var n int
+	if err := e.pg.QueryRow(context.Background(),
+		"select count(*) from canopy.ingest_intents where done_at is null").Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+// TestRereadAfterPurgeCountsNothingTwice reads a topic range a second time
+// after the intents of its first reading were purged (as the daily purge
+// does), and fails the second reading's first writes with a transient
+// ClickHouse error: its replays must count nothing, though the event-id
+// claims in its offsets exist (they are the first reading's).
+func TestRereadAfterPurgeCountsNothingTwice(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 2)
+	sc := e.setUp(seed, 1000, 20000)
+	e.produce(sc.records())
+
+	out := e.run("backfill", "--topic", e.topic, "--batch", "3000")
+	t.Log(strings.TrimSpace(out[strings.LastIndex(out, "backfill:"):]))
+	e.verify(sc)
+
+	if _, err := e.pg.Exec(context.Background(), "delete from canopy.ingest_intents"); err != nil {
+		t.Fatal(err)
+	}
+	back := e.acksAway()
+	_, wait := e.startCanopy(nil, "backfill", "--topic", e.topic, "--batch", "3000")
+	// Every new batch has begun (recorded its intent), found nothing to
+	// count, and failed on its acknowledgement at least once.
+	e.waitFor("the re-read's batches to begin", 2*time.Minute, func() bool { return e.openIntents() > 0 })
+	time.Sleep(3 * time.Second)
+	back()
+	out, err := wait()
+	if err != nil {
+		t.Fatalf("re-read: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, " 0 accepted, ") {
+		t.Fatalf("re-read accepted events: %s", out[strings.LastIndex(out, "backfill:"):])
+	}
+	e.verify(sc)
+}
+
+// TestReplayUnderOtherConfigurationRefused leaves batches begun and
+// unfinished (the backfill is killed while ClickHouse refuses its
+// acknowledgements, after some of their rows were written), then resumes
+// under another suspended-ancestors policy: that is refused with a clear
+// error and writes nothing. Resumed with the configuration the batches were
+// begun with, the rollups equal the oracle.
+func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 1)
+	sc := e.setUp(seed, 1000, 10000)
+	file := filepath.Join(t.TempDir(), "history.ndjson")
+	writeNDJSON(t, file, sc.events)
+
+	back := e.acksAway()
+	// Every stride begins at once (3 of them, 4 at a time), so a resume
+	// has no new batch to begin under another configuration.
+	args := []string{"backfill", "--batch", "4000", "--parallel", "4", file}
+	cmd, wait := e.startCanopy(nil, args...)
+	e.waitFor("every batch to begin", 2*time.Minute, func() bool { return e.openIntents() >= 3 })
+	time.Sleep(2 * time.Second)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_, _ = wait()
+	back()
+	open := e.openIntents()
+	t.Logf("%d batches left unfinished", open)
+
+	out, err := e.runWith([]string{"CANOPY_INGEST_SUSPENDED_ANCESTORS=skip"}, args...)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(out, "begun under another configuration") {
+		t.Fatalf("resume under another policy: %v, want exit 1 naming the configuration\n%s", err, out)
+	}
+	if n := e.openIntents(); n != open {
+		t.Fatalf("refused resume changed the unfinished batches: %d, was %d", n, open)
+	}
+
+	out = e.run(args...)
+	t.Log(strings.TrimSpace(out[strings.LastIndex(out, "backfill:"):]))
+	e.verify(sc)
+}
+
+// runWith is runErr with extra environment.
+func (e *env) runWith(extraEnv []string, args ...string) (string, error) {
+	saved := e.vars
+	e.vars = append(append([]string{}, saved...), extraEnv...)
+	defer func() { e.vars = saved }()
+	return e.runErr(args...)
+}
