@@ -36,8 +36,8 @@ type Intent struct {
 	// another one is refused with ErrReplayMismatch. "" for intents recorded
 	// before it was kept.
 	Fingerprint string
-	Replay         bool      // an earlier attempt recorded this intent
-	Done           bool      // that attempt finished: every block and the ack are written
+	Replay      bool // an earlier attempt recorded this intent
+	Done        bool // that attempt finished: every block and the ack are written
 }
 
 // Claim asks for ownership of an event id by the record carrying it.
