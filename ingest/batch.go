@@ -43,6 +43,11 @@ type Processor struct {
 	Observer func(c Counts, dead []Failure)
 	Log      *slog.Logger
 	Now      func() time.Time // default time.Now
+	// ReplayVerifyAfter is the age of an intent past which its replay asks
+	// the Sink which of its parts are written rather than relying on
+	// ClickHouse's deduplication window (see Landed); default
+	// DefaultReplayVerifyAfter, negative for never.
+	ReplayVerifyAfter time.Duration
 }
 
 // Process handles a prefix of recs (same topic and partition, increasing
@@ -136,8 +141,11 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 // any change of code that makes the same records and intent write other
 // bytes (columns, row order, the ingest_unit marks): a batch begun by the
 // older code is then refused a replay by the newer (ErrReplayMismatch)
-// rather than written twice.
-const blockFormat = 1
+// rather than written twice. 2: the unit names the intent's time.
+const blockFormat = 2
+
+// DefaultReplayVerifyAfter is Processor.ReplayVerifyAfter's default.
+const DefaultReplayVerifyAfter = 5 * time.Minute
 
 // Fingerprint names what, besides its records, hierarchy version and time,
 // decides the blocks a batch writes: the block format, the measures and the
@@ -311,10 +319,17 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 	// The exactly-once step: every block of b is a function of (records,
 	// intent), so if this attempt or a zombie's already wrote it, ClickHouse
-	// drops the repeat (docs/exactly-once.md, step 4).
+	// drops the repeat (docs/exactly-once.md, step 4). An old replay, whose
+	// blocks ClickHouse may have forgotten, writes only the missing parts.
 	start := time.Now()
-	if err := p.Sink.Write(ctx, b); err != nil {
-		return in, false, fmt.Errorf("write batch: %w", err)
+	write, err := p.toWrite(ctx, b)
+	if err != nil {
+		return in, false, err
+	}
+	if write != nil {
+		if err := p.Sink.Write(ctx, write); err != nil {
+			return in, false, fmt.Errorf("write batch: %w", err)
+		}
 	}
 	if err := p.Ledger.Done(ctx, in.Source); err != nil {
 		return in, false, fmt.Errorf("mark batch done: %w", err)
@@ -327,6 +342,31 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
 	return in, false, nil
+}
+
+// toWrite is what of b must be written: all of it, or for a replay older
+// than ReplayVerifyAfter the parts the Sink does not hold yet (nil when it
+// holds the whole batch, acknowledgement included).
+func (p *Processor) toWrite(ctx context.Context, b *Batch) (*Batch, error) {
+	after := p.ReplayVerifyAfter
+	if after == 0 {
+		after = DefaultReplayVerifyAfter
+	}
+	ls, ok := p.Sink.(LandedSink)
+	if !b.Intent.Replay || after < 0 || !ok || p.now().Sub(b.Intent.CreatedAt) < after {
+		return b, nil
+	}
+	l, err := ls.Landed(ctx, b)
+	if err != nil {
+		return nil, fmt.Errorf("verify old replay: %w", err)
+	}
+	p.log().Info("replaying a batch older than the verification age: writing only what ClickHouse lacks",
+		"topic", b.Intent.Topic, "partition", b.Intent.Partition, "first", b.Intent.First,
+		"begun", b.Intent.CreatedAt, "acked", l.Acked, "written_months", l.Months)
+	if l.Acked {
+		return nil, nil
+	}
+	return b.without(l), nil
 }
 
 // route splits failures into those to retry and dead letters.

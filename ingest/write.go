@@ -35,9 +35,16 @@ type Batch struct {
 	Counts Counts
 }
 
-// Unit is the batch's identity inside rollup blocks (see schema.RollupColumns).
+// Unit is the batch's identity inside rollup blocks (see schema.RollupColumns):
+// its source range's start and the time its intent was recorded, which
+// tells apart two batches over the same offsets (a range read again after
+// the first batch's intent was purged). Batches begun before block format
+// 2 (no fingerprint) keep the unit they were begun with.
 func (b *Batch) Unit() string {
-	return fmt.Sprintf("%s/%d/%d", b.Intent.Topic, b.Intent.Partition, b.Intent.First)
+	if b.Intent.Fingerprint == "" {
+		return fmt.Sprintf("%s/%d/%d", b.Intent.Topic, b.Intent.Partition, b.Intent.First)
+	}
+	return fmt.Sprintf("%s/%d/%d@%d", b.Intent.Topic, b.Intent.Partition, b.Intent.First, b.Intent.CreatedAt.Unix())
 }
 
 // Failure is a record that did not become an event.

@@ -60,6 +60,7 @@ func newConfig() *config {
 	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)")
 	add("clickhouse.reader_password", "canopy_reader", "its password")
 	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event")
+	add("ingest.replay_verify_after", "5m", "age past which replaying an unfinished batch asks ClickHouse which of its parts are written instead of relying on its deduplication window (0: never)")
 	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups")
 	add("ingest.max_poll_records", "50000", "records taken per poll")
 	add("ingest.session_timeout", "10s", "consumer group session timeout")
@@ -126,7 +127,7 @@ func (c *config) resolve(cmd *cobra.Command) error {
 	if err := c.measures.Validate(); err != nil {
 		return usageError{fmt.Errorf("config %s: %w", file, err)}
 	}
-	for _, k := range []string{"ingest.dedup_horizon", "ingest.session_timeout"} {
+	for _, k := range []string{"ingest.dedup_horizon", "ingest.session_timeout", "ingest.replay_verify_after"} {
 		if _, err := time.ParseDuration(c.get(k)); err != nil {
 			return usageError{fmt.Errorf("%s: %w", k, err)}
 		}

@@ -81,10 +81,20 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 			MaxBackoff:  cfg.duration("ingest.retry_max_backoff"),
 			MaxAge:      cfg.duration("ingest.retry_max_age"),
 		},
-		Metrics: metrics,
-		Log:     log,
+		Metrics:           metrics,
+		Log:               log,
+		ReplayVerifyAfter: replayVerifyAfter(cfg.duration("ingest.replay_verify_after")),
 	}
 	return p, nil
+}
+
+// replayVerifyAfter maps the setting, where 0 means never, to
+// Processor.ReplayVerifyAfter, where 0 means the default.
+func replayVerifyAfter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 func (p *pipeline) Close() {

@@ -1,0 +1,154 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/canopyhq/canopy/schema"
+)
+
+// A replay relies on ClickHouse dropping the blocks that an earlier attempt
+// wrote. ClickHouse remembers only the most recent blocks of a table
+// (replicated_deduplication_window, or non_replicated_deduplication_window:
+// a count of blocks, plus up to 7 days for Replicated tables), so at a high
+// insert rate the hash of an old batch's block can be forgotten before an
+// unfinished batch is replayed (a worker group down for hours, a backfill
+// resumed the next day). A replay older than Processor.ReplayVerifyAfter
+// therefore does not rely on the window: it asks ClickHouse which of the
+// batch's parts are there, by the marks every part carries (the unit on
+// the first row of each month of a rollup block; the source offsets and
+// ingest time of events rows), and writes only the missing ones. A part
+// is one month of one table, the same unit ClickHouse deduplicates, so a
+// part written now is byte-identical to the one the earlier attempt would
+// have written: a late zombie's repeat of it is still dropped.
+
+// Landed is what ClickHouse already holds of a batch.
+type Landed struct {
+	// Acked: the acknowledgement is written, hence every block before it.
+	Acked bool
+	// Months[table] are the months (year*100+month) whose part of the
+	// batch's block for table is written.
+	Months map[string]map[int]bool
+}
+
+// LandedSink is a Sink that can tell which parts of a batch it holds.
+type LandedSink interface {
+	Sink
+	Landed(ctx context.Context, b *Batch) (Landed, error)
+}
+
+func yyyymm(t time.Time) int { return t.Year()*100 + int(t.Month()) }
+
+// without returns b less the parts that landed, with the same rows in the
+// same order in every part that remains.
+func (b *Batch) without(l Landed) *Batch {
+	out := *b
+	if ms := l.Months[schema.TableEvents]; len(ms) > 0 {
+		out.Events = nil
+		for _, e := range b.Events {
+			if !ms[yyyymm(e.OccurredAt)] {
+				out.Events = append(out.Events, e)
+			}
+		}
+	}
+	out.Hourly = b.Hourly.withoutMonths(l.Months[schema.TableRollupHourly])
+	out.Daily = b.Daily.withoutMonths(l.Months[schema.TableRollupDaily])
+	out.AsIs = b.AsIs.withoutMonths(l.Months[schema.TableRollupAsIs])
+	return &out
+}
+
+// withoutMonths returns r less the rows whose bucket falls in months, or r
+// itself when there are none.
+func (r *Rollup) withoutMonths(months map[int]bool) *Rollup {
+	if r == nil || len(months) == 0 {
+		return r
+	}
+	out := &Rollup{Sums: make([][]schema.Sum128, len(r.Sums))}
+	for i, k := range r.Keys {
+		if months[yyyymm(time.Unix(k.Bucket, 0).UTC())] {
+			continue
+		}
+		out.Keys = append(out.Keys, k)
+		out.Events = append(out.Events, r.Events[i])
+		for m := range r.Sums {
+			out.Sums[m] = append(out.Sums[m], r.Sums[m][i])
+		}
+	}
+	return out
+}
+
+// Landed implements LandedSink. Each query reads only the months the batch
+// touches (the tables are partitioned by month), and runs only for replays
+// older than the replay verification age.
+func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
+	l := Landed{Months: map[string]map[int]bool{}}
+	in := b.Intent
+	var n uint64
+	if err := s.Conn.QueryRow(ctx, fmt.Sprintf(
+		"SELECT count() FROM %s.%s WHERE topic = ? AND partition = ? AND first_offset = ? AND last_offset = ? AND processed_at = ?",
+		s.Schema.Database, schema.TableAcks), in.Topic, in.Partition, in.First, in.Last, in.CreatedAt).Scan(&n); err != nil {
+		return l, fmt.Errorf("look up the ack of %s: %w", b.Unit(), err)
+	}
+	if n > 0 {
+		l.Acked = true
+		return l, nil
+	}
+	if len(b.Events) > 0 {
+		lo, hi := b.Events[0].OccurredAt, b.Events[0].OccurredAt
+		for _, e := range b.Events {
+			if e.OccurredAt.Before(lo) {
+				lo = e.OccurredAt
+			}
+			if e.OccurredAt.After(hi) {
+				hi = e.OccurredAt
+			}
+		}
+		months, err := s.months(ctx, fmt.Sprintf(
+			"SELECT DISTINCT toYYYYMM(occurred_at) FROM %s.%s WHERE occurred_at >= ? AND occurred_at <= ?"+
+				" AND src_topic = ? AND src_partition = ? AND src_offset >= ? AND src_offset <= ? AND ingested_at = ?",
+			s.Schema.Database, schema.TableEvents), lo, hi, in.Topic, in.Partition, in.First, in.Last, in.CreatedAt)
+		if err != nil {
+			return l, err
+		}
+		l.Months[schema.TableEvents] = months
+	}
+	for _, t := range []struct {
+		table string
+		r     *Rollup
+		at    string // the bucket column's type
+	}{{schema.TableRollupHourly, b.Hourly, "toDateTime"}, {schema.TableRollupDaily, b.Daily, "toDate"}, {schema.TableRollupAsIs, b.AsIs, "toDate"}} {
+		if t.r.Len() == 0 {
+			continue
+		}
+		lo, hi := t.r.Keys[0].Bucket, t.r.Keys[0].Bucket
+		for _, k := range t.r.Keys {
+			lo, hi = min(lo, k.Bucket), max(hi, k.Bucket)
+		}
+		months, err := s.months(ctx, fmt.Sprintf(
+			"SELECT DISTINCT toYYYYMM(bucket) FROM %s.%s WHERE bucket >= %s(?) AND bucket <= %s(?) AND ingest_unit = ?",
+			s.Schema.Database, t.table, t.at, t.at), time.Unix(lo, 0).UTC(), time.Unix(hi, 0).UTC(), b.Unit())
+		if err != nil {
+			return l, err
+		}
+		l.Months[t.table] = months
+	}
+	return l, nil
+}
+
+func (s *ClickHouseSink) months(ctx context.Context, query string, args ...any) (map[int]bool, error) {
+	rows, err := s.Conn.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("look up written parts: %w", err)
+	}
+	defer rows.Close()
+	out := map[int]bool{}
+	for rows.Next() {
+		var m uint32
+		if err := rows.Scan(&m); err != nil {
+			return nil, fmt.Errorf("look up written parts: %w", err)
+		}
+		out[int(m)] = true
+	}
+	return out, rows.Err()
+}
