@@ -15,6 +15,8 @@ type Metrics struct {
 	batchErrors  *prometheus.CounterVec // by kind
 	lag          *prometheus.GaugeVec   // by topic, partition
 	hierarchyVer prometheus.Gauge
+	dedupIDs     prometheus.Gauge
+	dedupBytes   prometheus.Gauge
 }
 
 // NewMetrics registers the pipeline metrics with reg.
@@ -39,8 +41,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		hierarchyVer: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "canopy_hierarchy_version", Help: "Newest hierarchy change applied in memory.",
 		}),
+		dedupIDs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "canopy_dedup_state_ids", Help: "Event ids held for deduplication within the horizon (PostgreSQL's estimate).",
+		}),
+		dedupBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "canopy_dedup_state_bytes", Help: "Disk taken by the event ids held for deduplication, indexes included.",
+		}),
 	}
-	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer)
+	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer, m.dedupIDs, m.dedupBytes)
 	// Every series exists from the start, at 0, so dashboards and alerts see
 	// "none yet" rather than "no data".
 	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
@@ -49,7 +57,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range []string{"events", "rollup_hourly", "rollup_daily"} {
 		m.rollupRows.WithLabelValues(t)
 	}
-	for _, k := range []string{"transient", "fenced", "overlap", "paused"} {
+	for _, k := range []string{"transient", "fenced", "overlap", "paused", "replay_mismatch"} {
 		m.batchErrors.WithLabelValues(k)
 	}
 	return m
@@ -67,6 +75,15 @@ func (m *Metrics) observeBatch(b *Batch, dead, retried int, d time.Duration) {
 	m.rollupRows.WithLabelValues("rollup_hourly").Add(float64(b.Hourly.Len()))
 	m.rollupRows.WithLabelValues("rollup_daily").Add(float64(b.Daily.Len()))
 	m.batchSeconds.Observe(d.Seconds())
+}
+
+// SetDedupState records the size of the event-id deduplication state.
+func (m *Metrics) SetDedupState(ids, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.dedupIDs.Set(float64(ids))
+	m.dedupBytes.Set(float64(bytes))
 }
 
 func (m *Metrics) batchError(kind string) {

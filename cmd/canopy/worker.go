@@ -109,7 +109,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		return f.Run(gctx, follow)
 	})
 	g.Go(func() error {
-		purgeClaims(gctx, log, proc.Ledger.(*pgledger.Ledger), cfg.duration("ingest.dedup_horizon"))
+		purgeClaims(gctx, log, proc.Ledger.(*pgledger.Ledger), metrics, cfg.duration("ingest.dedup_horizon"))
 		return nil
 	})
 	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
@@ -187,23 +187,41 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver, met
 }
 
 // purgeClaims forgets event ids past the deduplication horizon, and finished
-// batch intents older than a day, once an hour. Every worker may run it: the
-// deletes are idempotent.
-func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, horizon time.Duration) {
-	tick := time.NewTicker(time.Hour)
-	defer tick.Stop()
+// batch intents older than a day, once an hour; and reports the size of the
+// deduplication state every minute. Every worker may run it: the deletes
+// are idempotent.
+func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *ingest.Metrics, horizon time.Duration) {
+	size := func() {
+		ids, bytes, err := l.StateSize(ctx)
+		if err != nil {
+			log.Warn("could not read the deduplication state's size", "err", err)
+			return
+		}
+		m.SetDedupState(ids, bytes)
+		log.Info("deduplication state", "event_ids", ids, "bytes", bytes, "horizon", horizon)
+	}
+	size()
+	sizeTick, purgeTick := time.NewTicker(time.Minute), time.NewTicker(time.Hour)
+	defer sizeTick.Stop()
+	defer purgeTick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-sizeTick.C:
+			ids, bytes, err := l.StateSize(ctx)
+			if err == nil {
+				m.SetDedupState(ids, bytes)
+			}
+		case <-purgeTick.C:
+			n, err := l.Purge(ctx, horizon, 24*time.Hour)
+			if err != nil {
+				log.Warn("purge of old event-id claims failed", "err", err)
+				continue
+			}
+			log.Info("purged event-id claims past the deduplication horizon", "claims", n, "horizon", horizon)
+			size()
 		}
-		n, err := l.Purge(ctx, horizon, 24*time.Hour)
-		if err != nil {
-			log.Warn("purge of old event-id claims failed", "err", err)
-			continue
-		}
-		log.Info("purged event-id claims past the deduplication horizon", "claims", n, "horizon", horizon)
 	}
 }
 

@@ -255,3 +255,16 @@ func (l *Ledger) Purge(ctx context.Context, horizon, keepIntents time.Duration) 
 	}
 	return tag.RowsAffected(), nil
 }
+
+// StateSize returns the deduplication state's size: the number of event-id
+// claims held (PostgreSQL's estimate, from its statistics: counting would
+// read the whole table) and the disk they take, indexes included.
+func (l *Ledger) StateSize(ctx context.Context) (ids, bytes int64, err error) {
+	err = l.Pool.QueryRow(ctx, `
+		select greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+		  from pg_class c where c.oid = 'canopy.event_claims'::regclass`).Scan(&ids, &bytes)
+	if err != nil {
+		return 0, 0, fmt.Errorf("size of the event-id claims: %w", err)
+	}
+	return ids, bytes, nil
+}

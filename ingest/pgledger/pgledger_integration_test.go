@@ -153,3 +153,34 @@ func TestLedgerContract(t *testing.T) {
 		t.Fatalf("purge removed %d claims (%v), want 3", n, err)
 	}
 }
+
+// StateSize reports the claims held, as PostgreSQL's statistics count them,
+// and the disk they take.
+func TestStateSize(t *testing.T) {
+	l := newLedger(t)
+	ctx := context.Background()
+	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
+	epoch, err := l.Acquire(ctx, src, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, empty, err := l.StateSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := make([]ingest.Claim, 1000)
+	for i := range claims {
+		claims[i] = ingest.Claim{EventID: fmt.Sprintf("ev-%d", i), OccurredAt: time.Now(), Offset: int64(i)}
+	}
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, First: 0, Last: 999}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	if _, _, err := l.Begin(ctx, epoch, in, claims); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Pool.Exec(ctx, "analyze canopy.event_claims"); err != nil {
+		t.Fatal(err)
+	}
+	ids, bytes, err := l.StateSize(ctx)
+	if err != nil || ids != 1000 || bytes <= empty {
+		t.Fatalf("StateSize = %d ids, %d bytes (%v); want 1000 ids and more than the empty table's %d bytes", ids, bytes, err, empty)
+	}
+}
