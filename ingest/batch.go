@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -162,6 +163,10 @@ func (p *Processor) Fingerprint() string {
 	return b.String()
 }
 
+// ancestorBufs holds the chain buffers of finished attempts, so a batch
+// neither allocates nor zeroes room for its chains (several MB a batch).
+var ancestorBufs = sync.Pool{New: func() any { return new([]Ancestor) }}
+
 // cut returns how many records have offsets <= last, or -1 when the records
 // do not reach last.
 func cut(recs []Record, last int64) int {
@@ -197,15 +202,25 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 	var (
 		failures []Failure
-		valid    []decoded
-		claims   []Claim
+		valid    = make([]decoded, 0, len(recs))
+		claims   = make([]Claim, 0, len(recs))
 		seen     = make(map[string]bool, len(recs))
 		counts   = Counts{Records: uint32(len(recs))}
-		chainBuf = make([]Ancestor, 0, 32*len(recs))
+		bufp     = ancestorBufs.Get().(*[]Ancestor)
+		chainBuf = (*bufp)[:0]
+		nm       = len(p.Decoder.measures)
+		measures = make([]int64, nm*len(recs)) // every event's measures, in one allocation
 	)
-	for _, r := range recs {
+	// The chains are read only until the batch is summed: the buffer goes
+	// back to the pool when this attempt returns, unzeroed.
+	defer func() {
+		*bufp = chainBuf[:0]
+		ancestorBufs.Put(bufp)
+	}()
+	for i, r := range recs {
 		var d decoded
 		d.offset = r.Offset
+		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
 			pe, _ := IsPoison(err)
 			failures = append(failures, p.failure(r, nil, pe.Class, pe.Msg))
@@ -262,8 +277,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	}
 	in = got
 
-	nm := len(p.Decoder.measures)
-	b := &Batch{Intent: in}
+	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(valid))}
 	links := 0
 	for i := range valid {
 		links += len(valid[i].chain)
