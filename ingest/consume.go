@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -267,6 +268,7 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 		if !owned {
 			return
 		}
+		w.buf[k] = slices.Grow(w.buf[k], len(fp.Records))
 		for _, r := range fp.Records {
 			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers})
 		}
