@@ -47,6 +47,11 @@ func NewRollup(n int) *Rollup {
 func (r *Rollup) Add(k RollupKey, measures []int64) {
 	row := r.row(k)
 	r.Events[row]++
+	r.addValues(row, measures)
+}
+
+// addValues adds one event's measures to the sums of row.
+func (r *Rollup) addValues(row int, measures []int64) {
 	for m, v := range measures {
 		r.Sums[m][row].Add(v)
 	}

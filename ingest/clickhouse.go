@@ -2,10 +2,14 @@ package ingest
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
-	"slices"
+	"io"
+	"math"
 	"time"
 
+	"github.com/ClickHouse/ch-go/proto"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 
@@ -51,9 +55,12 @@ func (s *ClickHouseSink) prepare(ctx context.Context, table string, cols []schem
 	return batch, nil
 }
 
-func send(batch driver.Batch, table string, cols [][]any) error {
+// send appends one value per column, a slice of the column's rows or a
+// decimalColumn (see appendColumn), and sends the block.
+func send(batch driver.Batch, table string, cols []any) error {
+	chCols := batch.Columns()
 	for i, c := range cols {
-		if err := batch.Column(i).Append(c[0]); err != nil {
+		if err := appendColumn(batch.Column(i), chCols[i], c); err != nil {
 			_ = batch.Abort()
 			return fmt.Errorf("insert into %s, column %d: %w", table, i, err)
 		}
@@ -71,15 +78,9 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 	entities := make([]uint64, n)
 	at := make([]time.Time, n)
 	types := make([]string, n)
-	measures := make([][]any, len(ms))
-	decs := make([][]decimal.Decimal, len(ms))
-	ints := make([][]int64, len(ms))
-	for m, meas := range ms {
-		if meas.Kind == schema.KindDecimal {
-			decs[m] = make([]decimal.Decimal, n)
-		} else {
-			ints[m] = make([]int64, n)
-		}
+	measures := make([][]int64, len(ms))
+	for m := range ms {
+		measures[m] = make([]int64, n)
 	}
 	ingested := make([]time.Time, n)
 	topics := make([]string, n)
@@ -91,12 +92,8 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 		entities[i] = uint64(e.EntityID) //nolint:gosec // validated >= 1
 		at[i] = e.OccurredAt
 		types[i] = e.Type
-		for m, meas := range ms {
-			if meas.Kind == schema.KindDecimal {
-				decs[m][i] = decimal.New(e.Measures[m], -int32(meas.Scale)) //nolint:gosec // scale <= 9
-			} else {
-				ints[m][i] = e.Measures[m]
-			}
+		for m := range ms {
+			measures[m][i] = e.Measures[m]
 		}
 		ingested[i] = b.Intent.CreatedAt
 		topics[i] = b.Intent.Topic
@@ -104,16 +101,16 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 		offsets[i] = e.Offset
 		versions[i] = b.Intent.HierarchyVersion
 	}
-	cols := [][]any{{ids}, {entities}, {at}, {types}}
+	cols := make([]any, 0, 9+len(ms))
+	cols = append(cols, ids, entities, at, types)
 	for m, meas := range ms {
 		if meas.Kind == schema.KindDecimal {
-			measures[m] = []any{decs[m]}
+			cols = append(cols, decimalColumn{scale: meas.Scale, units: measures[m]})
 		} else {
-			measures[m] = []any{ints[m]}
+			cols = append(cols, measures[m])
 		}
 	}
-	cols = append(cols, measures...)
-	cols = append(cols, []any{ingested}, []any{topics}, []any{parts}, []any{offsets}, []any{versions})
+	cols = append(cols, ingested, topics, parts, offsets, versions)
 	batch, err := s.prepare(ctx, schema.TableEvents, s.Schema.EventColumns())
 	if err != nil {
 		return err
@@ -140,34 +137,27 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 	ms := s.Schema.Measures
 	n := r.Len()
 	entities := make([]uint64, n)
-	buckets := make([]time.Time, n)
+	buckets := make(bucketColumn, n)
 	depths := make([]uint8, n)
 	types := make([]string, n)
 	for i, k := range r.Keys {
 		entities[i] = uint64(k.EntityID) //nolint:gosec // ids are >= 1
-		buckets[i] = time.Unix(k.Bucket, 0).UTC()
+		buckets[i] = k.Bucket
 		depths[i] = k.Depth
 		types[i] = k.Type
 	}
 	units := unitColumn(buckets, unit)
-	vals := [][]any{{entities}, {buckets}, {depths}, {types}, {r.Events}}
+	vals := make([]any, 0, 7+len(ms))
+	vals = append(vals, entities, buckets, depths, types, r.Events)
 	for m, meas := range ms {
 		if meas.Kind == schema.KindDecimal {
-			col := make([]decimal.Decimal, n)
-			for i, sum := range r.Sums[m] {
-				if v, ok := sum.Int64(); ok {
-					col[i] = decimal.New(v, -int32(meas.Scale)) //nolint:gosec // scale <= 9
-				} else {
-					col[i] = decimal.NewFromBigInt(sum.Big(), -int32(meas.Scale)) //nolint:gosec // scale <= 9
-				}
-			}
-			vals = append(vals, []any{col})
+			vals = append(vals, decimalColumn{scale: meas.Scale, sums: r.Sums[m]})
 		} else {
 			col := make([]int64, n)
 			for i, sum := range r.Sums[m] {
 				col[i] = int64(sum.Lo) //nolint:gosec // Int64 sums wrap as ClickHouse's do
 			}
-			vals = append(vals, []any{col})
+			vals = append(vals, col)
 		}
 	}
 	if table == schema.TableRollupAsIs {
@@ -175,14 +165,304 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 		for i := range tags {
 			tags[i] = uint64(pending) //nolint:gosec // versions are >= 0
 		}
-		vals = append(vals, []any{tags})
+		vals = append(vals, tags)
 	}
-	vals = append(vals, []any{units})
+	vals = append(vals, units)
 	batch, err := s.prepare(ctx, into, cols)
 	if err != nil {
 		return err
 	}
 	return send(batch, into, vals)
+}
+
+// bucketColumn is a rollup's bucket column in Unix seconds (UTC), for a
+// DateTime or a Date column.
+type bucketColumn []int64
+
+// decimalColumn is a decimal measure's column as counts of 10^-scale
+// units: units (events) or sums (rollups), one of them set.
+type decimalColumn struct {
+	scale int
+	units []int64
+	sums  []schema.Sum128
+}
+
+func (d decimalColumn) len() int { return len(d.units) + len(d.sums) }
+
+// at returns row i as a 128-bit integer.
+func (d decimalColumn) at(i int) schema.Sum128 {
+	if d.units != nil {
+		var s schema.Sum128
+		s.Add(d.units[i])
+		return s
+	}
+	return d.sums[i]
+}
+
+// appendColumn appends v, the rows of the batch column bc, to col, bc's
+// driver column.
+//
+// clickhouse-go appends a slice one row at a time to a column array it grows
+// by doubling (twice the block in garbage), and decimals only as shopspring
+// decimals (or strings) that it turns into a big.Int each: a few allocations
+// a value, the largest part of the sink's CPU. But a driver column also
+// decodes its rows from the Native format, into an array sized once, and
+// for integer columns that format is the little-endian integers: a Decimal
+// its units in 4, 8, 16 or 32 bytes by precision, two's complement (the
+// same since Decimal appeared in ClickHouse 18.12), a DateTime its Unix
+// seconds in 4 bytes, a Date its days in 2. So v is handed over encoded, as
+// the decoder reads it, and the block's bytes are the driver's own (see
+// TestAppendColumnEncodesAsDriver). Strings stay with Append: the String
+// decoder reads row by row through a bufio.Reader and costs more CPU than the
+// garbage it saves. Any other pairing of a slice and a column (another
+// decimal scale, a Nullable) takes the driver's Append.
+func appendColumn(bc driver.BatchColumn, col column.Interface, v any) error {
+	var rows fixedRows
+	switch v := v.(type) {
+	case decimalColumn:
+		dec, ok := col.(*column.Decimal)
+		if !ok || dec.Scale() != int64(v.scale) {
+			return bc.Append(v.decimals())
+		}
+		var err error
+		if rows, err = v.rows(dec); err != nil {
+			return err
+		}
+	case bucketColumn:
+		switch col.(type) {
+		case *column.DateTime:
+			rows = dateTimeRows(v)
+		case *column.Date:
+			rows = dateRows(v)
+		default:
+			times := make([]time.Time, len(v))
+			for i, b := range v {
+				times[i] = time.Unix(b, 0).UTC()
+			}
+			return bc.Append(times)
+		}
+	case []int64:
+		if _, ok := col.(*column.Int64); ok {
+			rows = int64Rows(v)
+		}
+	case []uint64:
+		if _, ok := col.(*column.UInt64); ok {
+			rows = uint64Rows(v)
+		}
+	case []int32:
+		if _, ok := col.(*column.Int32); ok {
+			rows = int32Rows(v)
+		}
+	case []uint8:
+		if _, ok := col.(*column.UInt8); ok {
+			rows = uint8Rows(v)
+		}
+	}
+	if rows == nil {
+		return bc.Append(v)
+	}
+	if rows.len() == 0 {
+		return nil
+	}
+	if err := col.Decode(proto.NewReader(&nativeReader{rows: rows}), rows.len()); err != nil {
+		return fmt.Errorf("encode %s: %w", col.Type(), err)
+	}
+	return nil
+}
+
+// decimals converts d to shopspring decimals, for the driver to convert.
+func (d decimalColumn) decimals() []decimal.Decimal {
+	vals := make([]decimal.Decimal, d.len())
+	for i := range vals {
+		s := d.at(i)
+		if v, ok := s.Int64(); ok {
+			vals[i] = decimal.New(v, -int32(d.scale)) //nolint:gosec // scale <= 9
+		} else {
+			vals[i] = decimal.NewFromBigInt(s.Big(), -int32(d.scale)) //nolint:gosec // scale <= 9
+		}
+	}
+	return vals
+}
+
+// rows returns d in the Native format of col, which has d's scale, or an
+// error when a value does not fit col's width (as the driver's conversion
+// would).
+func (d decimalColumn) rows(col *column.Decimal) (fixedRows, error) {
+	r := decimalRows{d: d}
+	switch p := col.Precision(); {
+	case p <= 9:
+		r.w = 4
+	case p <= 18:
+		r.w = 8
+	case p <= 38:
+		r.w = 16
+	default:
+		r.w = 32
+	}
+	if r.w < 16 {
+		lo, hi := int64(math.MinInt64), int64(math.MaxInt64)
+		if r.w == 4 {
+			lo, hi = math.MinInt32, math.MaxInt32
+		}
+		for i := range d.len() {
+			s := d.at(i)
+			if v, ok := s.Int64(); !ok || v < lo || v > hi {
+				return nil, fmt.Errorf("row %d: %s overflows %s", i, schema.FormatBigDecimal(s.Big(), d.scale), col.Type())
+			}
+		}
+	}
+	return r, nil
+}
+
+// fixedRows is a column of fixed-width rows in the Native format.
+type fixedRows interface {
+	len() int
+	width() int
+	// encode writes rows from, from+1, … to p while they fit whole and
+	// returns how many it wrote.
+	encode(p []byte, from int) int
+}
+
+type (
+	dateTimeRows []int64 // Unix seconds
+	dateRows     []int64 // Unix seconds of UTC midnights
+	int64Rows    []int64
+	uint64Rows   []uint64
+	int32Rows    []int32
+	uint8Rows    []uint8
+	decimalRows  struct {
+		d decimalColumn
+		w int // 4, 8, 16 or 32 bytes; the values fit it
+	}
+)
+
+func (r dateTimeRows) len() int { return len(r) }
+func (r dateRows) len() int     { return len(r) }
+func (r int64Rows) len() int    { return len(r) }
+func (r uint64Rows) len() int   { return len(r) }
+func (r int32Rows) len() int    { return len(r) }
+func (r uint8Rows) len() int    { return len(r) }
+
+func (r decimalRows) len() int { return r.d.len() }
+
+func (dateTimeRows) width() int { return 4 }
+func (dateRows) width() int     { return 2 }
+func (int64Rows) width() int    { return 8 }
+func (uint64Rows) width() int   { return 8 }
+func (int32Rows) width() int    { return 4 }
+func (uint8Rows) width() int    { return 1 }
+
+func (r decimalRows) width() int { return r.w }
+
+// encode writes each time as a DateTime: uint32 seconds, wrapping as the
+// driver's conversion of a time.Time does (and 0 for the zero time).
+func (r dateTimeRows) encode(p []byte, from int) int {
+	k := min(len(p)/4, len(r)-from)
+	for i, v := range r[from : from+k] {
+		if v == zeroTimeUnix {
+			v = 0
+		}
+		binary.LittleEndian.PutUint32(p[4*i:], uint32(v)) //nolint:gosec // wraps as the driver's
+	}
+	return k
+}
+
+// encode writes each time as a Date: uint16 days since 1970, wrapping as
+// the driver's conversion of a UTC time.Time does (and 0 for the zero time).
+func (r dateRows) encode(p []byte, from int) int {
+	k := min(len(p)/2, len(r)-from)
+	for i, v := range r[from : from+k] {
+		if v == zeroTimeUnix {
+			v = 0
+		}
+		binary.LittleEndian.PutUint16(p[2*i:], uint16(v/secondsPerDay)) //nolint:gosec // wraps as the driver's
+	}
+	return k
+}
+
+// zeroTimeUnix is time.Time{}.Unix(), which the driver writes as 0.
+const zeroTimeUnix = -62135596800
+
+func (r int64Rows) encode(p []byte, from int) int {
+	k := min(len(p)/8, len(r)-from)
+	for i, v := range r[from : from+k] {
+		binary.LittleEndian.PutUint64(p[8*i:], uint64(v)) //nolint:gosec // two's complement
+	}
+	return k
+}
+
+func (r uint64Rows) encode(p []byte, from int) int {
+	k := min(len(p)/8, len(r)-from)
+	for i, v := range r[from : from+k] {
+		binary.LittleEndian.PutUint64(p[8*i:], v)
+	}
+	return k
+}
+
+func (r int32Rows) encode(p []byte, from int) int {
+	k := min(len(p)/4, len(r)-from)
+	for i, v := range r[from : from+k] {
+		binary.LittleEndian.PutUint32(p[4*i:], uint32(v)) //nolint:gosec // two's complement
+	}
+	return k
+}
+
+func (r uint8Rows) encode(p []byte, from int) int { return copy(p, r[from:]) }
+
+// encode writes each value as a little-endian two's complement integer of
+// r.w bytes.
+func (r decimalRows) encode(p []byte, from int) int {
+	k := min(len(p)/r.w, r.d.len()-from)
+	for i := range k {
+		s, b := r.d.at(from+i), p[r.w*i:]
+		switch r.w {
+		case 4:
+			binary.LittleEndian.PutUint32(b, uint32(s.Lo)) //nolint:gosec // checked to fit
+		case 8:
+			binary.LittleEndian.PutUint64(b, s.Lo)
+		default:
+			binary.LittleEndian.PutUint64(b, s.Lo)
+			binary.LittleEndian.PutUint64(b[8:], uint64(s.Hi)) //nolint:gosec // two's complement on purpose
+			if r.w == 32 {
+				ext := uint64(s.Hi >> 63) //nolint:gosec // the sign, extended
+				binary.LittleEndian.PutUint64(b[16:], ext)
+				binary.LittleEndian.PutUint64(b[24:], ext)
+			}
+		}
+	}
+	return k
+}
+
+// nativeReader reads rows in the Native format, encoding them as it goes: a
+// driver column's decoder reads a large column straight into its own array,
+// with no copy of the block in between.
+type nativeReader struct {
+	rows    fixedRows
+	row     int    // next row to encode
+	pending []byte // the end of a row that the last Read had no room for
+	buf     [32]byte
+}
+
+func (r *nativeReader) Read(p []byte) (int, error) {
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	if r.row < r.rows.len() && n < len(p) {
+		k := r.rows.encode(p[n:], r.row)
+		r.row += k
+		n += k * r.rows.width()
+		if r.row < r.rows.len() && n < len(p) {
+			w := r.rows.width()
+			r.rows.encode(r.buf[:w], r.row)
+			r.row++
+			c := copy(p[n:], r.buf[:w])
+			r.pending = r.buf[c:w]
+			n += c
+		}
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // unitColumn is the ingest_unit column of a rollup block: the unit on the
@@ -191,21 +471,20 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 // one row per month is what makes every part of the block unique to its
 // batch; repeating the unit on every row only made the block larger (it was
 // the largest column of the rollups).
-func unitColumn(buckets []time.Time, unit string) []string {
+func unitColumn(buckets []int64, unit string) []string {
 	units := make([]string, len(buckets))
-	var (
-		seen  []int
-		prev  time.Time
-		month int
-	)
+	var months []struct{ lo, hi int64 } // seconds [lo, hi) of the months seen
+next:
 	for i, b := range buckets {
-		if i == 0 || !b.Equal(prev) { // rows of one entity share buckets
-			prev, month = b, b.Year()*12+int(b.Month())
+		for _, m := range months { // a batch spans a month or two
+			if b >= m.lo && b < m.hi {
+				continue next
+			}
 		}
-		if !slices.Contains(seen, month) {
-			seen = append(seen, month)
-			units[i] = unit
-		}
+		t := time.Unix(b, 0).UTC()
+		first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		months = append(months, struct{ lo, hi int64 }{first.Unix(), first.AddDate(0, 1, 0).Unix()})
+		units[i] = unit
 	}
 	return units
 }

@@ -2,7 +2,10 @@ package ingest
 
 import (
 	"cmp"
+	"math"
+	"math/bits"
 	"slices"
+	"sync"
 
 	"github.com/canopyhq/canopy/schema"
 )
@@ -13,26 +16,63 @@ import (
 // hundreds of thousands of links, few repeats — that is several times
 // cheaper than a map insert per link followed by a sort of the rows.
 // The result equals Add for every link followed by Sort.
+//
+// The sort is a radix sort of the row key packed into a uint64 (see
+// keyLayout), which is what a batch's ids, buckets, depths and types fit in;
+// a batch whose ranges do not fit falls back to a comparison sort.
 type fanoutBuilder struct {
 	measures int
 	day      bool // daily buckets, else hourly
-	entries  []fanoutEntry
-	events   []*Event
-	types    map[string]uint16
-	names    []string
+	links    []fanoutLink
+	events   []fanoutEvent
+	// values[e*measures+m] is measure m of event e: the sums read them in
+	// key order, that is at random, and a dense array keeps that cheap.
+	values []int64
+	types  map[string]uint16 // name → number in order of first appearance
+	names  []string
+
+	// Ranges of the links so far: what decides the key layout.
+	minEntity, maxEntity int64
+	minBucket, maxBucket int64
+	maxDepth             uint8
 }
 
-// fanoutEntry is one chain link of one event.
-type fanoutEntry struct {
-	entity int64
+// fanoutEvent is the bucket and type number of an event's row keys.
+type fanoutEvent struct {
 	bucket int64
-	event  int32 // index into events
 	typ    uint16
-	depth  uint8
+}
+
+// fanoutLink is one chain link of one event: its bucket and type are the
+// event's. It is also the radix sort's element: rollupPacked replaces the
+// entity in key with the packed row key, in place.
+type fanoutLink struct {
+	key   uint64 // the entity id, two's complement, until packed
+	event int32  // index into events
+	depth uint8
+}
+
+// linkBuffers recycles the link and scratch arrays of rollupPacked: two
+// arrays of 16 bytes per link, in every batch, that nothing keeps.
+var linkBuffers sync.Pool // of *[]fanoutLink
+
+// getLinks returns an empty slice with room for n links.
+func getLinks(n int) []fanoutLink {
+	if p, ok := linkBuffers.Get().(*[]fanoutLink); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]fanoutLink, 0, n)
+}
+
+func putLinks(s []fanoutLink) {
+	if cap(s) > 0 {
+		linkBuffers.Put(&s)
+	}
 }
 
 func newFanoutBuilder(measures int, day bool, links int) *fanoutBuilder {
-	return &fanoutBuilder{measures: measures, day: day, entries: make([]fanoutEntry, 0, links), types: map[string]uint16{}}
+	return &fanoutBuilder{measures: measures, day: day, links: getLinks(links), types: map[string]uint16{},
+		minEntity: math.MaxInt64, maxEntity: math.MinInt64, minBucket: math.MaxInt64, maxBucket: math.MinInt64}
 }
 
 // add adds ev once per link of chain.
@@ -49,10 +89,68 @@ func (f *fanoutBuilder) add(ev *Event, chain []Ancestor) {
 		bucket = unix - unix%secondsPerDay
 	}
 	i := int32(len(f.events)) //nolint:gosec // a batch has < 2^31 events
-	f.events = append(f.events, ev)
-	for _, a := range chain {
-		f.entries = append(f.entries, fanoutEntry{entity: a.ID, bucket: bucket, event: i, typ: t, depth: a.Depth})
+	f.events = append(f.events, fanoutEvent{bucket: bucket, typ: t})
+	n := len(f.values)
+	f.values = append(f.values, make([]int64, f.measures)...)
+	copy(f.values[n:], ev.Measures) // a decoded event has them all
+	if len(chain) > 0 {
+		f.minBucket, f.maxBucket = min(f.minBucket, bucket), max(f.maxBucket, bucket)
 	}
+	for _, a := range chain {
+		f.links = append(f.links, fanoutLink{key: uint64(a.ID), event: i, depth: a.Depth}) //nolint:gosec // two's complement, undone by the key layout
+		f.minEntity, f.maxEntity = min(f.minEntity, a.ID), max(f.maxEntity, a.ID)
+		f.maxDepth = max(f.maxDepth, a.Depth)
+	}
+}
+
+// step is the width of a bucket in seconds. Buckets are multiples of it
+// (unix - unix%step), negative times included.
+func (f *fanoutBuilder) step() uint64 {
+	if f.day {
+		return secondsPerDay
+	}
+	return secondsPerHour
+}
+
+// keyLayout packs a row key into a uint64 whose unsigned order is the order
+// of Rollup.Sort: from the most significant bits, the entity minus the
+// batch's smallest, the bucket index from the batch's first bucket, the
+// depth and the type's rank by name. Each field takes the bits its range in
+// the batch needs, so an empty range takes none.
+type keyLayout struct {
+	minEntity, minBucket int64
+	step                 uint64
+	entityShift          uint // bucket, depth and type bits below the entity
+	bucketShift          uint
+	depthShift           uint // type bits below the depth
+	bucketMask           uint64
+	depthMask            uint64
+	typeMask             uint64
+	bits                 int // total: the radix sort's passes
+}
+
+// layout returns the packing of this batch's keys, or false when they need
+// more than 64 bits.
+func (f *fanoutBuilder) layout() (keyLayout, bool) {
+	l := keyLayout{minEntity: f.minEntity, minBucket: f.minBucket, step: f.step()}
+	if len(f.links) == 0 {
+		return l, true
+	}
+	typeBits := bits.Len(uint(len(f.names) - 1))
+	depthBits := bits.Len8(f.maxDepth)
+	bucketBits := bits.Len64((uint64(f.maxBucket) - uint64(f.minBucket)) / l.step) //nolint:gosec // modular difference: the range
+	entityBits := bits.Len64(uint64(f.maxEntity) - uint64(f.minEntity))            //nolint:gosec // modular difference: the range
+	l.bits = typeBits + depthBits + bucketBits + entityBits
+	if l.bits > 64 {
+		return l, false
+	}
+	l.depthShift = uint(typeBits)                  //nolint:gosec // <= 16
+	l.bucketShift = l.depthShift + uint(depthBits) //nolint:gosec // <= 8
+	l.entityShift = l.bucketShift + uint(bucketBits)
+	l.typeMask = 1<<typeBits - 1
+	l.depthMask = 1<<depthBits - 1
+	l.bucketMask = 1<<bucketBits - 1
+	return l, true
 }
 
 // rollup returns the sorted sums.
@@ -67,39 +165,110 @@ func (f *fanoutBuilder) rollup() *Rollup {
 	for r, i := range order {
 		rank[i] = uint16(r) //nolint:gosec // < 65536 types
 	}
-	for i := range f.entries {
-		f.entries[i].typ = rank[f.entries[i].typ]
-	}
 	names := make([]string, len(f.names))
 	for i, n := range f.names {
 		names[rank[i]] = n
 	}
-	slices.SortFunc(f.entries, func(a, b fanoutEntry) int {
+	if l, ok := f.layout(); ok {
+		return f.rollupPacked(l, rank, names)
+	}
+	return f.rollupCompared(rank, names)
+}
+
+// rollupPacked sorts the links by packed key.
+func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string) *Rollup {
+	// The bucket and type part of the key is the event's: pack it once per
+	// event.
+	evKey := make([]uint64, len(f.events))
+	for i, e := range f.events {
+		idx := (uint64(e.bucket) - uint64(l.minBucket)) / l.step //nolint:gosec // modular difference: the offset
+		evKey[i] = idx<<l.bucketShift | uint64(rank[e.typ])
+	}
+	items := f.links
+	for i, k := range items {
+		items[i].key = (k.key-uint64(l.minEntity))<<l.entityShift | uint64(k.depth)<<l.depthShift | evKey[k.event] //nolint:gosec // modular difference: the offset
+	}
+	f.links = nil // the entities are gone: rollup must not run twice
+	scratch := getLinks(len(items))[:len(items)]
+	sorted := radixSort(items, scratch, l.bits)
+	defer putLinks(scratch)
+	defer putLinks(items)
+	items = sorted
+
+	rows := 0
+	for i := range items {
+		if i == 0 || items[i].key != items[i-1].key {
+			rows++
+		}
+	}
+	r := newSortedRollup(f.measures, rows)
+	row := -1
+	for i, it := range items {
+		if i == 0 || it.key != items[i-1].key {
+			row++
+			r.Keys[row] = RollupKey{
+				EntityID: int64(uint64(l.minEntity) + it.key>>l.entityShift),                       //nolint:gosec // the offset back
+				Bucket:   int64(uint64(l.minBucket) + (it.key>>l.bucketShift&l.bucketMask)*l.step), //nolint:gosec // the offset back
+				Depth:    uint8(it.key >> l.depthShift & l.depthMask),                              //nolint:gosec // masked to its bits
+				Type:     names[it.key&l.typeMask],
+			}
+		}
+		r.Events[row]++
+		r.addValues(row, f.values[int(it.event)*f.measures:][:f.measures])
+	}
+	return r
+}
+
+// fanoutEntry is one chain link with its full key: the comparison sort's
+// element.
+type fanoutEntry struct {
+	entity int64
+	bucket int64
+	event  int32 // index into events
+	typ    uint16
+	depth  uint8
+}
+
+// rollupCompared sorts the links with a comparison sort: keys that do not
+// pack into 64 bits (ids or times spread over most of their range).
+func (f *fanoutBuilder) rollupCompared(rank []uint16, names []string) *Rollup {
+	entries := make([]fanoutEntry, len(f.links))
+	for i, k := range f.links {
+		entries[i] = fanoutEntry{entity: int64(k.key), //nolint:gosec // two's complement back
+			bucket: f.events[k.event].bucket, event: k.event, typ: rank[f.events[k.event].typ], depth: k.depth}
+	}
+	putLinks(f.links)
+	f.links = nil
+	slices.SortFunc(entries, func(a, b fanoutEntry) int {
 		if c := compareRow(a.entity, a.bucket, a.depth, b.entity, b.bucket, b.depth); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.typ, b.typ)
 	})
-	r := &Rollup{Keys: make([]RollupKey, 0, len(f.entries)), Events: make([]int64, 0, len(f.entries)),
-		Sums: make([][]schema.Sum128, f.measures)}
-	for m := range r.Sums {
-		r.Sums[m] = make([]schema.Sum128, 0, len(f.entries))
+	rows := 0
+	for i := range entries {
+		if i == 0 || !sameKey(entries[i], entries[i-1]) {
+			rows++
+		}
 	}
-	for i := 0; i < len(f.entries); {
-		e := f.entries[i]
-		r.Keys = append(r.Keys, RollupKey{EntityID: e.entity, Bucket: e.bucket, Depth: e.depth, Type: names[e.typ]})
-		n := int64(0)
-		for m := range r.Sums {
-			r.Sums[m] = append(r.Sums[m], schema.Sum128{})
+	r := newSortedRollup(f.measures, rows)
+	row := -1
+	for i, e := range entries {
+		if i == 0 || !sameKey(e, entries[i-1]) {
+			row++
+			r.Keys[row] = RollupKey{EntityID: e.entity, Bucket: e.bucket, Depth: e.depth, Type: names[e.typ]}
 		}
-		row := len(r.Keys) - 1
-		for ; i < len(f.entries) && sameKey(f.entries[i], e); i++ {
-			n++
-			for m, v := range f.events[f.entries[i].event].Measures {
-				r.Sums[m][row].Add(v)
-			}
-		}
-		r.Events = append(r.Events, n)
+		r.Events[row]++
+		r.addValues(row, f.values[int(e.event)*f.measures:][:f.measures])
+	}
+	return r
+}
+
+// newSortedRollup returns a rollup of n zero rows, to be filled in order.
+func newSortedRollup(measures, n int) *Rollup {
+	r := &Rollup{Keys: make([]RollupKey, n), Events: make([]int64, n), Sums: make([][]schema.Sum128, measures)}
+	for m := range r.Sums {
+		r.Sums[m] = make([]schema.Sum128, n)
 	}
 	return r
 }
