@@ -25,7 +25,8 @@ type ingestResult struct {
 	peakRSS      int64                    // bytes, the largest worker's
 	heapPerEnt   int                      // worker heap bytes per entity after loading the hierarchy
 	verdict      verdict
-	how          string // one line on what was measured
+	how          string           // one line on what was measured
+	pgInserts    map[string]int64 // Canopy: rows inserted into each PostgreSQL table of the canopy schema
 }
 
 func (r ingestResult) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
@@ -79,6 +80,7 @@ func (bd *benchData) runCanopy(b *testing.B, workers int) (ingestResult, *env) {
 		waitReady(b, a)
 	}
 	ctx := context.Background()
+	pgBefore := e.pgInserts(b)
 	cpu := startCPU()
 	start := time.Now()
 	if err := produceAll(ctx, e.kafka, e.topic, bd.gen, synth.Event.JSON, nil); err != nil {
@@ -107,6 +109,8 @@ func (bd *benchData) runCanopy(b *testing.B, workers int) (ingestResult, *env) {
 		r.cpu["worker"] += c
 		r.peakRSS = max(r.peakRSS, rss)
 	}
+	// After the workers exit, so their backends have flushed their counters.
+	r.pgInserts = insertsSince(pgBefore, e.pgInserts(b))
 	delete(r.cpu, "driver") // the producer; not part of Canopy
 	return r, e
 }

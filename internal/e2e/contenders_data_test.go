@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -56,6 +58,41 @@ func (bd *benchData) chain(id int64, buf []int64) []int64 {
 		buf = append(buf, id)
 	}
 	return buf
+}
+
+// workload is the data set with its events spread over entities by d: the
+// same hierarchy, count, seed, times, types and amounts; only which entity
+// each event belongs to differs.
+func (bd *benchData) workload(d synth.Distribution) *benchData {
+	w := *bd
+	w.gen.Distribution = d
+	return &w
+}
+
+// skew describes how a workload's events spread over entities.
+type skew struct {
+	withEvents int     // entities with at least one event of their own
+	top1, top  float64 // share of events of the busiest 1% of entities, and of the busiest one
+}
+
+func (bd *benchData) skew() skew {
+	count := make([]int32, bd.n+1)
+	_ = bd.gen.Each(func(_ int, e synth.Event) error { count[e.EntityID]++; return nil })
+	count = count[1:]
+	slices.SortFunc(count, func(a, b int32) int { return cmp.Compare(b, a) })
+	var s skew
+	var top int
+	for i, c := range count {
+		if c > 0 {
+			s.withEvents++
+		}
+		if i < max(1, len(count)/100) {
+			top += int(c)
+		}
+	}
+	s.top1 = float64(top) / float64(bd.gen.Count)
+	s.top = float64(count[0]) / float64(bd.gen.Count)
+	return s
 }
 
 // prefix is the data set's first k events.

@@ -103,8 +103,8 @@ func (bd *benchData) runPGPerEvent(b *testing.B, e *env, conns int, budget time.
 	return ingestResult{
 		name:   fmt.Sprintf("PostgreSQL per-event upserts, %d connection%s", conns, map[bool]string{true: "s"}[conns > 1]),
 		events: handed, elapsed: elapsed, cpu: used, verdict: v, rowsPerEvent: float64(rows) / float64(handed),
-		how: fmt.Sprintf("one transaction per event upserting (entity, day, type) for the chain; first %d events of the data set in a %s budget; driver = the client",
-			handed, budget),
+		how: fmt.Sprintf("one transaction per event upserting (entity, day, type) for the chain; as many of the data set's events, "+
+			"from the first, as a %s budget allows (the *events* column); driver = the client", budget),
 	}
 }
 
