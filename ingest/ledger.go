@@ -64,7 +64,9 @@ type Ledger interface {
 	// Begin atomically checks the lease epoch, records the intent (or finds
 	// the one an earlier attempt recorded), claims the event ids of a new
 	// batch, and returns the offsets within src whose records own their
-	// event id. On a replay no new claim is made. It fails with ErrFenced
+	// event id. On a replay no new claim is made: of the ids in claims (the
+	// batch's records, as for a new batch), it returns the offsets whose
+	// claim this very batch made. It fails with ErrFenced
 	// when the epoch is stale, and with ErrHierarchyBehind when a new
 	// batch's hierarchy version is below the restater's fence; then nothing
 	// was recorded.

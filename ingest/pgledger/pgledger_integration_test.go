@@ -87,7 +87,7 @@ func TestLedgerContract(t *testing.T) {
 	// A replay returns the recorded intent and claims nothing new.
 	retry := first
 	retry.Last, retry.HierarchyVersion, retry.CreatedAt = 5, 9, created.Add(time.Hour)
-	in, owned, err = l.Begin(ctx, cur, retry, []ingest.Claim{{EventID: "z", OccurredAt: at, Offset: 2}})
+	in, owned, err = l.Begin(ctx, cur, retry, append(claims, ingest.Claim{EventID: "z", OccurredAt: at, Offset: 2}))
 	if err != nil || !in.Replay || in.Last != 1 || in.HierarchyVersion != 7 || !in.CreatedAt.Equal(created) || len(owned) != 2 {
 		t.Fatalf("replayed Begin = %+v, %v, %v", in, owned, err)
 	}
@@ -125,7 +125,7 @@ func TestLedgerContract(t *testing.T) {
 	}
 	// Its first write fails; the replay owns nothing either: the claims in
 	// its range are the purged batch's, which counted them.
-	replayed, owned, err := l.Begin(ctx, cur, reread, nil)
+	replayed, owned, err := l.Begin(ctx, cur, reread, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
 	if err != nil || !replayed.Replay || len(owned) != 0 || replayed.Fingerprint != reread.Fingerprint {
 		t.Fatalf("replay over a purged intent's range = %+v, owns %v (%v), want a replay owning nothing", replayed, owned, err)
 	}
