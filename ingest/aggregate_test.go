@@ -80,31 +80,7 @@ func TestFanoutBuilderEqualsRollup(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, n := range []int{0, 1, 50, 5000} {
 		evs, chains := randomBatch(rng, n, []string{"zeta", "alpha", "refund", "Sale", "sale"})
-		hourly, daily := NewRollup(2), NewRollup(2)
-		fh, fd := newFanoutBuilder(2, false, 0), newFanoutBuilder(2, true, 0)
-		for i := range evs {
-			AddFanout(hourly, daily, &evs[i], chains[i], 1)
-			fh.add(&evs[i], chains[i])
-			fd.add(&evs[i], chains[i])
-		}
-		hourly.Sort()
-		daily.Sort()
-		for _, c := range []struct {
-			name      string
-			want, got *Rollup
-		}{{"hourly", hourly, fh.rollup()}, {"daily", daily, fd.rollup()}} {
-			if c.got.Len() != c.want.Len() {
-				t.Fatalf("%d events, %s: %d rows, want %d", n, c.name, c.got.Len(), c.want.Len())
-			}
-			for i := range c.want.Keys {
-				if c.got.Keys[i] != c.want.Keys[i] || c.got.Events[i] != c.want.Events[i] ||
-					c.got.Sums[0][i] != c.want.Sums[0][i] || c.got.Sums[1][i] != c.want.Sums[1][i] {
-					t.Fatalf("%d events, %s row %d: got %+v %d %v %v, want %+v %d %v %v", n, c.name, i,
-						c.got.Keys[i], c.got.Events[i], c.got.Sums[0][i], c.got.Sums[1][i],
-						c.want.Keys[i], c.want.Events[i], c.want.Sums[0][i], c.want.Sums[1][i])
-				}
-			}
-		}
+		fanoutBoth(t, evs, chains) // fails unless rows, order, counts and sums are equal
 	}
 }
 

@@ -120,6 +120,27 @@ func TestRereadAfterPurgeCountsNothingTwice(t *testing.T) {
 	e.verify(sc)
 }
 
+// unfinishedBackfill sets up a scenario and leaves every batch of its
+// backfill begun and unfinished with rows written: the backfill is killed
+// while ClickHouse refuses its acknowledgements. It returns the scenario and
+// the backfill's arguments, whose strides all begin at once (3 of them, 4 at
+// a time), so a resume has no new batch to begin.
+func (e *env) unfinishedBackfill(seed int64) (*scenario, []string) {
+	e.t.Helper()
+	sc := e.setUp(seed, 1000, 10000) // events span a month boundary
+	file := filepath.Join(e.t.TempDir(), "history.ndjson")
+	writeNDJSON(e.t, file, sc.events)
+	back := e.acksAway()
+	args := []string{"backfill", "--batch", "4000", "--parallel", "4", file}
+	cmd, wait := e.startCanopy(nil, args...)
+	e.waitFor("every batch to begin", 2*time.Minute, func() bool { return e.openIntents() >= 3 })
+	time.Sleep(2 * time.Second)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_, _ = wait()
+	back()
+	return sc, args
+}
+
 // TestReplayUnderOtherConfigurationRefused leaves batches begun and
 // unfinished (the backfill is killed while ClickHouse refuses its
 // acknowledgements, after some of their rows were written), then resumes
@@ -130,20 +151,7 @@ func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
-	sc := e.setUp(seed, 1000, 10000)
-	file := filepath.Join(t.TempDir(), "history.ndjson")
-	writeNDJSON(t, file, sc.events)
-
-	back := e.acksAway()
-	// Every stride begins at once (3 of them, 4 at a time), so a resume
-	// has no new batch to begin under another configuration.
-	args := []string{"backfill", "--batch", "4000", "--parallel", "4", file}
-	cmd, wait := e.startCanopy(nil, args...)
-	e.waitFor("every batch to begin", 2*time.Minute, func() bool { return e.openIntents() >= 3 })
-	time.Sleep(2 * time.Second)
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_, _ = wait()
-	back()
+	sc, args := e.unfinishedBackfill(seed)
 	open := e.openIntents()
 	t.Logf("%d batches left unfinished", open)
 
@@ -208,18 +216,7 @@ func TestOldReplayWritesOnlyMissingParts(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
-	sc := e.setUp(seed, 1000, 10000) // events span a month boundary
-	file := filepath.Join(t.TempDir(), "history.ndjson")
-	writeNDJSON(t, file, sc.events)
-
-	back := e.acksAway()
-	args := []string{"backfill", "--batch", "4000", "--parallel", "4", file}
-	cmd, wait := e.startCanopy(nil, args...)
-	e.waitFor("every batch to begin", 2*time.Minute, func() bool { return e.openIntents() >= 3 })
-	time.Sleep(2 * time.Second)
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_, _ = wait()
-	back()
+	sc, args := e.unfinishedBackfill(seed)
 	var written uint64
 	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s.events", e.chDB)).Scan(&written); err != nil {
 		t.Fatal(err)
