@@ -80,3 +80,16 @@ func TestOldReplayWritesMissingMonthsOnly(t *testing.T) {
 		t.Fatal("acked old replay not marked done")
 	}
 }
+
+// A batch begun before block format 2 (no fingerprint) keeps the unit it
+// wrote its blocks with; a newer one names its intent's time.
+func TestUnitKeepsTheFormatOfItsBatch(t *testing.T) {
+	in := Intent{Source: Source{Topic: "t", Partition: 3, First: 42}, CreatedAt: time.Unix(1764000000, 0).UTC()}
+	if u := (&Batch{Intent: in}).Unit(); u != "t/3/42" {
+		t.Fatalf("pre-format-2 unit %q", u)
+	}
+	in.Fingerprint = "format=2 suspended=0 measures=amount:decimal:4"
+	if u := (&Batch{Intent: in}).Unit(); u != "t/3/42@1764000000" {
+		t.Fatalf("format-2 unit %q", u)
+	}
+}

@@ -184,3 +184,33 @@ func TestStateSize(t *testing.T) {
 		t.Fatalf("StateSize = %d ids, %d bytes (%v); want 1000 ids and more than the empty table's %d bytes", ids, bytes, err, empty)
 	}
 }
+
+// A batch begun before migration 0104 (its claims name no batch, its intent
+// has no fingerprint) replays owning the claims it made, and only those.
+func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
+	l := newLedger(t)
+	ctx := context.Background()
+	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
+	epoch, err := l.Acquire(ctx, src, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	claims := []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 10}, {EventID: "b", OccurredAt: at, Offset: 11}}
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, First: 10, Last: 11}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	if _, _, err := l.Begin(ctx, epoch, in, claims); err != nil {
+		t.Fatal(err)
+	}
+	// As the older code left them; and a claim of "a" two days old, from a
+	// purged batch over the same offsets, which must not be taken.
+	if _, err := l.Pool.Exec(ctx, `update canopy.event_claims set batch_created_at = null`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Pool.Exec(ctx, `update canopy.event_claims set claimed_at = now() - interval '2 days' where event_id = 'a'`); err != nil {
+		t.Fatal(err)
+	}
+	got, owned, err := l.Begin(ctx, epoch, in, claims)
+	if err != nil || !got.Replay || got.Fingerprint != "" || len(owned) != 1 || !owned[11] {
+		t.Fatalf("replay of a pre-upgrade batch = %+v, owns %v (%v); want a replay owning offset 11 only", got, owned, err)
+	}
+}
