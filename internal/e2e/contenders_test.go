@@ -504,6 +504,40 @@ func (rep *report) write(dir string) error {
 		return fmt.Sprintf("%.1f ms", c), c <= 10
 	})
 	target("Every result exact", func(wr *workloadReport) (string, bool) { return exactSummary(wr), allExact(wr) })
+	// Issue 13's targets, for Canopy's 1-worker run.
+	target("Canopy, 1 worker, ≥ 1.5× the faster ClickHouse-native variant (uniform), ≥ 3× (skewed)", func(wr *workloadReport) (string, bool) {
+		canopy, _ := wr.find("Canopy, 1 worker")
+		native := wr.best("ClickHouse-native")
+		want := 1.5
+		if wr.zipfS > 0 {
+			want = 3
+		}
+		return ratio(canopy.rate(), native.rate()), canopy.verdict.ok() && canopy.rate() >= want*native.rate()
+	})
+	target("PostgreSQL rows inserted per event ≤ 0.001 (Canopy, 1 worker)", func(wr *workloadReport) (string, bool) {
+		canopy, _ := wr.find("Canopy, 1 worker")
+		var rows int64
+		for _, n := range canopy.pgInserts {
+			rows += n
+		}
+		per := float64(rows) / float64(max(canopy.events, 1))
+		return fmt.Sprintf("%.3g", per), canopy.pgInserts != nil && per <= 0.001
+	})
+	cpuTarget := func(proc string, limit float64) func(wr *workloadReport) (string, bool) {
+		return func(wr *workloadReport) (string, bool) {
+			canopy, _ := wr.find("Canopy, 1 worker")
+			s, ok := canopy.cpuPerMillion(proc)
+			if !ok {
+				return "not measured", false
+			}
+			return fmt.Sprintf("%.1f s", s), s <= limit
+		}
+	}
+	target("PostgreSQL CPU ≤ 1 s per 1M events (Canopy, 1 worker)", cpuTarget("postgres", 1))
+	target("Worker CPU ≤ 5 s per 1M events (Canopy, 1 worker)", cpuTarget("worker", 5))
+	target("Freshness p99 ≤ 2 s at half the 1-worker rate", func(wr *workloadReport) (string, bool) {
+		return wr.fresh.p99.Round(time.Millisecond).String(), wr.fresh.p99 > 0 && wr.fresh.p99 <= 2*time.Second
+	})
 
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(w.String()), 0o644); err != nil { //nolint:gosec // a report
 		return err
