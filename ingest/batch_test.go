@@ -164,6 +164,16 @@ func ev(id string, entity int, amount string) string {
 	return fmt.Sprintf(`{"event_id":%q,"entity_id":%d,"occurred_at":"2026-11-26T10:15:00Z","type":"sale","amount":%q}`, id, entity, amount)
 }
 
+// failFirstWrite processes recs while the sink refuses the write: the
+// batch's intent is recorded and the batch left unfinished.
+func failFirstWrite(t *testing.T, p *Processor, s *memSink, epoch int64, recs []Record) {
+	t.Helper()
+	s.failNext = true
+	if _, err := p.Process(context.Background(), epoch, recs); err == nil {
+		t.Fatal("Process succeeded with a failing sink")
+	}
+}
+
 func newTestProcessor() (*Processor, *memLedger, *memSink) {
 	l, s := newMemLedger(), &memSink{}
 	return &Processor{
@@ -224,10 +234,7 @@ func TestProcessReplayIsIdentical(t *testing.T) {
 	p, l, s := newTestProcessor()
 	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
 	recs := []Record{record(0, ev("a", 3, "1")), record(1, ev("b", 2, "2"))}
-	s.failNext = true
-	if _, err := p.Process(context.Background(), epoch, recs); err == nil {
-		t.Fatal("Process succeeded with a failing sink")
-	}
+	failFirstWrite(t, p, s, epoch, recs)
 	// Meanwhile: a newer hierarchy, a later clock, more records fetched.
 	p.Resolver.(*mapResolver).version = 9
 	p.Now = func() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
@@ -404,10 +411,7 @@ func TestReplayAfterPurgeOwnsNothing(t *testing.T) {
 	}
 	delete(l.intents[lpOf(s.batches[0].Intent.Source)], 0) // the purge, a day after Done
 	p.Now = func() time.Time { return time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC) }
-	s.failNext = true
-	if _, err := p.Process(ctx, epoch, recs); err == nil {
-		t.Fatal("Process succeeded with a failing sink")
-	}
+	failFirstWrite(t, p, s, epoch, recs)
 	if n, err := p.Process(ctx, epoch, recs); err != nil || n != 2 {
 		t.Fatalf("replay: n=%d err=%v", n, err)
 	}
@@ -425,10 +429,7 @@ func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
 	ctx := context.Background()
 	epoch, _ := l.Acquire(ctx, Source{Topic: "t"}, "me")
 	recs := []Record{record(0, ev("a", 3, "1")), record(1, ev("b", 2, "2"))}
-	s.failNext = true
-	if _, err := p.Process(ctx, epoch, recs); err == nil {
-		t.Fatal("Process succeeded with a failing sink")
-	}
+	failFirstWrite(t, p, s, epoch, recs)
 	p.Suspended = SuspendedSkip
 	if _, err := p.Process(ctx, epoch, recs); !errors.Is(err, ErrReplayMismatch) || Retryable(err) {
 		t.Fatalf("replay under another policy = %v, want a final ErrReplayMismatch", err)

@@ -37,10 +37,7 @@ func TestOldReplayWritesMissingMonthsOnly(t *testing.T) {
 		record(1, evAt("b", 2, "2026-11-01T01:00:00Z")),
 		record(2, evAt("c", 3, "2026-11-02T01:00:00Z")),
 	}
-	mem.failNext = true
-	if _, err := p.Process(ctx, epoch, recs); err == nil {
-		t.Fatal("Process succeeded with a failing sink")
-	}
+	failFirstWrite(t, p, mem, epoch, recs)
 	if s.asked != 0 {
 		t.Fatal("a new batch asked what landed")
 	}

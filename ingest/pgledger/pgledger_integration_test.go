@@ -53,6 +53,18 @@ func newLedger(t *testing.T) *Ledger {
 	return &Ledger{Pool: pool}
 }
 
+// newLeasedLedger is newLedger with partition 0 of a topic leased.
+func newLeasedLedger(t *testing.T) (*Ledger, ingest.Source, int64) {
+	t.Helper()
+	l := newLedger(t)
+	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
+	epoch, err := l.Acquire(context.Background(), src, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, src, epoch
+}
+
 func TestLedgerContract(t *testing.T) {
 	l := newLedger(t)
 	ctx := context.Background()
@@ -157,13 +169,8 @@ func TestLedgerContract(t *testing.T) {
 // StateSize reports the claims held, as PostgreSQL's statistics count them,
 // and the disk they take.
 func TestStateSize(t *testing.T) {
-	l := newLedger(t)
+	l, src, epoch := newLeasedLedger(t)
 	ctx := context.Background()
-	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
-	epoch, err := l.Acquire(ctx, src, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
 	_, empty, err := l.StateSize(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -188,13 +195,8 @@ func TestStateSize(t *testing.T) {
 // A batch begun before migration 0104 (its claims name no batch, its intent
 // has no fingerprint) replays owning the claims it made, and only those.
 func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
-	l := newLedger(t)
+	l, src, epoch := newLeasedLedger(t)
 	ctx := context.Background()
-	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
-	epoch, err := l.Acquire(ctx, src, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
 	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	claims := []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 10}, {EventID: "b", OccurredAt: at, Offset: 11}}
 	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, First: 10, Last: 11}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
