@@ -191,16 +191,19 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver, met
 // deduplication state every minute. Every worker may run it: the deletes
 // are idempotent.
 func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *ingest.Metrics, horizon time.Duration) {
-	size := func() {
+	// size refreshes the gauges; announce also logs the size.
+	size := func(announce bool) {
 		ids, bytes, err := l.StateSize(ctx)
 		if err != nil {
 			log.Warn("could not read the deduplication state's size", "err", err)
 			return
 		}
 		m.SetDedupState(ids, bytes)
-		log.Info("deduplication state", "event_ids", ids, "bytes", bytes, "horizon", horizon)
+		if announce {
+			log.Info("deduplication state", "event_ids", ids, "bytes", bytes, "horizon", horizon)
+		}
 	}
-	size()
+	size(true)
 	sizeTick, purgeTick := time.NewTicker(time.Minute), time.NewTicker(time.Hour)
 	defer sizeTick.Stop()
 	defer purgeTick.Stop()
@@ -209,10 +212,7 @@ func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *i
 		case <-ctx.Done():
 			return
 		case <-sizeTick.C:
-			ids, bytes, err := l.StateSize(ctx)
-			if err == nil {
-				m.SetDedupState(ids, bytes)
-			}
+			size(false)
 		case <-purgeTick.C:
 			n, err := l.Purge(ctx, horizon, 24*time.Hour)
 			if err != nil {
@@ -220,7 +220,7 @@ func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *i
 				continue
 			}
 			log.Info("purged event-id claims past the deduplication horizon", "claims", n, "horizon", horizon)
-			size()
+			size(true)
 		}
 	}
 }
