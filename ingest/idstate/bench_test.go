@@ -1,0 +1,122 @@
+package idstate
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// benchLog makes n entries with random 32-byte ids, one millisecond apart,
+// starting just before a day boundary so lookups span two 24h segments.
+// dupEvery > 0 makes every dupEvery-th entry repeat a recent id.
+func benchLog(r *rand.Rand, n, dupEvery int, start time.Time, off int64) []Entry {
+	log := make([]Entry, n)
+	for i := range log {
+		e := &log[i]
+		e.Offset, e.Time, e.RetryOf = off+int64(i), start.Add(time.Duration(i)*time.Millisecond), -1
+		if dupEvery > 0 && i%dupEvery == dupEvery-1 {
+			e.ID = log[r.IntN(i)].ID
+			continue
+		}
+		e.ID = make([]byte, 32)
+		for j := 0; j < 32; j += 8 {
+			v := r.Uint64()
+			for k := range 8 {
+				e.ID[j+k] = byte(v >> (8 * k))
+			}
+		}
+	}
+	return log
+}
+
+// BenchmarkClaim claims batches of 32-byte ids into a store that already
+// holds 1,000,000 ids, as in steady state with a 24h horizon (two segments
+// read per entry). The time includes the background flushes and
+// compactions the batches cause.
+func BenchmarkClaim(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		batch    int
+		dupEvery int
+	}{
+		{"fresh", 10_000, 0},
+		{"dup10pct", 10_000, 10},
+		{"fresh-100k", 100_000, 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := openT(b, b.TempDir(), Options{Horizon: 24 * time.Hour})
+			defer s.Close()
+			r := rand.New(rand.NewPCG(1, 2))
+			start := base.Add(-10 * time.Minute)
+			const prefill = 1_000_000
+			pre := benchLog(r, prefill, 0, start, 0)
+			for i := 0; i < prefill; i += 10_000 {
+				if _, err := s.Claim(0, pre[i:i+10_000]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			settle(b, s)
+			batch := bc.batch
+			log := benchLog(r, b.N*batch, bc.dupEvery, start.Add(prefill*time.Millisecond), prefill)
+			b.ResetTimer()
+			dups := 0
+			for i := range b.N {
+				owned, err := s.Claim(0, log[i*batch:(i+1)*batch])
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, o := range owned {
+					if !o {
+						dups++
+					}
+				}
+			}
+			b.StopTimer()
+			if bc.dupEvery > 0 && dups == 0 {
+				b.Fatal("no duplicates found")
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/entry")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// settle flushes and compacts s, so that a benchmark does not pay for the
+// compaction debt of its own set-up.
+func settle(b *testing.B, s *Store) {
+	b.Helper()
+	if err := s.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkDiskPerID records 1,000,000 ids of 32 bytes, flushes and
+// compacts, and reports the bytes on disk per id. The work does not
+// depend on b.N.
+func BenchmarkDiskPerID(b *testing.B) {
+	const n = 1_000_000
+	var perID float64
+	for range b.N {
+		func() {
+			s := openT(b, b.TempDir(), Options{Horizon: 24 * time.Hour})
+			defer s.Close()
+			log := benchLog(rand.New(rand.NewPCG(3, 4)), n, 0, base, 1_000_000_000)
+			for i := 0; i < n; i += 100_000 {
+				if _, err := s.Claim(0, log[i:i+100_000]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			settle(b, s)
+			ids, bytes := s.Size()
+			if ids != n {
+				b.Fatalf("Size = %d ids, want %d", ids, n)
+			}
+			perID = float64(bytes) / float64(ids)
+		}()
+	}
+	b.ReportMetric(perID, "B/id")
+}

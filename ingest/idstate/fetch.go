@@ -1,0 +1,180 @@
+package idstate
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"slices"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// scratch is the per-call working memory of Claim, pooled so that a batch
+// allocates little beyond its overlay keys.
+type scratch struct {
+	// lks are the Pebble reads of every entry, entry i's being
+	// lks[first[i]:first[i+1]]; vals holds the values found.
+	lks   []lookup
+	first []int32
+	ord   []seek
+	vals  []byte
+	// overlay holds the value of every id key written in this call, so
+	// later entries see it before the batch is committed; arena holds
+	// the values.
+	overlay map[string]span
+	arena   []byte
+	added   []segInfo // occurrences added per segment in this call
+	key     []byte
+	occs    []occ
+}
+
+// span locates a value in scratch.vals or scratch.arena; n < 0 is absent.
+type span struct{ off, n int32 }
+
+// lookup is one read of an entry's id key in one segment. The entry's own
+// segment always has one, even when Pebble has nothing there to read, so
+// that the writes can be made in key order too.
+type lookup struct {
+	seg    uint32
+	val    span
+	noRead bool // own segment absent from Pebble
+	rec    bool // the entry was recorded under this key
+}
+
+// seek orders lookups by key: seg, then the id, whose first 8 bytes
+// (zero-padded, big-endian) settle most comparisons.
+type seek struct {
+	seg   uint32
+	hi    uint64
+	lk    int32
+	entry int32
+}
+
+func (sc *scratch) reset() {
+	clear(sc.overlay)
+	sc.lks, sc.first, sc.ord, sc.vals = sc.lks[:0], sc.first[:0], sc.ord[:0], sc.vals[:0]
+	sc.arena, sc.added, sc.occs = sc.arena[:0], sc.added[:0], sc.occs[:0]
+}
+
+// wrote reports whether this call recorded an occurrence in seg.
+func (sc *scratch) wrote(seg uint32) bool { return hasSeg(sc.added, seg) }
+
+// fetched reports whether lks read segment seg.
+func fetched(lks []lookup, seg uint32) bool {
+	for _, l := range lks {
+		if l.seg == seg {
+			return true
+		}
+	}
+	return false
+}
+
+// fetch reads from Pebble, for every entry, its id key in each committed
+// segment that can decide it: from the horizon's start on, skipping
+// segments whose offsets all come after the entry, except its own
+// segment, whose value a new owner extends.
+//
+// The reads go through one iterator in key order rather than DB.Get: Get
+// never consults the bloom filters of L6, where most ids live, so every
+// miss would read a data block, while SeekPrefixGE with UseL6Filters does
+// (the default Split makes the whole key the prefix), and seeks in
+// increasing order reuse the open tables and blocks.
+func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
+	for i := range entries {
+		e := &entries[i]
+		sc.first = append(sc.first, int32(len(sc.lks)))
+		own, lo := s.segsOf(e.Time.UnixMilli())
+		hi := idHi(e.ID)
+		j := sort.Search(len(pt.segs), func(j int) bool { return pt.segs[j].seg >= lo })
+		hasOwn := false
+		for _, c := range pt.segs[j:] {
+			if c.minOff > e.Offset && c.seg != own {
+				continue
+			}
+			hasOwn = hasOwn || c.seg == own
+			sc.ord = append(sc.ord, seek{seg: c.seg, hi: hi, lk: int32(len(sc.lks)), entry: int32(i)})
+			sc.lks = append(sc.lks, lookup{seg: c.seg, val: span{n: -1}})
+		}
+		if !hasOwn {
+			sc.ord = append(sc.ord, seek{seg: own, hi: hi, lk: int32(len(sc.lks)), entry: int32(i)})
+			sc.lks = append(sc.lks, lookup{seg: own, val: span{n: -1}, noRead: true})
+		}
+	}
+	sc.first = append(sc.first, int32(len(sc.lks)))
+	slices.SortFunc(sc.ord, func(a, b seek) int {
+		if c := cmp.Compare(a.seg, b.seg); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.hi, b.hi); c != 0 {
+			return c
+		}
+		return bytes.Compare(entries[a.entry].ID, entries[b.entry].ID)
+	})
+
+	lower, upper := partSpan(prefixID, p)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper, UseL6Filters: true})
+	if err != nil {
+		return err
+	}
+	var prev *seek
+	for k := range sc.ord {
+		o := &sc.ord[k]
+		if sc.lks[o.lk].noRead {
+			continue
+		}
+		id := entries[o.entry].ID
+		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
+			sc.lks[o.lk].val = sc.lks[prev.lk].val // the same id twice in the batch
+			continue
+		}
+		prev = o
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
+		if !it.SeekPrefixGE(sc.key) || !bytes.Equal(it.Key(), sc.key) {
+			if err := it.Error(); err != nil {
+				it.Close()
+				return err
+			}
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		sc.lks[o.lk].val = span{off: int32(len(sc.vals)), n: int32(len(v))}
+		sc.vals = append(sc.vals, v...)
+	}
+	return it.Close()
+}
+
+// write sets, in key order, the final value of every key recorded in this
+// call: the memtable takes sorted inserts much faster than random ones.
+func (s *Store) write(p int32, sc *scratch, b *pebble.Batch, entries []Entry) error {
+	var prev *seek
+	for k := range sc.ord {
+		o := &sc.ord[k]
+		if !sc.lks[o.lk].rec {
+			continue
+		}
+		id := entries[o.entry].ID
+		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
+			continue // recorded twice in this call; the overlay has the final value
+		}
+		prev = o
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
+		sp := sc.overlay[string(sc.key)]
+		if err := b.Set(sc.key, sc.arena[sp.off:sp.off+sp.n], nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// idHi is the first 8 bytes of id, zero-padded, as a big-endian number:
+// ordering by it agrees with bytes.Compare whenever it differs.
+func idHi(id []byte) uint64 {
+	var b [8]byte
+	copy(b[:], id)
+	return binary.BigEndian.Uint64(b[:])
+}
