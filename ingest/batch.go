@@ -24,6 +24,7 @@ type Record struct {
 	Key       []byte
 	Value     []byte
 	Headers   []kgo.RecordHeader // canopy.* headers of retried and replayed records
+	Time      time.Time          // the Kafka record's timestamp; zero for files
 }
 
 // Processor turns a contiguous run of one partition's records into a written,
@@ -200,8 +201,10 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if in.Replay && p.Resolver.Version() < in.HierarchyVersion {
 		return in, false, fmt.Errorf("%w: have %d, batch needs %d", ErrHierarchyBehind, p.Resolver.Version(), in.HierarchyVersion)
 	}
+	every := claimsEveryDecoded(p.Ledger)
 	var (
 		failures []Failure
+		failedAt []int64 // offset of each failure's record
 		valid    = make([]decoded, 0, len(recs))
 		claims   = make([]Claim, 0, len(recs))
 		seen     = make(map[string]bool, len(recs))
@@ -223,14 +226,21 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
 			pe, _ := IsPoison(err)
-			failures = append(failures, p.failure(r, nil, pe.Class, pe.Msg))
+			failures, failedAt = append(failures, p.failure(r, nil, pe.Class, pe.Msg)), append(failedAt, r.Offset)
 			continue
+		}
+		if every {
+			// The owner of a repeated id is decided by the ledger alone,
+			// whether or not its entity is known yet.
+			claims = append(claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset,
+				Time: r.Time, RetryOf: originOf(r).retryOf})
 		}
 		start := len(chainBuf)
 		chain, ok := expand(p.Resolver, &d.ev, in.HierarchyVersion, p.Suspended, chainBuf[start:])
 		if !ok {
 			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
 				fmt.Sprintf("entity %d is not in the hierarchy (version %d)", d.ev.EntityID, in.HierarchyVersion)))
+			failedAt = append(failedAt, r.Offset)
 			continue
 		}
 		chainBuf = append(chainBuf, chain...)
@@ -240,11 +250,16 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		if !ok {
 			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
 				fmt.Sprintf("entity %d has a broken ancestor chain (version %d)", d.ev.EntityID, in.HierarchyVersion)))
+			failedAt = append(failedAt, r.Offset)
 			continue
 		}
 		if !SameLinks(current, d.chain) {
 			chainBuf = append(chainBuf, current...)
 			d.current = chainBuf[start:len(chainBuf):len(chainBuf)]
+		}
+		if every {
+			valid = append(valid, d)
+			continue
 		}
 		if seen[d.ev.ID] {
 			counts.Duplicates++ // the earlier record of this batch owns the id
@@ -276,6 +291,9 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		return got, true, nil
 	}
 	in = got
+	if every {
+		failures = p.ownedFailures(failures, failedAt, owned, &counts)
+	}
 
 	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(valid))}
 	links := 0
@@ -356,6 +374,36 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
 	return in, false, nil
+}
+
+// claimsEveryDecoded reports whether l wants a claim for every record that
+// decodes, its entity known or not (PartitionedClaims: its state is a
+// function of the log alone, so whether an entity was known when a batch ran
+// must not decide who owns an id).
+func claimsEveryDecoded(l Ledger) bool {
+	e, ok := l.(interface{ ClaimsEveryDecoded() bool })
+	return ok && e.ClaimsEveryDecoded()
+}
+
+// ownedFailures keeps, of a batch's failures under a ledger that claims
+// every decoded record, the poison ones and those whose record owns its id
+// (marked as holding the claim, which their retry takes over); a failed
+// record that does not own its id is a duplicate.
+func (p *Processor) ownedFailures(fs []Failure, at []int64, owned map[int64]bool, counts *Counts) []Failure {
+	kept := fs[:0]
+	for i, f := range fs {
+		if f.Class != ClassUnknownEntity {
+			kept = append(kept, f)
+			continue
+		}
+		if !owned[at[i]] {
+			counts.Duplicates++
+			continue
+		}
+		f.HoldsClaim, f.Claim = true, at[i]
+		kept = append(kept, f)
+	}
+	return kept
 }
 
 // toWrite is what of b must be written: all of it, or for a replay older

@@ -270,7 +270,7 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 		}
 		w.buf[k] = slices.Grow(w.buf[k], len(fp.Records))
 		for _, r := range fp.Records {
-			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers})
+			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers, Time: r.Timestamp})
 		}
 		if n := len(fp.Records); n > 0 {
 			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)

@@ -362,3 +362,35 @@ func (s *scanner) value() []byte {
 	}
 	return s.b[start:s.i]
 }
+
+// EventIDOf returns the event_id of raw without decoding the rest, for
+// routing by id; ok is false when raw has none that Decode would accept.
+func EventIDOf(raw []byte) (id string, ok bool) {
+	if len(raw) > DefaultMaxRecordBytes || !json.Valid(raw) {
+		return "", false
+	}
+	s := scanner{b: raw}
+	s.space()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return "", false
+	}
+	s.i++
+	for {
+		s.space()
+		if s.b[s.i] == '}' {
+			return "", false
+		}
+		if s.b[s.i] == ',' {
+			s.i++
+			s.space()
+		}
+		key := s.str()
+		s.space()
+		s.i++ // ':'
+		s.space()
+		val := s.value()
+		if key == "event_id" {
+			return id, decodeString(val, "event_id", maxEventIDBytes, &id) == nil
+		}
+	}
+}

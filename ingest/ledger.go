@@ -45,6 +45,12 @@ type Claim struct {
 	EventID    string
 	OccurredAt time.Time
 	Offset     int64
+	// Time is the record's log timestamp: the by-id topic's horizon is
+	// measured in it (PartitionedClaims).
+	Time time.Time
+	// RetryOf is the offset of the claim this record retries (the record
+	// carries HeaderRetryOf), or -1. Only PartitionedClaims reads it.
+	RetryOf int64
 }
 
 // Ledger is the transactional bookkeeping behind exactly-once: partition

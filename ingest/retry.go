@@ -18,6 +18,10 @@ const (
 	// HeaderReplay marks a dead letter replayed by canopy dlq replay; its
 	// success resolves the failure named by the source headers.
 	HeaderReplay = "canopy.replay"
+	// HeaderRetryOf carries, on a retried or replayed record, the by-id
+	// offset of the record that holds its event id's claim
+	// (PartitionedClaims): the retry takes that claim over.
+	HeaderRetryOf = "canopy.retry.of"
 )
 
 // RetryPolicy says how transient per-record failures (an entity not in the
@@ -79,7 +83,7 @@ func failureHeaders(f Failure) []kgo.RecordHeader {
 	if first.IsZero() {
 		first = f.At
 	}
-	return []kgo.RecordHeader{
+	hs := []kgo.RecordHeader{
 		{Key: HeaderErrorClass, Value: []byte(f.Class)},
 		{Key: HeaderErrorMessage, Value: []byte(f.Message)},
 		{Key: HeaderAttempts, Value: []byte(strconv.FormatUint(uint64(f.Attempts), 10))},
@@ -89,6 +93,10 @@ func failureHeaders(f Failure) []kgo.RecordHeader {
 		{Key: HeaderFailedAt, Value: []byte(f.At.UTC().Format(time.RFC3339))},
 		{Key: HeaderFirstFailure, Value: []byte(first.UTC().Format(time.RFC3339))},
 	}
+	if f.HoldsClaim {
+		hs = append(hs, kgo.RecordHeader{Key: HeaderRetryOf, Value: []byte(strconv.FormatInt(f.Claim, 10))})
+	}
+	return hs
 }
 
 // origin is what a record's headers say about an earlier failure of it: on
@@ -100,6 +108,7 @@ type origin struct {
 	first    time.Time
 	retryAt  time.Time
 	replay   bool
+	retryOf  int64 // HeaderRetryOf, or -1
 	class    Class
 	message  string
 }
@@ -116,7 +125,7 @@ func header(hs []kgo.RecordHeader, key string) (string, bool) {
 // originOf reads the canopy headers of a record. Malformed headers are
 // ignored: the record is then treated as new.
 func originOf(r Record) origin {
-	var o origin
+	o := origin{retryOf: -1}
 	if len(r.Headers) == 0 {
 		return o
 	}
@@ -147,5 +156,10 @@ func originOf(r Record) origin {
 	}
 	o.message, _ = header(r.Headers, HeaderErrorMessage)
 	_, o.replay = header(r.Headers, HeaderReplay)
+	if s, ok := header(r.Headers, HeaderRetryOf); ok {
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
+			o.retryOf = n
+		}
+	}
 	return o
 }

@@ -60,6 +60,11 @@ type Failure struct {
 	At       time.Time // this failure (ingest_failures.last_failure)
 	First    time.Time // the record's first failure
 	RetryAt  time.Time // when a retry is due
+	// HoldsClaim marks a failure whose record holds the claim on EventID
+	// in the by-id topic (PartitionedClaims), at offset Claim: its retry
+	// carries Claim in HeaderRetryOf and takes the claim over.
+	HoldsClaim bool
+	Claim      int64
 	// Resolution is "" for a failure; "replayed" marks the failure of
 	// Source resolved by a successful replay.
 	Resolution string

@@ -56,6 +56,9 @@ event_id that also arrives through Kafka counts once.`,
   canopy backfill --query "SELECT id, user_id, created_at, kind, total FROM sales" \
       --query-dsn postgres://app@db/shop --map event_id=id,entity_id=user_id,occurred_at=created_at,type=kind,amount=total`,
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if err := notPartitioned(cfg, "backfill"); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			log := cfg.logger()
 			kinds := 0

@@ -53,6 +53,7 @@ func newConfig() *config {
 	add("kafka.hierarchy_topic", "canopy.hierarchy", "topic of hierarchy changes")
 	add("kafka.retry_topic", "canopy.events.retry", "topic of events waiting for a retry")
 	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic")
+	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)")
 	add("kafka.group", "canopy", "consumer group of the workers")
 	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string")
 	add("clickhouse.dsn", "clickhouse://default@127.0.0.1:9000/canopy", "ClickHouse native-protocol DSN")
@@ -60,6 +61,8 @@ func newConfig() *config {
 	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)")
 	add("clickhouse.reader_password", "canopy_reader", "its password")
 	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event")
+	add("ingest.dedup", "postgres", "postgres|partitioned: where event ids are claimed: one PostgreSQL table, or local state per partition of the by-id topic (docs/exactly-once.md)")
+	add("ingest.state_dir", "canopy-state", "directory of the worker's local event-id state (ingest.dedup=partitioned); one per worker process")
 	add("ingest.replay_verify_after", "5m", "age past which replaying an unfinished batch asks ClickHouse which of its parts are written instead of relying on its deduplication window (0: never)")
 	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups")
 	add("ingest.max_poll_records", "50000", "records taken per poll")
@@ -135,8 +138,18 @@ func (c *config) resolve(cmd *cobra.Command) error {
 	if _, err := c.suspendedPolicy(); err != nil {
 		return usageError{err}
 	}
+	if d := c.get("ingest.dedup"); d != "postgres" && d != "partitioned" {
+		return usageError{fmt.Errorf("ingest.dedup must be postgres or partitioned, not %q", d)}
+	}
+	if c.partitioned() && c.get("ingest.state_dir") == "" {
+		return usageError{errors.New("ingest.state_dir must name a directory when ingest.dedup is partitioned")}
+	}
 	return nil
 }
+
+// partitioned reports whether event ids are claimed in local state per
+// partition of the by-id topic (ingest.dedup=partitioned).
+func (c *config) partitioned() bool { return c.get("ingest.dedup") == "partitioned" }
 
 // lookup finds a dotted key in a YAML document; lists become comma lists.
 func lookup(doc map[string]any, key string) (string, bool) {

@@ -40,6 +40,9 @@ them with canopy dlq replay once their cause is fixed). With --watch it serves
 ranges at the last scan) and canopy_reprocessed_records_total.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := notPartitioned(cfg, "reconcile"); err != nil {
+				return err
+			}
 			return runReconcile(cmd.Context(), cfg, dryRun, watch)
 		},
 	}

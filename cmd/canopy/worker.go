@@ -75,10 +75,31 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	metrics.SetHierarchyVersion(tree.Version())
 	hostname, _ := os.Hostname()
 	ensureRetryTopic(ctx, log, cfg, extra...)
+	// The processing stage reads the events and retry topics, or, with
+	// partitioned deduplication, the by-id topic the router fills.
+	topic, retryTopic := cfg.get("kafka.events_topic"), cfg.get("kafka.retry_topic")
+	dedup := dedupState(&pgDedup{proc.Ledger.(*pgledger.Ledger)})
+	var router *ingest.Router
+	if cfg.partitioned() {
+		local, err := openPartitioned(ctx, cfg, log, proc, extra...)
+		if err != nil {
+			return err
+		}
+		defer local.state.Close()
+		dedup = local
+		topic, retryTopic = cfg.get("kafka.byid_topic"), ""
+		router, err = ingest.NewRouter(ingest.RouterConfig{
+			Topic: cfg.get("kafka.events_topic"), RetryTopic: cfg.get("kafka.retry_topic"), Target: topic,
+			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
+		}, log.With("component", "router"), append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
+		if err != nil {
+			return err
+		}
+	}
 	w, err := ingest.NewWorker(ingest.WorkerConfig{
 		Brokers:        cfg.brokers(),
-		Topic:          cfg.get("kafka.events_topic"),
-		RetryTopic:     cfg.get("kafka.retry_topic"),
+		Topic:          topic,
+		RetryTopic:     retryTopic,
 		Group:          cfg.get("kafka.group"),
 		Owner:          fmt.Sprintf("%s-%d", hostname, os.Getpid()),
 		MaxPollRecords: cfg.int("ingest.max_poll_records"),
@@ -91,6 +112,9 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	var healthy atomic.Bool
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
+	if router != nil {
+		g.Go(func() error { return router.Run(gctx) })
+	}
 	g.Go(func() error {
 		return followHierarchy(gctx, log, resolver, metrics, &healthy)
 	})
@@ -109,7 +133,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		return f.Run(gctx, follow)
 	})
 	g.Go(func() error {
-		purgeClaims(gctx, log, proc.Ledger.(*pgledger.Ledger), metrics, cfg.duration("ingest.dedup_horizon"))
+		purgeClaims(gctx, log, dedup, metrics, cfg.duration("ingest.dedup_horizon"))
 		return nil
 	})
 	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
@@ -190,7 +214,7 @@ func followHierarchy(ctx context.Context, log *slog.Logger, r *treeResolver, met
 // batch intents older than a day, once an hour; and reports the size of the
 // deduplication state every minute. Every worker may run it: the deletes
 // are idempotent.
-func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *ingest.Metrics, horizon time.Duration) {
+func purgeClaims(ctx context.Context, log *slog.Logger, l dedupState, m *ingest.Metrics, horizon time.Duration) {
 	// size refreshes the gauges; announce also logs the size.
 	size := func(announce bool) {
 		ids, bytes, err := l.StateSize(ctx)
@@ -214,7 +238,7 @@ func purgeClaims(ctx context.Context, log *slog.Logger, l *pgledger.Ledger, m *i
 		case <-sizeTick.C:
 			size(false)
 		case <-purgeTick.C:
-			n, err := l.Purge(ctx, horizon, 24*time.Hour)
+			n, err := l.Purge(ctx, horizon, keepIntents)
 			if err != nil {
 				log.Warn("purge of old event-id claims failed", "err", err)
 				continue

@@ -204,7 +204,8 @@ func (e *env) startWorker(i int) *worker {
 		e.t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "worker")
-	cmd.Env = e.vars
+	// Each worker keeps its own local event-id state (ingest.dedup=partitioned).
+	cmd.Env = append(e.vars[:len(e.vars):len(e.vars)], "CANOPY_INGEST_STATE_DIR="+filepath.Join(e.logDir, fmt.Sprintf("state-%d", i)))
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

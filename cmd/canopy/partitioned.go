@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/idstate"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+)
+
+// keepIntents is how long finished batch intents are kept: a replay of a
+// batch can come at most this late (a crashed batch is replayed by the next
+// owner within minutes), so the event-id state is kept this long past the
+// horizon too.
+const keepIntents = 24 * time.Hour
+
+// dedupState is the deduplication state the worker sizes and purges.
+type dedupState interface {
+	StateSize(ctx context.Context) (ids, bytes int64, err error)
+	Purge(ctx context.Context, horizon, keepIntents time.Duration) (int64, error)
+}
+
+// pgDedup is the PostgreSQL claims table (ingest.dedup=postgres).
+type pgDedup struct{ *pgledger.Ledger }
+
+// localDedup is the worker's local event-id state (ingest.dedup=partitioned);
+// PostgreSQL keeps only the batch intents.
+type localDedup struct {
+	pg    *pgledger.Ledger
+	state *idstate.Store
+}
+
+func (l *localDedup) StateSize(context.Context) (int64, int64, error) {
+	ids, bytes := l.state.Size()
+	return ids, bytes, nil
+}
+
+// Purge drops the state's time segments past the horizon (one range delete
+// each) and the old intents.
+func (l *localDedup) Purge(ctx context.Context, horizon, keep time.Duration) (int64, error) {
+	n, err := l.state.Expire(time.Now())
+	if err != nil {
+		return 0, fmt.Errorf("expire event-id state: %w", err)
+	}
+	if _, err := l.pg.Purge(ctx, horizon, keep); err != nil {
+		return 0, err
+	}
+	return int64(n), nil
+}
+
+// openPartitioned opens the local event-id state, makes sure the by-id
+// topic exists, and puts PartitionedClaims in front of the processor's
+// ledger.
+func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *ingest.Processor, extra ...kgo.Opt) (*localDedup, error) {
+	horizon := cfg.duration("ingest.dedup_horizon")
+	state, err := idstate.Open(cfg.get("ingest.state_dir"), idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("ingest.state_dir: %w", err)
+	}
+	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)
+	if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
+		_ = state.Close()
+		return nil, err
+	}
+	pg := proc.Ledger.(*pgledger.Ledger)
+	proc.Ledger = &ingest.PartitionedClaims{
+		Ledger:  pg,
+		State:   state,
+		Restore: &ingest.KafkaRestorer{Opts: opts, Topic: cfg.get("kafka.byid_topic")},
+		Decoder: proc.Decoder,
+		Horizon: horizon,
+		Log:     log.With("component", "dedup"),
+	}
+	return &localDedup{pg: pg, state: state}, nil
+}
+
+// ensureByIDTopic creates the by-id topic with as many partitions as the
+// events topic, broker-stamped times (the horizon is measured in them) and a
+// retention covering the horizon and the replay allowance, so a new owner can
+// rebuild a partition's state from it. An existing topic is left as it is.
+func ensureByIDTopic(ctx context.Context, cfg *config, horizon time.Duration, opts []kgo.Opt) error {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	events, target := cfg.get("kafka.events_topic"), cfg.get("kafka.byid_topic")
+	d, err := adm.ListTopics(ctx, events, target)
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
+	if t, ok := d[target]; ok && t.Err == nil {
+		return nil
+	}
+	partitions := int32(1)
+	if t, ok := d[events]; ok && t.Err == nil && len(t.Partitions) > 0 {
+		partitions = int32(len(t.Partitions)) //nolint:gosec // partition counts are small
+	}
+	retention := strconv.FormatInt((horizon + keepIntents + 24*time.Hour).Milliseconds(), 10)
+	appendTime := "LogAppendTime"
+	resp, err := adm.CreateTopic(ctx, partitions, -1, map[string]*string{
+		"retention.ms": &retention, "message.timestamp.type": &appendTime,
+	}, target)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("create the by-id topic %s: %w", target, err)
+	}
+	return nil
+}
+
+// notPartitioned refuses a command that claims event ids itself, which only
+// the PostgreSQL claims table lets it do beside the workers so far.
+func notPartitioned(cfg *config, command string) error {
+	if !cfg.partitioned() {
+		return nil
+	}
+	return usageError{fmt.Errorf("ingest.dedup=partitioned: canopy %s is not built for it yet (it would claim event ids outside the by-id topic); "+
+		"produce the records to %s instead, or run it with ingest.dedup=postgres on a deployment that uses it", command, cfg.get("kafka.events_topic"))}
+}

@@ -1,0 +1,233 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/canopyhq/canopy/internal/wait"
+)
+
+// RouterConfig configures a Router.
+type RouterConfig struct {
+	Topic      string // the events topic
+	RetryTopic string // routed once due; "" for none
+	Target     string // the by-id topic
+	Group      string // the routers' consumer group
+	MaxPoll    int    // records per poll; default 50000
+	// RetryBackoffMax caps the wait between attempts to produce.
+	RetryBackoffMax time.Duration
+}
+
+// Router is the first stage of the partitioned deduplication mode
+// (PartitionedClaims): it copies every record of the events topic, and every
+// due record of the retry topic, to the by-id topic keyed by its event id,
+// so every copy of an id lands in one partition. It keeps the record's bytes
+// and canopy.* headers (but for the retry's due time) and names its source
+// in the source headers when the record carries none, so failures and
+// dead letters still point at the events topic. It commits a source offset
+// only after the by-id topic has acknowledged every record before it; a
+// crash copies some records twice, which the by-id stage counts once.
+type Router struct {
+	cfg RouterConfig
+	cl  *kgo.Client
+	log *slog.Logger
+
+	mu     sync.Mutex
+	buf    map[partitionKey][]*kgo.Record // due later (retry topic)
+	paused map[partitionKey]bool
+}
+
+// NewRouter returns a Router; opts carry the brokers and security.
+func NewRouter(cfg RouterConfig, log *slog.Logger, opts ...kgo.Opt) (*Router, error) {
+	if cfg.Topic == "" || cfg.Target == "" || cfg.Group == "" {
+		return nil, errors.New("ingest: router needs a topic, a target and a group")
+	}
+	if cfg.MaxPoll <= 0 {
+		cfg.MaxPoll = 50000
+	}
+	if cfg.RetryBackoffMax <= 0 {
+		cfg.RetryBackoffMax = 10 * time.Second
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Router{cfg: cfg, log: log, buf: map[partitionKey][]*kgo.Record{}, paused: map[partitionKey]bool{}}
+	topics := []string{cfg.Topic}
+	if cfg.RetryTopic != "" && cfg.RetryTopic != cfg.Topic {
+		topics = append(topics, cfg.RetryTopic)
+	}
+	all := append(append([]kgo.Opt(nil), opts...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(topics...),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(250*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(16<<20),
+		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.OnPartitionsRevoked(r.revoked),
+		kgo.OnPartitionsLost(r.revoked),
+	)
+	cl, err := kgo.NewClient(all...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	r.cl = cl
+	return r, nil
+}
+
+func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for topic, parts := range m {
+		for _, p := range parts {
+			delete(r.buf, partitionKey{topic, p})
+			delete(r.paused, partitionKey{topic, p})
+		}
+	}
+}
+
+// Run routes until ctx ends.
+func (r *Router) Run(ctx context.Context) error {
+	defer r.cl.Close()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		fetches := r.cl.PollRecords(pctx, r.cfg.MaxPoll)
+		cancel()
+		if fetches.IsClientClosed() || ctx.Err() != nil {
+			r.cl.AllowRebalance()
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				r.log.Warn("router fetch error", "topic", t, "partition", p, "err", err)
+			}
+		})
+		r.mu.Lock()
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			k := partitionKey{fp.Topic, fp.Partition}
+			r.buf[k] = append(r.buf[k], fp.Records...)
+		})
+		out, commits := r.due(time.Now())
+		r.mu.Unlock()
+		if len(out) > 0 && !r.produce(ctx, out) {
+			r.cl.AllowRebalance()
+			return nil
+		}
+		if len(commits) > 0 {
+			r.cl.CommitOffsetsSync(ctx, commits, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+				if err != nil && ctx.Err() == nil {
+					r.log.Warn("router offset commit failed", "err", err) // routed again after a restart, counted once
+				}
+			})
+		}
+		r.cl.AllowRebalance()
+	}
+}
+
+// due takes every buffered record that may go now, in order per partition,
+// and pauses fetching from a retry partition whose next record is not due.
+func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.EpochOffset) {
+	var out []*kgo.Record
+	commits := map[string]map[int32]kgo.EpochOffset{}
+	var pause, resume map[string][]int32
+	for k, recs := range r.buf {
+		n := 0
+		for _, rec := range recs {
+			if at, ok := header(rec.Headers, HeaderRetryAt); ok {
+				if t, err := time.Parse(time.RFC3339Nano, at); err == nil && t.After(now) {
+					break
+				}
+			}
+			out = append(out, r.byID(rec))
+			n++
+		}
+		if n > 0 {
+			if commits[k.topic] == nil {
+				commits[k.topic] = map[int32]kgo.EpochOffset{}
+			}
+			commits[k.topic][k.partition] = kgo.EpochOffset{Epoch: recs[n-1].LeaderEpoch, Offset: recs[n-1].Offset + 1}
+		}
+		r.buf[k] = recs[n:]
+		waiting := len(r.buf[k]) > 0
+		switch {
+		case waiting && !r.paused[k]:
+			pause = appendPart(pause, k)
+		case !waiting && r.paused[k]:
+			resume = appendPart(resume, k)
+		}
+		r.paused[k] = waiting
+	}
+	if len(pause) > 0 {
+		r.cl.PauseFetchPartitions(pause)
+	}
+	if len(resume) > 0 {
+		r.cl.ResumeFetchPartitions(resume)
+	}
+	return out, commits
+}
+
+func appendPart(m map[string][]int32, k partitionKey) map[string][]int32 {
+	if m == nil {
+		m = map[string][]int32{}
+	}
+	m[k.topic] = append(m[k.topic], k.partition)
+	return m
+}
+
+// byID is rec as a record of the by-id topic.
+func (r *Router) byID(rec *kgo.Record) *kgo.Record {
+	out := &kgo.Record{Topic: r.cfg.Target, Value: rec.Value}
+	if id, ok := EventIDOf(rec.Value); ok {
+		out.Key = []byte(id)
+	} // else no id: the by-id stage dead-letters it, from whichever partition
+
+	hs := make([]kgo.RecordHeader, 0, len(rec.Headers)+3)
+	sourced := false
+	for _, h := range rec.Headers {
+		switch h.Key {
+		case HeaderRetryAt:
+			continue // due now
+		case HeaderSourceTopic:
+			sourced = true
+		}
+		hs = append(hs, h)
+	}
+	if !sourced {
+		hs = append(hs,
+			kgo.RecordHeader{Key: HeaderSourceTopic, Value: []byte(rec.Topic)},
+			kgo.RecordHeader{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(rec.Partition)))},
+			kgo.RecordHeader{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(rec.Offset, 10))})
+	}
+	out.Headers = hs
+	return out
+}
+
+// produce sends recs, retrying with backoff until every one is acknowledged;
+// false when ctx ended first.
+func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.cl.ProduceSync(ctx, recs...).FirstErr()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(recs), "err", err, "backoff", backoff)
+		if !wait.Sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, r.cfg.RetryBackoffMax)
+	}
+}

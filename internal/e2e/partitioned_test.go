@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// partitioned switches e's commands to ingest.dedup=partitioned and returns
+// the by-id topic.
+func (e *env) partitioned() string {
+	byid := e.name + ".byid"
+	e.vars = append(e.vars, "CANOPY_INGEST_DEDUP=partitioned", "CANOPY_KAFKA_BYID_TOPIC="+byid)
+	e.t.Cleanup(func() {
+		if !e.t.Failed() {
+			_, _ = e.admin.DeleteTopics(context.Background(), byid, e.name+".retry")
+		}
+	})
+	return byid
+}
+
+// topicRecords is how many records topic holds (the sum of its end offsets).
+func (e *env) topicRecords(topic string) uint64 {
+	e.t.Helper()
+	ends, err := e.admin.ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		e.t.Fatalf("end offsets of %s: %v", topic, err)
+	}
+	var n uint64
+	ends.Each(func(o kadm.ListedOffset) { n += uint64(max(o.Offset, 0)) })
+	return n
+}
+
+// outcomes sums ingest_acks' accepted and duplicate counts for topic, one
+// row per batch.
+func (e *env) outcomes(topic string) (records, accepted, duplicates uint64) {
+	e.t.Helper()
+	err := e.ch.QueryRow(context.Background(), fmt.Sprintf(`SELECT sum(r), sum(a), sum(d) FROM (
+		SELECT any(records) AS r, any(accepted) AS a, any(duplicates) AS d FROM %s.ingest_acks
+		WHERE topic = ? GROUP BY partition, first_offset)`, e.chDB), topic).Scan(&records, &accepted, &duplicates)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return records, accepted, duplicates
+}
+
+// settled waits until the routers have copied at least n records into the
+// by-id topic and the workers have acknowledged every record it holds.
+func (e *env) settled(byid string, n uint64, timeout time.Duration) {
+	e.t.Helper()
+	e.waitFor(fmt.Sprintf("%d records routed and acknowledged", n), timeout, func() bool {
+		total := e.topicRecords(byid)
+		acked, _, _ := e.outcomes(byid)
+		return total >= n && acked == total
+	})
+}
+
+// TestPartitionedKilledOwnerDuplicatesRefused is TestKilledOwnerDuplicatesRefused
+// under ingest.dedup=partitioned, where no event id is written to
+// PostgreSQL: two workers share the topic; one is SIGKILLed mid-stream, its
+// router and its local state with it. The survivor rebuilds the state of the
+// partitions it takes over from the by-id topic; then every event is sent
+// again twice, keyless and keyed by event id (so the copies arrive on other
+// partitions of the events topic than the originals). Every copy is refused
+// (as are the 2% repeats the scenario holds): each distinct event counts
+// once, the rollups equal the oracle, and
+// PostgreSQL holds no row per event.
+func TestPartitionedKilledOwnerDuplicatesRefused(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 4)
+	byid := e.partitioned()
+	sc := e.setUp(seed, 1500, 20000)
+	n := uint64(len(sc.events))
+
+	victim := e.startWorker(1)
+	survivor := e.startWorker(2)
+	keys, values := sc.records()
+	e.produce(keys, values)
+	e.waitFor("half of the events accepted", 3*time.Minute, func() bool {
+		_, accepted, _ := e.outcomes(byid)
+		return accepted >= n/2
+	})
+	_ = victim.cmd.Process.Signal(syscall.SIGKILL)
+	<-victim.done
+	e.settled(byid, n, 3*time.Minute)
+
+	ids := make([][]byte, len(sc.events))
+	for i, ev := range sc.events {
+		ids[i] = []byte(ev.ID)
+	}
+	e.produce(make([][]byte, len(values)), values) // keyless
+	e.produce(ids, values)                         // keyed by event id
+	e.settled(byid, 3*n, 3*time.Minute)
+	distinct := map[string]bool{}
+	for _, ev := range sc.events {
+		distinct[ev.ID] = true
+	}
+	records, accepted, duplicates := e.outcomes(byid)
+	if accepted != uint64(len(distinct)) || accepted+duplicates != records {
+		t.Fatalf("by-id acks: %d records, %d accepted, %d duplicates; want %d accepted (the distinct ids) and the rest duplicates",
+			records, accepted, duplicates, len(distinct))
+	}
+	e.verify(sc)
+
+	var claims int
+	if err := e.pg.QueryRow(context.Background(), `select count(*) from canopy.event_claims`).Scan(&claims); err != nil {
+		t.Fatal(err)
+	}
+	var intents int
+	if err := e.pg.QueryRow(context.Background(), `select count(*) from canopy.ingest_intents`).Scan(&intents); err != nil {
+		t.Fatal(err)
+	}
+	if claims != 0 {
+		t.Fatalf("PostgreSQL holds %d event-id claims, want none", claims)
+	}
+	t.Logf("%d records through the by-id topic, %d accepted, %d duplicates; PostgreSQL: %d intents (%.5f per record)",
+		records, accepted, duplicates, intents, float64(intents)/float64(records))
+	if b, err := os.ReadFile(survivor.log); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "event-id state restored") {
+				t.Log(line)
+			}
+		}
+	}
+
+	// A command that would claim ids outside the by-id topic is refused.
+	file := filepath.Join(t.TempDir(), "again.ndjson")
+	writeNDJSON(t, file, sc.events)
+	out, err := e.runErr("backfill", file)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(out, "ingest.dedup=partitioned") {
+		t.Fatalf("backfill under partitioned deduplication: want exit 2 naming ingest.dedup, got %v: %s", err, out)
+	}
+}
