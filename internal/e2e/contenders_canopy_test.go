@@ -63,8 +63,15 @@ func waitReady(t testing.TB, addr string) {
 // clock starts, every event is produced to Kafka and the clock stops when
 // ingest_acks covers them all (an ack is written after the batch's rows).
 // The environment is returned for later stages.
-func (bd *benchData) runCanopy(b *testing.B, workers int) (ingestResult, *env) {
+func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ingestResult, *env) {
 	e := newEnv(b, 4)
+	name, how := fmt.Sprintf("Canopy, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1]),
+		"produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on"
+	if partitioned {
+		e.partitioned()
+		name = fmt.Sprintf("Canopy partitioned, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1])
+		how = "as Canopy, with ingest.dedup=partitioned: routed to the by-id topic, ids claimed in local state"
+	}
 	// Workers are ready once they follow the hierarchy's change topic to its
 	// end; the hierarchy stays still here, so the topic stays empty.
 	hierarchyTopic := e.name + ".hierarchy"
@@ -98,10 +105,10 @@ func (bd *benchData) runCanopy(b *testing.B, workers int) (ingestResult, *env) {
 		accepted += m[`canopy_records_total{outcome="accepted"}`]
 	}
 	r := ingestResult{
-		name:   fmt.Sprintf("Canopy, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1]),
+		name:   name,
 		events: bd.gen.Count, elapsed: elapsed, cpu: used, rowsPerEvent: rows / accepted,
 		heapPerEnt: logInt(b, ws[0].log, `heap_bytes_per_entity=(\d+)`),
-		how:        "produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on",
+		how:        how,
 	}
 	for _, w := range ws {
 		w.stop(b)

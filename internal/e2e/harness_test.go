@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -89,6 +90,9 @@ type env struct {
 	kafka  *kgo.Client
 	admin  *kadm.Client
 	logDir string
+	// ackTopic is the topic whose batches ingest_acks records: the by-id
+	// topic under ingest.dedup=partitioned, else "" for topic.
+	ackTopic string
 }
 
 func newEnv(t testing.TB, partitions int32) *env {
@@ -260,7 +264,7 @@ func (e *env) ackedRecords(ctx context.Context) (uint64, error) {
 	var n uint64
 	err := e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT sum(records) FROM (
 		SELECT partition, first_offset, any(records) AS records FROM %s.ingest_acks
-		WHERE topic = ? GROUP BY partition, first_offset)`, e.chDB), e.topic).Scan(&n)
+		WHERE topic = ? GROUP BY partition, first_offset)`, e.chDB), cmp.Or(e.ackTopic, e.topic)).Scan(&n)
 	return n, err
 }
 

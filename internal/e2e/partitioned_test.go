@@ -20,6 +20,7 @@ import (
 func (e *env) partitioned() string {
 	byid := e.name + ".byid"
 	e.vars = append(e.vars, "CANOPY_INGEST_DEDUP=partitioned", "CANOPY_KAFKA_BYID_TOPIC="+byid)
+	e.ackTopic = byid
 	e.t.Cleanup(func() {
 		if !e.t.Failed() {
 			_, _ = e.admin.DeleteTopics(context.Background(), byid, e.name+".retry")
