@@ -17,6 +17,9 @@ type Metrics struct {
 	hierarchyVer prometheus.Gauge
 	dedupIDs     prometheus.Gauge
 	dedupBytes   prometheus.Gauge
+	restores     prometheus.Histogram // partitioned dedup: rebuilding a partition's state
+	restoredRecs prometheus.Counter
+	routed       prometheus.Counter // records the router copied to the by-id topic
 }
 
 // NewMetrics registers the pipeline metrics with reg.
@@ -42,13 +45,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "canopy_hierarchy_version", Help: "Newest hierarchy change applied in memory.",
 		}),
 		dedupIDs: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "canopy_dedup_state_ids", Help: "Event ids held for deduplication within the horizon (PostgreSQL's estimate).",
+			Name: "canopy_dedup_state_ids", Help: "Event ids held for deduplication within the horizon (PostgreSQL's estimate, or the local state's count).",
 		}),
 		dedupBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "canopy_dedup_state_bytes", Help: "Disk taken by the event ids held for deduplication, indexes included.",
 		}),
+		restores: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "canopy_dedup_restore_seconds", Help: "Time to rebuild a partition's local event-id state from the by-id topic (ingest.dedup=partitioned).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+		restoredRecs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "canopy_dedup_restored_records_total", Help: "By-id records read to rebuild local event-id state.",
+		}),
+		routed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "canopy_routed_records_total", Help: "Records the router copied to the by-id topic (ingest.dedup=partitioned).",
+		}),
 	}
-	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer, m.dedupIDs, m.dedupBytes)
+	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer, m.dedupIDs, m.dedupBytes,
+		m.restores, m.restoredRecs, m.routed)
 	// Every series exists from the start, at 0, so dashboards and alerts see
 	// "none yet" rather than "no data".
 	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
@@ -84,6 +98,21 @@ func (m *Metrics) SetDedupState(ids, bytes int64) {
 	}
 	m.dedupIDs.Set(float64(ids))
 	m.dedupBytes.Set(float64(bytes))
+}
+
+func (m *Metrics) observeRestore(records int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.restores.Observe(d.Seconds())
+	m.restoredRecs.Add(float64(records))
+}
+
+func (m *Metrics) addRouted(n int) {
+	if m == nil {
+		return
+	}
+	m.routed.Add(float64(n))
 }
 
 func (m *Metrics) batchError(kind string) {

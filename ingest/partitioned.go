@@ -31,6 +31,7 @@ type PartitionedClaims struct {
 	Decoder *Decoder       // decides, as the Processor does, which records claim
 	Horizon time.Duration
 	Log     *slog.Logger
+	Metrics *Metrics // may be nil
 
 	mu    sync.Mutex
 	ready map[int32]int64 // per partition: State reflects the log up to here (inclusive)
@@ -140,6 +141,7 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 	if n == 0 {
 		return nil
 	}
+	c.Metrics.observeRestore(n, time.Since(start))
 	c.log().Info("event-id state restored from the by-id topic", "partition", p, "from", from, "since", since,
 		"to", first-1, "records", n, "took", time.Since(start).Round(time.Millisecond))
 	return nil

@@ -36,9 +36,10 @@ type RouterConfig struct {
 // only after the by-id topic has acknowledged every record before it; a
 // crash copies some records twice, which the by-id stage counts once.
 type Router struct {
-	cfg RouterConfig
-	cl  *kgo.Client
-	log *slog.Logger
+	cfg     RouterConfig
+	cl      *kgo.Client
+	log     *slog.Logger
+	metrics *Metrics
 
 	mu     sync.Mutex
 	buf    map[partitionKey][]*kgo.Record // due later (retry topic)
@@ -46,7 +47,7 @@ type Router struct {
 }
 
 // NewRouter returns a Router; opts carry the brokers and security.
-func NewRouter(cfg RouterConfig, log *slog.Logger, opts ...kgo.Opt) (*Router, error) {
+func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) (*Router, error) {
 	if cfg.Topic == "" || cfg.Target == "" || cfg.Group == "" {
 		return nil, errors.New("ingest: router needs a topic, a target and a group")
 	}
@@ -59,7 +60,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, opts ...kgo.Opt) (*Router, er
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Router{cfg: cfg, log: log, buf: map[partitionKey][]*kgo.Record{}, paused: map[partitionKey]bool{}}
+	r := &Router{cfg: cfg, log: log, metrics: m, buf: map[partitionKey][]*kgo.Record{}, paused: map[partitionKey]bool{}}
 	topics := []string{cfg.Topic}
 	if cfg.RetryTopic != "" && cfg.RetryTopic != cfg.Topic {
 		topics = append(topics, cfg.RetryTopic)
@@ -219,6 +220,7 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 	for {
 		err := r.cl.ProduceSync(ctx, recs...).FirstErr()
 		if err == nil {
+			r.metrics.addRouted(len(recs))
 			return true
 		}
 		if ctx.Err() != nil {

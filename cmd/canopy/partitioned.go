@@ -60,7 +60,7 @@ func (l *localDedup) Purge(ctx context.Context, horizon, keep time.Duration) (in
 // openPartitioned opens the local event-id state, makes sure the by-id
 // topic exists, and puts PartitionedClaims in front of the processor's
 // ledger.
-func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *ingest.Processor, extra ...kgo.Opt) (*localDedup, error) {
+func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
 	horizon := cfg.duration("ingest.dedup_horizon")
 	state, err := idstate.Open(cfg.get("ingest.state_dir"), idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
 	if err != nil {
@@ -68,6 +68,10 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *i
 	}
 	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)
 	if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
+		_ = state.Close()
+		return nil, err
+	}
+	if err := forgetStale(ctx, log, state, cfg.get("kafka.byid_topic"), opts); err != nil {
 		_ = state.Close()
 		return nil, err
 	}
@@ -79,6 +83,7 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *i
 		Decoder: proc.Decoder,
 		Horizon: horizon,
 		Log:     log.With("component", "dedup"),
+		Metrics: metrics,
 	}
 	return &localDedup{pg: pg, state: state}, nil
 }
@@ -130,4 +135,33 @@ func notPartitioned(cfg *config, command string) error {
 	}
 	return usageError{fmt.Errorf("ingest.dedup=partitioned: canopy %s is not built for it yet (it would claim event ids outside the by-id topic); "+
 		"produce the records to %s instead, or run it with ingest.dedup=postgres on a deployment that uses it", command, cfg.get("kafka.events_topic"))}
+}
+
+// forgetStale drops the local state of every partition whose mark lies at or
+// past the partition's end: it was built from an earlier incarnation of the
+// by-id topic (deleted and created again), whose offsets mean other records.
+func forgetStale(ctx context.Context, log *slog.Logger, state *idstate.Store, topic string, opts []kgo.Opt) error {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("end offsets of %s: %w", topic, err)
+	}
+	var ferr error
+	ends.Each(func(o kadm.ListedOffset) {
+		if through, ok := state.Through(o.Partition); ok && through >= o.Offset && ferr == nil {
+			log.Warn("local event-id state is ahead of the by-id topic (topic recreated?); forgetting it",
+				"partition", o.Partition, "state_through", through, "topic_end", o.Offset)
+			ferr = state.Reset(o.Partition)
+		}
+	})
+	return ferr
 }

@@ -81,7 +81,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	dedup := dedupState(&pgDedup{proc.Ledger.(*pgledger.Ledger)})
 	var router *ingest.Router
 	if cfg.partitioned() {
-		local, err := openPartitioned(ctx, cfg, log, proc, extra...)
+		local, err := openPartitioned(ctx, cfg, log, proc, metrics, extra...)
 		if err != nil {
 			return err
 		}
@@ -91,7 +91,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		router, err = ingest.NewRouter(ingest.RouterConfig{
 			Topic: cfg.get("kafka.events_topic"), RetryTopic: cfg.get("kafka.retry_topic"), Target: topic,
 			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
-		}, log.With("component", "router"), append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
+		}, log.With("component", "router"), metrics, append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
 		if err != nil {
 			return err
 		}
