@@ -87,20 +87,10 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	var seenOther map[string]bool
 
 	for {
-		s.space()
-		if s.b[s.i] == '}' {
+		key, val, more := s.field()
+		if !more {
 			break
 		}
-		if s.b[s.i] == ',' {
-			s.i++
-			s.space()
-		}
-		key := s.str()
-		s.space()
-		s.i++ // ':'
-		s.space()
-		val := s.value()
-
 		dup := false
 		switch key {
 		case "event_id":
@@ -314,6 +304,24 @@ func (s *scanner) space() {
 	}
 }
 
+// field returns the next key and raw value of the object the cursor is in,
+// or more = false at its closing brace.
+func (s *scanner) field() (key string, val []byte, more bool) {
+	s.space()
+	if s.b[s.i] == '}' {
+		return "", nil, false
+	}
+	if s.b[s.i] == ',' {
+		s.i++
+		s.space()
+	}
+	key = s.str()
+	s.space()
+	s.i++ // ':'
+	s.space()
+	return key, s.value(), true
+}
+
 // str returns the decoded string at the cursor (a key).
 func (s *scanner) str() string {
 	v := s.value()
@@ -376,19 +384,10 @@ func EventIDOf(raw []byte) (id string, ok bool) {
 	}
 	s.i++
 	for {
-		s.space()
-		if s.b[s.i] == '}' {
+		key, val, more := s.field()
+		if !more {
 			return "", false
 		}
-		if s.b[s.i] == ',' {
-			s.i++
-			s.space()
-		}
-		key := s.str()
-		s.space()
-		s.i++ // ':'
-		s.space()
-		val := s.value()
 		if key == "event_id" {
 			return id, decodeString(val, "event_id", maxEventIDBytes, &id) == nil
 		}
