@@ -136,6 +136,9 @@ func (bd *benchData) run(b *testing.B, pgBudget time.Duration, perClass, freshSe
 	// Canopy with partitioned deduplication (issue 13's design), 1 worker.
 	rp, envP := bd.runCanopy(b, 1, true)
 	check(&rp, envP, envP.chDB+".rollup_daily")
+	wr.restore = bd.measureRestore(b, envP)
+	logf("restore of the partitioned state: %d partitions, %.0f records in %.2f s (slowest partition %.2f s)",
+		wr.restore.partitions, wr.restore.records, wr.restore.seconds, wr.restore.slowest)
 	_ = envP.ch.Exec(ctx, "DROP DATABASE IF EXISTS "+envP.chDB)
 	envA.waitMerges(10 * time.Minute)
 
@@ -201,6 +204,7 @@ type workloadReport struct {
 	parts          uint64 // active parts of rollup_daily when the reads ran
 	partitions     uint64
 	versions       string
+	restore        restoreResult // partitioned dedup: a new owner rebuilding its state
 }
 
 func serviceVersions(ctx context.Context, e *env) string {
@@ -417,6 +421,18 @@ func (rep *report) write(dir string) error {
 				total, byTable := formatInserts(r.pgInserts, r.events)
 				p("| %s | %s | %s | %s |", wr.name, r.name, total, byTable)
 			}
+		}
+	}
+	p("")
+	p("**Moving partitioned deduplication state** (`Canopy partitioned`): after its run, a worker with an empty state")
+	p("directory takes every partition over and rebuilds each one's event-id state from the by-id topic before its first")
+	p("batch (`canopy_dedup_restore_seconds`, `canopy_dedup_restored_records_total`):")
+	p("")
+	p("| workload | partitions rebuilt | records read | seconds in all | slowest partition | records/s |")
+	p("|---|---|---|---|---|---|")
+	for _, wr := range wls {
+		if rs := wr.restore; rs.partitions > 0 {
+			p("| %s | %d | %.0f | %.2f | %.2f s | %.0f |", wr.name, rs.partitions, rs.records, rs.seconds, rs.slowest, rs.records/max(rs.seconds, 1e-9))
 		}
 	}
 	p("")

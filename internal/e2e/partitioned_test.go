@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/canopyhq/canopy/internal/synth"
 )
 
 // partitioned switches e's commands to ingest.dedup=partitioned and returns
@@ -142,4 +144,52 @@ func TestPartitionedKilledOwnerDuplicatesRefused(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(out, "ingest.dedup=partitioned") {
 		t.Fatalf("backfill under partitioned deduplication: want exit 2 naming ingest.dedup, got %v: %s", err, out)
 	}
+}
+
+// restoreResult is what a new owner's rebuild of partitioned state cost.
+type restoreResult struct {
+	partitions int
+	records    float64
+	seconds    float64 // summed over partitions
+	slowest    float64
+}
+
+// measureRestore starts a worker with an empty state directory on e, which
+// ran under partitioned deduplication and whose workers have stopped, and
+// sends one new event per partition so that it begins a batch, and so
+// rebuilds the state, on every partition. It reads the cost from the
+// worker's metrics and log.
+func (bd *benchData) measureRestore(b *testing.B, e *env) restoreResult {
+	addr := freeAddr(b)
+	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addr)
+	w := e.startWorker(8)
+	waitReady(b, addr)
+	defer w.stop(b)
+	before, err := e.ackedRecords(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	const extra = 64 // spread over every partition by their ids' hashes
+	keys, values := make([][]byte, extra), make([][]byte, extra)
+	for i := range extra {
+		values[i] = synth.Event{ID: fmt.Sprintf("restore-probe-%d", i), EntityID: 1, OccurredAt: time.Now().UTC(), Type: "probe", Amount: 1}.JSON()
+	}
+	e.produce(keys, values)
+	e.waitAcked(before+extra, 10*time.Minute)
+	m := scrape(b, addr)
+	r := restoreResult{
+		partitions: int(m["canopy_dedup_restore_seconds_count"]),
+		records:    m["canopy_dedup_restored_records_total"],
+		seconds:    m["canopy_dedup_restore_seconds_sum"],
+	}
+	if log, err := os.ReadFile(w.log); err == nil {
+		for _, line := range strings.Split(string(log), "\n") {
+			if i := strings.Index(line, " took="); i >= 0 && strings.Contains(line, "event-id state restored") {
+				if d, err := time.ParseDuration(strings.Fields(line[i+len(" took="):] + " ")[0]); err == nil {
+					r.slowest = max(r.slowest, d.Seconds())
+				}
+			}
+		}
+	}
+	return r
 }
