@@ -44,6 +44,9 @@ type Router struct {
 	mu     sync.Mutex
 	buf    map[partitionKey][]*kgo.Record // due later (retry topic)
 	paused map[partitionKey]bool
+	// unpause holds revoked partitions that were paused: a pause outlives
+	// the assignment in the client, so it is lifted before the next poll.
+	unpause map[string][]int32
 }
 
 // NewRouter returns a Router; opts carry the brokers and security.
@@ -91,8 +94,12 @@ func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 	defer r.mu.Unlock()
 	for topic, parts := range m {
 		for _, p := range parts {
-			delete(r.buf, partitionKey{topic, p})
-			delete(r.paused, partitionKey{topic, p})
+			k := partitionKey{topic, p}
+			if r.paused[k] {
+				r.unpause = appendPart(r.unpause, k)
+			}
+			delete(r.buf, k)
+			delete(r.paused, k)
 		}
 	}
 }
@@ -101,6 +108,12 @@ func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 func (r *Router) Run(ctx context.Context) error {
 	defer r.cl.Close()
 	for {
+		r.mu.Lock()
+		if len(r.unpause) > 0 {
+			r.cl.ResumeFetchPartitions(r.unpause)
+			r.unpause = nil
+		}
+		r.mu.Unlock()
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		fetches := r.cl.PollRecords(pctx, r.cfg.MaxPoll)
 		cancel()
