@@ -435,7 +435,7 @@ func (p *Processor) toWrite(ctx context.Context, b *Batch) (*Batch, error) {
 func (p *Processor) route(fs []Failure) (retry, dead []Failure) {
 	pol := p.Retry.withDefaults()
 	for _, f := range fs {
-		transient := f.Class == ClassUnknownEntity
+		transient := f.Class == ClassUnknownEntity && !f.Final
 		if transient && p.Retry.Publisher != nil && f.Attempts < pol.MaxAttempts && f.At.Sub(f.First) < pol.MaxAge {
 			f.RetryAt = f.At.Add(pol.delay(f.Attempts))
 			retry = append(retry, f)
@@ -506,11 +506,13 @@ func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
 		At:       p.now().UTC().Truncate(time.Second),
 	}
 	// A retried or replayed record fails in the name of its first source.
-	if o := originOf(r); o.known {
+	o := originOf(r)
+	if o.known {
 		f.Source = o.source
 		f.Attempts = o.attempts + 1
 		f.First = o.first
 	}
+	f.Final = o.backfill
 	if f.First.IsZero() {
 		f.First = f.At
 	}

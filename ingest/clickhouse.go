@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/ch-go/proto"
@@ -521,6 +522,73 @@ func (s *ClickHouseSink) AckedRanges(ctx context.Context, topic string) (map[int
 			return nil, fmt.Errorf("read %s: %w", schema.TableAcks, err)
 		}
 		out[r.Partition] = append(out[r.Partition], r)
+	}
+	return out, rows.Err()
+}
+
+// AckedWithin implements Outcomes.
+func (s *ClickHouseSink) AckedWithin(ctx context.Context, topic string, partition int32, first, last int64) ([]Range, error) {
+	rows, err := s.Conn.Query(ctx, fmt.Sprintf(`SELECT first_offset, last_offset FROM %s.%s
+		WHERE topic = ? AND partition = ? AND last_offset >= ? AND first_offset <= ?`, s.Schema.Database, schema.TableAcks),
+		topic, partition, first, last)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", schema.TableAcks, err)
+	}
+	defer rows.Close()
+	var out []Range
+	for rows.Next() {
+		r := Range{Partition: partition}
+		if err := rows.Scan(&r.First, &r.Last); err != nil {
+			return nil, fmt.Errorf("read %s: %w", schema.TableAcks, err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AcceptedIn implements Outcomes: it counts the events table's rows written
+// from the offsets of ranges, a hundred ranges per query.
+func (s *ClickHouseSink) AcceptedIn(ctx context.Context, topic string, partition int32, ranges []Range) (int64, error) {
+	var total int64
+	for len(ranges) > 0 {
+		n := min(len(ranges), 100)
+		conds := make([]string, n)
+		args := []any{topic, partition}
+		for i, r := range ranges[:n] {
+			conds[i] = "(src_offset >= ? AND src_offset <= ?)"
+			args = append(args, r.First, r.Last)
+		}
+		var c uint64
+		if err := s.Conn.QueryRow(ctx, fmt.Sprintf(`SELECT count() FROM %s.%s WHERE src_topic = ? AND src_partition = ? AND (%s)`,
+			s.Schema.Database, schema.TableEvents, strings.Join(conds, " OR ")), args...).Scan(&c); err != nil {
+			return 0, fmt.Errorf("count accepted events: %w", err)
+		}
+		total += int64(c) //nolint:gosec // a count of rows
+		ranges = ranges[n:]
+	}
+	return total, nil
+}
+
+// DeadLettered implements Outcomes.
+func (s *ClickHouseSink) DeadLettered(ctx context.Context, src Source, since time.Time) (map[Class]int64, error) {
+	rows, err := s.Conn.Query(ctx, fmt.Sprintf(`SELECT error_class, count() FROM %s.%s FINAL
+		WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? AND source_offset <= ?
+		  AND last_failure >= ? AND resolution = '' GROUP BY error_class`, s.Schema.Database, schema.TableFailures),
+		src.Topic, src.Partition, src.First, src.Last, since.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("count dead letters: %w", err)
+	}
+	defer rows.Close()
+	out := map[Class]int64{}
+	for rows.Next() {
+		var (
+			c string
+			n uint64
+		)
+		if err := rows.Scan(&c, &n); err != nil {
+			return nil, fmt.Errorf("count dead letters: %w", err)
+		}
+		out[Class(c)] += int64(n) //nolint:gosec // a count of rows
 	}
 	return out, rows.Err()
 }

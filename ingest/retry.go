@@ -22,6 +22,10 @@ const (
 	// offset of the record that holds its event id's claim
 	// (PartitionedClaims): the retry takes that claim over.
 	HeaderRetryOf = "canopy.retry.of"
+	// HeaderBackfill marks a record a backfill forwarded to the by-id topic
+	// (Forward): like a backfill's own batches, it is dead-lettered at once
+	// when its entity is still unknown after a catch-up, not retried.
+	HeaderBackfill = "canopy.backfill"
 )
 
 // RetryPolicy says how transient per-record failures (an entity not in the
@@ -108,6 +112,7 @@ type origin struct {
 	first    time.Time
 	retryAt  time.Time
 	replay   bool
+	backfill bool  // HeaderBackfill
 	retryOf  int64 // HeaderRetryOf, or -1
 	class    Class
 	message  string
@@ -156,6 +161,7 @@ func originOf(r Record) origin {
 	}
 	o.message, _ = header(r.Headers, HeaderErrorMessage)
 	_, o.replay = header(r.Headers, HeaderReplay)
+	_, o.backfill = header(r.Headers, HeaderBackfill)
 	if s, ok := header(r.Headers, HeaderRetryOf); ok {
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
 			o.retryOf = n

@@ -200,14 +200,23 @@ func appendPart(m map[string][]int32, k partitionKey) map[string][]int32 {
 
 // byID is rec as a record of the by-id topic.
 func (r *Router) byID(rec *kgo.Record) *kgo.Record {
-	out := &kgo.Record{Topic: r.cfg.Target, Value: rec.Value}
-	if id, ok := EventIDOf(rec.Value); ok {
+	return toByID(r.cfg.Target, rec.Value, rec.Headers, Source{Topic: rec.Topic, Partition: rec.Partition, First: rec.Offset})
+}
+
+// toByID is a record of the by-id topic keyed by the event id of value. It
+// keeps the canopy.* headers but for the retry's due time and, unless they
+// name a source already, adds source headers naming src (its First
+// offset), so failures and dead letters point at where the record came
+// from. extra headers are appended.
+func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source, extra ...kgo.RecordHeader) *kgo.Record {
+	out := &kgo.Record{Topic: target, Value: value}
+	if id, ok := EventIDOf(value); ok {
 		out.Key = []byte(id)
 	} // else no id: the by-id stage dead-letters it, from whichever partition
 
-	hs := make([]kgo.RecordHeader, 0, len(rec.Headers)+3)
+	hs := make([]kgo.RecordHeader, 0, len(headers)+3+len(extra))
 	sourced := false
-	for _, h := range rec.Headers {
+	for _, h := range headers {
 		switch h.Key {
 		case HeaderRetryAt:
 			continue // due now
@@ -218,11 +227,11 @@ func (r *Router) byID(rec *kgo.Record) *kgo.Record {
 	}
 	if !sourced {
 		hs = append(hs,
-			kgo.RecordHeader{Key: HeaderSourceTopic, Value: []byte(rec.Topic)},
-			kgo.RecordHeader{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(rec.Partition)))},
-			kgo.RecordHeader{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(rec.Offset, 10))})
+			kgo.RecordHeader{Key: HeaderSourceTopic, Value: []byte(src.Topic)},
+			kgo.RecordHeader{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(src.Partition)))},
+			kgo.RecordHeader{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(src.First, 10))})
 	}
-	out.Headers = hs
+	out.Headers = append(hs, extra...)
 	return out
 }
 

@@ -65,6 +65,9 @@ type Failure struct {
 	// carries Claim in HeaderRetryOf and takes the claim over.
 	HoldsClaim bool
 	Claim      int64
+	// Final marks a failure that is dead-lettered, never retried: the
+	// record came from a backfill (HeaderBackfill).
+	Final bool
 	// Resolution is "" for a failure; "replayed" marks the failure of
 	// Source resolved by a successful replay.
 	Resolution string

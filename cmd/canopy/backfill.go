@@ -50,15 +50,17 @@ bookkeeping as the worker. Bad records go to the dead letters. One source per ru
 It is resumable: killed at any point and run again with the same arguments, it
 skips what it finished and redoes exactly what it was writing. It is
 idempotent: a second run changes nothing. It may run while workers run: an
-event_id that also arrives through Kafka counts once.`,
+event_id that also arrives through Kafka counts once.
+
+With ingest.dedup=partitioned the workers own the event ids, so backfill
+forwards the records to the by-id topic (kafka.byid_topic), waits until the
+workers have acknowledged every one, and then reports what became of them:
+run it while workers run.`,
 		Example: `  canopy backfill history/2025-*.ndjson.gz
   canopy backfill --topic canopy.events.archive --from 2026-01-01 --to 2026-02-01
   canopy backfill --query "SELECT id, user_id, created_at, kind, total FROM sales" \
       --query-dsn postgres://app@db/shop --map event_id=id,entity_id=user_id,occurred_at=created_at,type=kind,amount=total`,
 		RunE: func(cmd *cobra.Command, a []string) error {
-			if err := notPartitioned(cfg, "backfill"); err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			log := cfg.logger()
 			kinds := 0
@@ -119,17 +121,25 @@ event_id that also arrives through Kafka counts once.`,
 			for _, in := range inputs {
 				total += in.Total()
 			}
-			p, err := openPipeline(ctx, cfg, log, nil, nil)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			// An unknown entity is dead-lettered after one catch-up: a
-			// backfill expects its hierarchy to be loaded first.
-			p.proc.Retry.Publisher = nil
-			bf := &ingest.Backfill{Processor: p.proc, BatchRecords: batch, Parallel: parallel, Progress: progress(total, bytes), Log: log}
 			start := time.Now()
-			st, err := bf.Run(ctx, inputs)
+			var (
+				st  ingest.BackfillStats
+				err error
+			)
+			if cfg.partitioned() {
+				st, err = forward(ctx, cfg, log, inputs, batch, progress(total, bytes))
+			} else {
+				var p *pipeline
+				if p, err = openPipeline(ctx, cfg, log, nil, nil); err != nil {
+					return err
+				}
+				defer p.Close()
+				// An unknown entity is dead-lettered after one catch-up: a
+				// backfill expects its hierarchy to be loaded first.
+				p.proc.Retry.Publisher = nil
+				bf := &ingest.Backfill{Processor: p.proc, BatchRecords: batch, Parallel: parallel, Progress: progress(total, bytes), Log: log}
+				st, err = bf.Run(ctx, inputs)
+			}
 			fmt.Fprintln(os.Stderr)
 			fmt.Println(summary(st, time.Since(start)))
 			if err == nil && cleanup != nil {
@@ -139,7 +149,7 @@ event_id that also arrives through Kafka counts once.`,
 		},
 	}
 	cmd.Flags().IntVar(&batch, "batch", 25000, "records per batch (keep it the same when resuming)")
-	cmd.Flags().IntVar(&parallel, "parallel", 3, "batches written at once")
+	cmd.Flags().IntVar(&parallel, "parallel", 3, "batches written at once (with ingest.dedup=partitioned the workers write them)")
 	cmd.Flags().StringVar(&topic, "topic", "", "backfill from this Kafka topic")
 	cmd.Flags().StringVar(&from, "from", "", "with --topic: first offset or time (inclusive)")
 	cmd.Flags().StringVar(&to, "to", "", "with --topic: last offset or time (exclusive)")

@@ -165,3 +165,67 @@ func forgetStale(ctx context.Context, log *slog.Logger, state *idstate.Store, to
 	})
 	return ferr
 }
+
+// forward runs a backfill under partitioned deduplication (ingest.Forward):
+// the records go to the by-id topic and the workers write them.
+func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest.Input, batch int,
+	progress func(done, records int64)) (ingest.BackfillStats, error) {
+	chs, err := cfg.chSchema()
+	if err != nil {
+		return ingest.BackfillStats{}, usageError{err}
+	}
+	opts := []kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}
+	if err := ensureByIDTopic(ctx, cfg, cfg.duration("ingest.dedup_horizon"), opts); err != nil {
+		return ingest.BackfillStats{}, err
+	}
+	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	if err != nil {
+		return ingest.BackfillStats{}, err
+	}
+	defer pool.Close()
+	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	if err != nil {
+		return ingest.BackfillStats{}, err
+	}
+	defer func() { _ = ch.Close() }()
+	cl, err := kgo.NewClient(append(opts, kgo.ProducerBatchMaxBytes(16<<20), kgo.ProducerLinger(5*time.Millisecond))...)
+	if err != nil {
+		return ingest.BackfillStats{}, fmt.Errorf("kafka producer: %w", err)
+	}
+	defer cl.Close()
+	target := cfg.get("kafka.byid_topic")
+	f := &ingest.Forward{
+		Client:       cl,
+		Target:       target,
+		Strides:      &pgledger.Ledger{Pool: pool},
+		Outcomes:     &ingest.ClickHouseSink{Conn: ch, Schema: chs},
+		BatchRecords: batch,
+		Progress:     progress,
+		Waiting:      awaitingWorkers(log, target),
+		Log:          log,
+	}
+	return f.Run(ctx, inputs)
+}
+
+// awaitingWorkers reports a forwarding backfill's wait for the workers every
+// 5 s, and says what to check when nothing moves for a minute.
+func awaitingWorkers(log *slog.Logger, topic string) func(acked, sent int64) {
+	var last, moved time.Time
+	prev := int64(-1)
+	return func(acked, sent int64) {
+		now := time.Now()
+		if acked != prev {
+			prev, moved = acked, now
+		}
+		if acked == sent || now.Sub(last) < 5*time.Second {
+			return
+		}
+		last = now
+		if now.Sub(moved) > time.Minute {
+			log.Warn("backfill: no acknowledgement for a minute; is a worker running with ingest.dedup=partitioned?",
+				"topic", topic, "acknowledged", acked, "forwarded", sent)
+			return
+		}
+		log.Info("backfill: waiting for the workers", "topic", topic, "acknowledged", acked, "forwarded", sent)
+	}
+}

@@ -34,9 +34,10 @@ type pipeline struct {
 func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *ingest.Metrics,
 	beforeLoad func(), extra ...kgo.Opt) (p *pipeline, err error) {
 	p = &pipeline{}
+	opened := p // an error return clears p; what was opened still closes
 	defer func() {
 		if err != nil {
-			p.Close()
+			opened.Close()
 		}
 	}()
 	if p.chs, err = cfg.chSchema(); err != nil {

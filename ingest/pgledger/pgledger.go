@@ -262,7 +262,35 @@ func (l *Ledger) Purge(ctx context.Context, horizon, keepIntents time.Duration) 
 		keepIntents.Seconds()); err != nil {
 		return 0, fmt.Errorf("purge intents: %w", err)
 	}
+	if _, err := l.Pool.Exec(ctx, `delete from canopy.forwarded_strides where forwarded_at < now() - make_interval(secs => $1)`,
+		horizon.Seconds()); err != nil {
+		return 0, fmt.Errorf("purge forwarded strides: %w", err)
+	}
 	return tag.RowsAffected(), nil
+}
+
+// Forwarded reports whether a stride starting at src.First was forwarded to
+// the by-id topic by an earlier backfill (ingest.Forward).
+func (l *Ledger) Forwarded(ctx context.Context, src ingest.Source) (bool, error) {
+	var n int
+	err := l.Pool.QueryRow(ctx, `select count(*) from canopy.forwarded_strides
+		where src_topic = $1 and src_partition = $2 and first_offset = $3`, key(src), src.Partition, src.First).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("look up forwarded stride %s/%d@%d: %w", key(src), src.Partition, src.First, err)
+	}
+	return n > 0, nil
+}
+
+// MarkForwarded records that the stride src was forwarded, with its record
+// count.
+func (l *Ledger) MarkForwarded(ctx context.Context, src ingest.Source, records int) error {
+	_, err := l.Pool.Exec(ctx, `insert into canopy.forwarded_strides (src_topic, src_partition, first_offset, last_offset, records)
+		values ($1, $2, $3, $4, $5) on conflict (src_topic, src_partition, first_offset) do nothing`,
+		key(src), src.Partition, src.First, src.Last, records)
+	if err != nil {
+		return fmt.Errorf("record forwarded stride %s/%d@%d: %w", key(src), src.Partition, src.First, err)
+	}
+	return nil
 }
 
 // StateSize returns the deduplication state's size: the number of event-id

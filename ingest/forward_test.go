@@ -1,0 +1,263 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// recordsInput is an Input over records in memory.
+type recordsInput struct {
+	name string
+	recs []Record
+}
+
+func (in recordsInput) Name() string { return in.name }
+func (in recordsInput) Total() int64 { return int64(len(in.recs)) }
+func (in recordsInput) Records(fn func(Record, int64) error) error {
+	for i, r := range in.recs {
+		if err := fn(r, int64(i+1)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type memStrides struct {
+	mu   sync.Mutex
+	done map[Source]bool
+}
+
+func (m *memStrides) Forwarded(_ context.Context, src Source) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.done[Source{Topic: src.Topic, Partition: src.Partition, First: src.First}], nil
+}
+
+func (m *memStrides) MarkForwarded(_ context.Context, src Source, _ int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.done[Source{Topic: src.Topic, Partition: src.Partition, First: src.First}] = true
+	return nil
+}
+
+// modelWorkers plays the workers over the by-id topic as the contract has
+// them, with no horizon: per partition, the first record of an id is
+// accepted and later ones are duplicates; a record without an id is
+// dead-lettered in the name of its source. It acknowledges everything only
+// from its second look on, so Forward has to wait.
+type modelWorkers struct {
+	t       *testing.T
+	brokers []string
+	topic   string
+	looks   int // AckedWithin calls so far
+	unacked int // the first calls that acknowledge nothing
+}
+
+type modelRecord struct {
+	key      string
+	src      Source
+	backfill bool
+	at       time.Time
+}
+
+// read returns the topic's records by partition and offset.
+func (m *modelWorkers) read() map[int32][]modelRecord {
+	m.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(m.brokers...), kgo.ConsumeTopics(m.topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, m.topic)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	want := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) { want[o.Partition] = o.Offset })
+	out := map[int32][]modelRecord{}
+	complete := func() bool {
+		for p, n := range want {
+			if int64(len(out[p])) < n {
+				return false
+			}
+		}
+		return true
+	}
+	for !complete() {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			m.t.Fatal("reading the by-id topic timed out")
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			o := originOf(Record{Headers: r.Headers})
+			out[r.Partition] = append(out[r.Partition], modelRecord{key: string(r.Key), src: o.source, backfill: o.backfill, at: r.Timestamp})
+		})
+	}
+	return out
+}
+
+func (m *modelWorkers) AckedWithin(_ context.Context, _ string, p int32, first, last int64) ([]Range, error) {
+	m.looks++
+	if m.looks <= m.unacked {
+		return nil, nil
+	}
+	return []Range{{Partition: p, First: first, Last: last}}, nil
+}
+
+func (m *modelWorkers) AcceptedIn(_ context.Context, _ string, p int32, ranges []Range) (int64, error) {
+	recs := m.read()[p]
+	seen := map[string]bool{}
+	var n int64
+	for off, r := range recs {
+		if r.key == "" || seen[r.key] {
+			continue
+		}
+		seen[r.key] = true
+		for _, rg := range ranges {
+			if int64(off) >= rg.First && int64(off) <= rg.Last {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+func (m *modelWorkers) DeadLettered(_ context.Context, src Source, since time.Time) (map[Class]int64, error) {
+	out := map[Class]int64{}
+	for _, recs := range m.read() {
+		for _, r := range recs {
+			if r.key == "" && r.src.Topic == src.Topic && r.src.First >= src.First && r.src.First <= src.Last && !r.at.Before(since) {
+				out[ClassInvalidJSON]++
+			}
+		}
+	}
+	return out, nil
+}
+
+// TestForwardCountsAndSkips forwards two inputs holding 300 distinct ids,
+// 40 repeats and 3 lines without an id in strides of 50: every record lands
+// in the by-id topic keyed by its id and marked as a backfill's, named by
+// its input and offset; the summary is what the model workers made of them;
+// a second run skips every stride and forwards nothing.
+func TestForwardCountsAndSkips(t *testing.T) {
+	const topic = "byid"
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	rng := rand.New(rand.NewPCG(7, 13))
+	var inputs []Input
+	var lines []string
+	for i := range 300 {
+		lines = append(lines, fmt.Sprintf(`{"event_id":"e%d","entity_id":1,"occurred_at":"2026-11-01T00:00:00Z","type":"sale"}`, i))
+	}
+	for range 40 {
+		lines = append(lines, lines[rng.IntN(300)])
+	}
+	lines = append(lines, `{"event_id":`, `not json`, `{}`)
+	rng.Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+	for k, part := range [][]string{lines[:150], lines[150:]} {
+		in := recordsInput{name: "file:" + strconv.Itoa(k)}
+		for i, l := range part {
+			in.recs = append(in.recs, Record{Topic: in.name, Offset: int64(10 * i), Value: []byte(l)})
+		}
+		inputs = append(inputs, in)
+	}
+
+	model := &modelWorkers{t: t, brokers: cluster.ListenAddrs(), topic: topic, unacked: 3} // a look at each partition
+	strides := &memStrides{done: map[Source]bool{}}
+	var waited []int64
+	f := &Forward{Client: cl, Target: topic, Strides: strides, Outcomes: model, BatchRecords: 500,
+		Poll: time.Millisecond, Waiting: func(acked, sent int64) { waited = append(waited, acked, sent) }}
+	st, err := f.Run(context.Background(), inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := BackfillStats{Records: 343, Accepted: 300, Duplicates: 40, DeadLettered: map[Class]int64{ClassInvalidJSON: 3}}
+	if fmt.Sprint(st) != fmt.Sprint(want) {
+		t.Fatalf("stats %+v, want %+v", st, want)
+	}
+	if !slices.Equal(waited, []int64{0, 343, 343, 343}) {
+		t.Fatalf("waiting reports %v, want one look with nothing acknowledged, then all (holds when all 3 partitions got records)", waited)
+	}
+	if len(strides.done) != 7 { // 150 and 193 records at offsets 10 apart, in strides of 500 offsets: 3 + 4
+		t.Fatalf("%d strides recorded, want 7", len(strides.done))
+	}
+	got := map[string]int{}
+	for _, recs := range model.read() {
+		for _, r := range recs {
+			if !r.backfill || r.src.Topic == "" {
+				t.Fatalf("by-id record %+v lacks the backfill or source headers", r)
+			}
+			in := inputs[r.src.Topic[len("file:")]-'0'].(recordsInput)
+			src := in.recs[r.src.First/10]
+			if id, _ := EventIDOf(src.Value); id != r.key {
+				t.Fatalf("by-id record keyed %q, its source line holds %q", r.key, src.Value)
+			}
+			got[r.key]++
+		}
+	}
+	if got[""] != 3 || len(got) != 301 {
+		t.Fatalf("by-id topic: %d keys, %d without a key; want 300 and 3", len(got)-1, got[""])
+	}
+
+	model.looks = 0
+	st, err = f.Run(context.Background(), inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = BackfillStats{Records: 343, Skipped: 343, DeadLettered: map[Class]int64{}}
+	if fmt.Sprint(st) != fmt.Sprint(want) {
+		t.Fatalf("second run: stats %+v, want %+v", st, want)
+	}
+}
+
+// addOffset keeps a partition's offsets as sorted, disjoint, maximal ranges
+// whatever order they come in.
+func TestAddOffset(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		offs := rng.Perm(60)[:rng.IntN(60)]
+		var rs []Range
+		for _, o := range offs {
+			rs = addOffset(rs, 0, int64(o))
+		}
+		var flat []int64
+		for i, r := range rs {
+			if r.First > r.Last || (i > 0 && rs[i-1].Last+1 >= r.First) {
+				t.Fatalf("ranges %v not sorted, disjoint and maximal", rs)
+			}
+			for o := r.First; o <= r.Last; o++ {
+				flat = append(flat, o)
+			}
+		}
+		sorted := make([]int64, len(offs))
+		for i, o := range offs {
+			sorted[i] = int64(o)
+		}
+		slices.Sort(sorted)
+		if !slices.Equal(flat, sorted) {
+			t.Fatalf("ranges %v hold %v, want %v", rs, flat, sorted)
+		}
+	}
+}
