@@ -228,7 +228,8 @@ func (r *Reconciler) read(ctx context.Context, g Range, log string) ([]Record, e
 				return
 			}
 			if rec.Offset >= g.First {
-				out = append(out, Record{Topic: rec.Topic, Log: log, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key, Value: rec.Value})
+				out = append(out, Record{Topic: rec.Topic, Log: log, Partition: rec.Partition, Offset: rec.Offset,
+					Key: rec.Key, Value: rec.Value, Headers: rec.Headers, Time: rec.Timestamp})
 			}
 		})
 		if done || (len(out) > 0 && out[len(out)-1].Offset == g.Last) {

@@ -57,12 +57,12 @@ func (l *localDedup) Purge(ctx context.Context, horizon, keep time.Duration) (in
 	return int64(n), nil
 }
 
-// openPartitioned opens the local event-id state, makes sure the by-id
+// openPartitioned opens the local event-id state in dir, makes sure the by-id
 // topic exists, and puts PartitionedClaims in front of the processor's
 // ledger.
-func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
+func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir string, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
 	horizon := cfg.duration("ingest.dedup_horizon")
-	state, err := idstate.Open(cfg.get("ingest.state_dir"), idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
+	state, err := idstate.Open(dir, idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("ingest.state_dir: %w", err)
 	}
@@ -125,16 +125,6 @@ func ensureByIDTopic(ctx context.Context, cfg *config, horizon time.Duration, op
 		return fmt.Errorf("create the by-id topic %s: %w", target, err)
 	}
 	return nil
-}
-
-// notPartitioned refuses a command that claims event ids itself, which only
-// the PostgreSQL claims table lets it do beside the workers so far.
-func notPartitioned(cfg *config, command string) error {
-	if !cfg.partitioned() {
-		return nil
-	}
-	return usageError{fmt.Errorf("ingest.dedup=partitioned: canopy %s is not built for it yet (it would claim event ids outside the by-id topic); "+
-		"produce the records to %s instead, or run it with ingest.dedup=postgres on a deployment that uses it", command, cfg.get("kafka.events_topic"))}
 }
 
 // forgetStale drops the local state of every partition whose mark lies at or

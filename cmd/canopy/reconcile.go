@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,12 +38,14 @@ Output: one line per range, "TOPIC PARTITION FIRST LAST RECORDS", then one line
 per error class of the failures not resolved yet, "failures CLASS COUNT" (replay
 them with canopy dlq replay once their cause is fixed). With --watch it serves
 /metrics on --http-addr: canopy_ack_gap_records (records in unacknowledged
-ranges at the last scan) and canopy_reprocessed_records_total.`,
+ranges at the last scan) and canopy_reprocessed_records_total.
+
+With ingest.dedup=partitioned it reconciles the by-id topic (kafka.byid_topic),
+where the workers' batches are, and decides each record's event id from that
+topic's log, in a temporary state of its own, exactly as the partition's owner
+does.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := notPartitioned(cfg, "reconcile"); err != nil {
-				return err
-			}
 			return runReconcile(cmd.Context(), cfg, dryRun, watch)
 		},
 	}
@@ -58,6 +61,22 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 		return err
 	}
 	defer p.Close()
+	topic, failuresOf := cfg.get("kafka.events_topic"), cfg.get("kafka.events_topic")
+	if cfg.partitioned() {
+		// Claims are decided from the by-id topic's log: a temporary state
+		// rebuilt from it decides as the partition's owner does.
+		dir, err := os.MkdirTemp("", "canopy-reconcile-")
+		if err != nil {
+			return err
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		local, err := openPartitioned(ctx, cfg, log, dir, p.proc, nil)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = local.state.Close() }()
+		topic = cfg.get("kafka.byid_topic")
+	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
@@ -81,7 +100,7 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 		defer func() { _ = srv.Close() }()
 	}
 	r := &ingest.Reconciler{
-		Client: cl, Topic: cfg.get("kafka.events_topic"), Group: cfg.get("kafka.group"),
+		Client: cl, Topic: topic, Group: cfg.get("kafka.group"),
 		Acks: p.proc.Sink.(*ingest.ClickHouseSink), Processor: p.proc, Log: log,
 	}
 	for {
@@ -111,7 +130,7 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 			gapRecords.Set(0)
 			reprocessed.Add(float64(total))
 		}
-		failures, ferr := unresolvedFailures(ctx, p, r.Topic)
+		failures, ferr := unresolvedFailures(ctx, p, failuresOf)
 		if ferr != nil {
 			return ferr
 		}
