@@ -17,7 +17,11 @@ import (
 // StrideLog remembers which strides of a backfill's inputs were forwarded
 // (pgledger.Ledger), so a rerun skips them.
 type StrideLog interface {
-	Forwarded(ctx context.Context, src Source) (bool, error)
+	// Forwarded returns the last offset forwarded of the stride that
+	// starts at src.First, if an earlier run forwarded it.
+	Forwarded(ctx context.Context, src Source) (last int64, found bool, err error)
+	// MarkForwarded records src (extending a stride recorded with the same
+	// first offset) and how many records were forwarded of it.
 	MarkForwarded(ctx context.Context, src Source, records int) error
 }
 
@@ -122,22 +126,34 @@ func (f *Forward) Run(ctx context.Context, inputs []Input) (BackfillStats, error
 	return fw.st, f.count(ctx, fw, since)
 }
 
-// stride forwards one stride unless an earlier run did.
+// stride forwards one stride, or what of it an earlier run did not.
 func (f *Forward) stride(ctx context.Context, fw *forwarding, recs []Record) error {
 	first, last := recs[0], recs[len(recs)-1]
-	src := Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: last.Offset}
+	key := Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: last.Offset}
 	fw.st.Records += int64(len(recs))
-	var done bool
+	var (
+		upTo  int64
+		found bool
+	)
 	if err := f.retry(ctx, "look up stride", func() (err error) {
-		done, err = f.Strides.Forwarded(ctx, src)
+		upTo, found, err = f.Strides.Forwarded(ctx, key)
 		return err
 	}); err != nil {
 		return err
 	}
-	if done {
-		fw.st.Skipped += int64(len(recs))
+	if found {
+		// An earlier run forwarded the stride up to upTo; a run over a
+		// shorter range may have stopped inside it.
+		n := 0
+		for n < len(recs) && recs[n].Offset <= upTo {
+			n++
+		}
+		fw.st.Skipped += int64(n)
+		recs = recs[n:]
 		fw.chained = false
-		return nil
+		if len(recs) == 0 {
+			return nil
+		}
 	}
 	mark := kgo.RecordHeader{Key: HeaderBackfill, Value: []byte("1")}
 	out := make([]*kgo.Record, len(recs))
@@ -151,13 +167,14 @@ func (f *Forward) stride(ctx context.Context, fw *forwarding, recs []Record) err
 		fw.offsets[r.Partition] = addOffset(fw.offsets[r.Partition], r.Partition, r.Offset)
 	}
 	fw.sent += int64(len(out))
-	if err := f.retry(ctx, "record stride", func() error { return f.Strides.MarkForwarded(ctx, src, len(recs)) }); err != nil {
+	if err := f.retry(ctx, "record stride", func() error { return f.Strides.MarkForwarded(ctx, key, len(recs)) }); err != nil {
 		return err
 	}
-	if n := len(fw.sources); fw.chained && n > 0 && fw.sources[n-1].Topic == src.Topic && fw.sources[n-1].Partition == src.Partition {
-		fw.sources[n-1].Last = src.Last
+	sent := Source{Topic: key.Topic, Partition: key.Partition, First: recs[0].Offset, Last: key.Last}
+	if n := len(fw.sources); fw.chained && n > 0 && fw.sources[n-1].Topic == sent.Topic && fw.sources[n-1].Partition == sent.Partition {
+		fw.sources[n-1].Last = sent.Last
 	} else {
-		fw.sources = append(fw.sources, src)
+		fw.sources = append(fw.sources, sent)
 	}
 	fw.chained = true
 	return nil

@@ -34,19 +34,21 @@ func (in recordsInput) Records(fn func(Record, int64) error) error {
 
 type memStrides struct {
 	mu   sync.Mutex
-	done map[Source]bool
+	done map[Source]int64 // by topic, partition and first offset: the last offset
 }
 
-func (m *memStrides) Forwarded(_ context.Context, src Source) (bool, error) {
+func (m *memStrides) Forwarded(_ context.Context, src Source) (int64, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.done[Source{Topic: src.Topic, Partition: src.Partition, First: src.First}], nil
+	last, ok := m.done[Source{Topic: src.Topic, Partition: src.Partition, First: src.First}]
+	return last, ok, nil
 }
 
 func (m *memStrides) MarkForwarded(_ context.Context, src Source, _ int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.done[Source{Topic: src.Topic, Partition: src.Partition, First: src.First}] = true
+	k := Source{Topic: src.Topic, Partition: src.Partition, First: src.First}
+	m.done[k] = max(m.done[k], src.Last)
 	return nil
 }
 
@@ -185,7 +187,7 @@ func TestForwardCountsAndSkips(t *testing.T) {
 	}
 
 	model := &modelWorkers{t: t, brokers: cluster.ListenAddrs(), topic: topic, unacked: 3} // a look at each partition
-	strides := &memStrides{done: map[Source]bool{}}
+	strides := &memStrides{done: map[Source]int64{}}
 	var waited []int64
 	f := &Forward{Client: cl, Target: topic, Strides: strides, Outcomes: model, BatchRecords: 500,
 		Poll: time.Millisecond, Waiting: func(acked, sent int64) { waited = append(waited, acked, sent) }}
@@ -258,6 +260,53 @@ func TestAddOffset(t *testing.T) {
 		slices.Sort(sorted)
 		if !slices.Equal(flat, sorted) {
 			t.Fatalf("ranges %v hold %v, want %v", rs, flat, sorted)
+		}
+	}
+}
+
+// TestForwardExtendsAStride forwards the first 37 records of an input, then
+// the whole input: the second run skips exactly those 37, even where they
+// end inside a stride, and forwards every other record once.
+func TestForwardExtendsAStride(t *testing.T) {
+	const topic = "byid"
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	in := recordsInput{name: "kafka:archive"}
+	for i := range 100 {
+		in.recs = append(in.recs, Record{Topic: in.name, Offset: int64(i),
+			Value: fmt.Appendf(nil, `{"event_id":"e%d","entity_id":1,"occurred_at":"2026-11-01T00:00:00Z","type":"sale"}`, i)})
+	}
+	head := recordsInput{name: in.name, recs: in.recs[:37]}
+	model := &modelWorkers{t: t, brokers: cluster.ListenAddrs(), topic: topic}
+	f := &Forward{Client: cl, Target: topic, Strides: &memStrides{done: map[Source]int64{}}, Outcomes: model,
+		BatchRecords: 25, Poll: time.Millisecond}
+	if _, err := f.Run(context.Background(), []Input{head}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Run(context.Background(), []Input{in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Skipped != 37 || st.Accepted != 63 || st.Duplicates != 0 {
+		t.Fatalf("second run: %+v, want 37 skipped and 63 accepted", st)
+	}
+	seen := map[int64]int{}
+	for _, recs := range model.read() {
+		for _, r := range recs {
+			seen[r.src.First]++
+		}
+	}
+	for i := range int64(100) {
+		if seen[i] != 1 {
+			t.Fatalf("source offset %d forwarded %d times, want once", i, seen[i])
 		}
 	}
 }

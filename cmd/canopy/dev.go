@@ -68,6 +68,9 @@ func runDev(ctx context.Context, cfg *config, o devOptions) error {
 	}
 	defer broker.Close()
 	cfg.byKey["kafka.brokers"].val = strings.Join(broker.ListenAddrs(), ",")
+	if st := cfg.byKey["ingest.state_dir"]; st.val == st.def {
+		st.val = filepath.Join(o.dataDir, "state") // beside the broker's log it indexes
+	}
 	log.Info("embedded kafka started", "brokers", cfg.get("kafka.brokers"), "data", o.dataDir)
 
 	if err := runMigrate(ctx, cfg); err != nil {

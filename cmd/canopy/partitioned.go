@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -57,14 +58,14 @@ func (l *localDedup) Purge(ctx context.Context, horizon, keep time.Duration) (in
 	return int64(n), nil
 }
 
-// openPartitioned opens the local event-id state in dir, makes sure the by-id
-// topic exists, and puts PartitionedClaims in front of the processor's
-// ledger.
+// openPartitioned opens the local event-id state in a free slot of dir,
+// makes sure the by-id topic exists, and puts PartitionedClaims in front of
+// the processor's ledger.
 func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir string, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
 	horizon := cfg.duration("ingest.dedup_horizon")
-	state, err := idstate.Open(dir, idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
+	state, err := openSlot(dir, idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("ingest.state_dir: %w", err)
+		return nil, err
 	}
 	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)
 	if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
@@ -86,6 +87,32 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir str
 		Metrics: metrics,
 	}
 	return &localDedup{pg: pg, state: state}, nil
+}
+
+// stateSlots bounds the worker processes that share one ingest.state_dir.
+const stateSlots = 64
+
+// openSlot opens the state in the first subdirectory of dir (0, 1, …) that
+// no other process holds, so workers started from one directory each get
+// their own, and a restarted worker usually finds the state it left. Any
+// slot serves any partitions: state is rebuilt from the by-id topic where
+// it stops.
+func openSlot(dir string, opts idstate.Options) (*idstate.Store, error) {
+	for i := range stateSlots {
+		d := filepath.Join(dir, strconv.Itoa(i))
+		st, err := idstate.Open(d, opts)
+		if errors.Is(err, idstate.ErrLocked) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ingest.state_dir: %w", err)
+		}
+		if opts.Logger != nil {
+			opts.Logger.Info("event-id state opened", "dir", d)
+		}
+		return st, nil
+	}
+	return nil, fmt.Errorf("ingest.state_dir %s: all %d slots are held by running workers", dir, stateSlots)
 }
 
 // ensureByIDTopic creates the by-id topic with as many partitions as the
@@ -184,6 +211,11 @@ func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest
 	}
 	defer cl.Close()
 	target := cfg.get("kafka.byid_topic")
+	stop, err := workIfAlone(ctx, cfg, log, opts)
+	if err != nil {
+		return ingest.BackfillStats{}, err
+	}
+	defer stop()
 	f := &ingest.Forward{
 		Client:       cl,
 		Target:       target,
@@ -195,6 +227,56 @@ func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest
 		Log:          log,
 	}
 	return f.Run(ctx, inputs)
+}
+
+// workIfAlone starts a worker in this process when no worker consumes the
+// by-id topic (the group has no members), so a backfill completes on its
+// own; stop ends it gracefully. With workers running it does nothing: they
+// process the forwarded records.
+func workIfAlone(ctx context.Context, cfg *config, log *slog.Logger, opts []kgo.Opt) (stop func(), err error) {
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	group := cfg.get("kafka.group")
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	groups, err := kadm.NewClient(cl).DescribeGroups(dctx, group)
+	if err == nil {
+		err = groups.Error()
+	}
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		err = nil // never joined: no members
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kafka: describe group %s: %w", group, err)
+	}
+	if g, ok := groups[group]; ok && len(g.Members) > 0 {
+		log.Info("backfill: the workers of the group will process the forwarded records", "group", group, "members", len(g.Members))
+		return func() {}, nil
+	}
+	log.Info("backfill: no worker consumes the group; running one in this process until the forwarded records are processed", "group", group)
+	cfg.byKey["http.addr"].val = "127.0.0.1:0" // its metrics are this run's alone
+	wctx, cancelWorker := context.WithCancel(ctx)
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() { done <- runWorker(wctx, cfg, ready) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancelWorker()
+		return nil, fmt.Errorf("start a worker: %w", err)
+	case <-ctx.Done():
+		cancelWorker()
+		<-done
+		return nil, ctx.Err()
+	}
+	return func() {
+		cancelWorker()
+		if err := <-done; err != nil {
+			log.Warn("backfill: the worker it ran stopped with an error", "err", err)
+		}
+	}, nil
 }
 
 // awaitingWorkers reports a forwarding backfill's wait for the workers every

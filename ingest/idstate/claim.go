@@ -19,8 +19,11 @@ type Entry struct {
 	// non-decreasing within a partition), at millisecond precision.
 	Time time.Time
 	// RetryOf is -1, or the by-id offset of the occurrence this record is a
-	// retried or replayed copy of.
+	// retried or replayed copy of (or, for a release, that it releases).
 	RetryOf int64
+	// Release marks a release marker: the owner at RetryOf was
+	// dead-lettered, so the id is free again for records after this one.
+	Release bool
 }
 
 // Claim decides, for entries of partition p in increasing offset order,
@@ -105,7 +108,7 @@ func (s *Store) validate(p int32, entries []Entry) error {
 			why = fmt.Sprintf("id of %d bytes, want %d to %d", len(e.ID), MinIDLen, MaxIDLen)
 		case e.Offset < 0 || e.Offset <= prev:
 			why = fmt.Sprintf("offset after %d: offsets must increase", prev)
-		case e.RetryOf < -1:
+		case e.RetryOf < -1, e.Release && e.RetryOf < 0:
 			why = fmt.Sprintf("RetryOf %d", e.RetryOf)
 		case ms < 0 || ms/s.seg > 1<<32-1:
 			why = fmt.Sprintf("time %v out of range", e.Time)
@@ -163,14 +166,18 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 			return false, err
 		}
 	}
+	owner := d.found && !d.tomb // the latest qualifying occurrence owns the id
 	switch {
 	case d.self:
 		return true, nil
-	case d.found && (e.RetryOf < 0 || e.RetryOf != d.latest):
+	case e.Release && (!owner || e.RetryOf != d.latest):
+		return false, nil // releases nothing: not the current owner
+	case !e.Release && owner && (e.RetryOf < 0 || e.RetryOf != d.latest):
 		return false, nil
 	}
 	// A new owner, or the retry of the latest owner, which takes its place:
-	// a second copy of the same retry then finds itself behind it.
+	// a second copy of the same retry then finds itself behind it; or the
+	// release of the latest owner, after which the id is free.
 	for k := range lks {
 		if lks[k].seg == own {
 			lks[k].rec = true
@@ -186,6 +193,7 @@ type decision struct {
 	self   bool  // the state records e itself
 	found  bool  // a qualifying earlier occurrence exists
 	latest int64 // the offset of the latest qualifying occurrence, if found
+	tomb   bool  // that occurrence is a release
 }
 
 // fold applies the rule to every occurrence of value v of segment seg.
@@ -202,7 +210,7 @@ func (s *Store) fold(d *decision, v []byte, seg uint32) error {
 			d.self = true
 		case o.off < d.e.Offset && o.ms >= d.min:
 			if !d.found || o.off > d.latest {
-				d.latest = o.off
+				d.latest, d.tomb = o.off, o.tomb
 			}
 			d.found = true
 		}
@@ -214,7 +222,7 @@ func (s *Store) fold(d *decision, v []byte, seg uint32) error {
 // is cur, keeping occurrences in offset order.
 func (s *Store) record(p int32, sc *scratch, e *Entry, t int64, own uint32, cur []byte) error {
 	start := int64(own) * s.seg
-	n := occ{off: e.Offset, ms: t}
+	n := occ{off: e.Offset, ms: t, tomb: e.Release}
 	off := len(sc.arena)
 	if len(cur) == 0 {
 		sc.arena = appendOcc(sc.arena, n, start)

@@ -115,6 +115,9 @@ func TestClaimRule(t *testing.T) {
 	e := func(id string, off int64, d time.Duration, retryOf int64) Entry {
 		return Entry{ID: []byte(id), Offset: off, Time: at(d), RetryOf: retryOf}
 	}
+	rel := func(id string, off int64, d time.Duration, of int64) Entry {
+		return Entry{ID: []byte(id), Offset: off, Time: at(d), RetryOf: of, Release: true}
+	}
 	cases := []struct {
 		name string
 		log  []Entry
@@ -129,6 +132,13 @@ func TestClaimRule(t *testing.T) {
 		{"retry of a duplicate does not", []Entry{e("a", 0, 0, -1), e("a", 1, 1, -1), e("a", 2, 2, 1)}, []bool{true, false, false}},
 		{"retry past horizon is a new owner", []Entry{e("a", 0, 0, -1), e("a", 5, 2*h, 0), e("a", 6, 2*h, -1)}, []bool{true, true, false}},
 		{"ids are independent", []Entry{e("a", 0, 0, -1), e("b", 1, 0, -1), e("ab", 2, 0, -1)}, []bool{true, true, true}},
+		{"a release frees the id for later records only", []Entry{e("a", 0, 0, -1), e("a", 1, 1, -1), rel("a", 2, 2, 0), e("a", 3, 3, -1), e("a", 4, 4, -1)},
+			[]bool{true, false, true, true, false}},
+		{"a release of the retried owner frees nothing", []Entry{e("a", 0, 0, -1), e("a", 1, 1, 0), rel("a", 2, 2, 0), e("a", 3, 3, -1)},
+			[]bool{true, true, false, false}},
+		{"a release of the retry frees", []Entry{e("a", 0, 0, -1), e("a", 1, 1, 0), rel("a", 2, 2, 1), rel("a", 3, 3, 1), e("a", 4, 4, 0), e("a", 5, 5, -1)},
+			[]bool{true, true, true, false, true, false}},
+		{"a release of nothing is nothing", []Entry{rel("a", 0, 0, 7), e("a", 1, 1, -1)}, []bool{false, true}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -161,6 +171,7 @@ func TestClaimInvalid(t *testing.T) {
 		{"negative offset", []Entry{{ID: []byte("x"), Offset: -1, Time: base, RetryOf: -1}}},
 		{"zero time", []Entry{{ID: []byte("x"), Offset: 1, RetryOf: -1}}},
 		{"bad RetryOf", []Entry{{ID: []byte("x"), Offset: 1, Time: base, RetryOf: -2}}},
+		{"release of nothing", []Entry{{ID: []byte("x"), Offset: 1, Time: base, RetryOf: -1, Release: true}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

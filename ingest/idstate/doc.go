@@ -19,7 +19,14 @@
 //   - the state already records e itself (a replay), or
 //   - e.RetryOf is the offset of the latest qualifying occurrence: a retry
 //     takes the claim over and is recorded in its turn, so a second copy of
-//     the same retry finds itself behind the first and owns nothing.
+//     the same retry finds itself behind the first and owns nothing; or
+//   - the latest qualifying occurrence is a release (below): the id is free.
+//
+// A release (Entry.Release) is written to the log when the owner at its
+// RetryOf was dead-lettered for good. It is recorded, and frees the id for
+// the records after it, iff RetryOf is the latest qualifying occurrence and
+// that is an owner; otherwise it changes nothing. Records before it are
+// decided as if it were not there, so replays still decide as before.
 //
 // The recorded occurrences are exactly the owners, decided in offset order,
 // so the state is a function of the log: a replay of any range, or a new
@@ -31,10 +38,11 @@
 // time segments of width Options.Segment so that expiry drops whole
 // segments with a range deletion, never a delete per id:
 //
-//	'i' partition(4) segment(4) id  -> (uvarint offset, uvarint ms into segment)...
+//	'i' partition(4) segment(4) id  -> (uvarint offset<<1|release, uvarint ms into segment)...
 //	'm' partition(4) 't'            -> uvarint through offset
 //	'm' partition(4) 'c' segment(4) -> uvarint occurrences, uvarint smallest offset
 //	's' "seg"                       -> uvarint segment width in ms
+//	's' "fmt"                       -> uvarint value format (2: with releases)
 //
 // partition is big-endian with the sign bit flipped, segment is big-endian
 // unix milliseconds divided by the segment width. A value lists the

@@ -69,6 +69,11 @@ func successor(k []byte) []byte {
 // written with.
 var segmentKey = []byte{prefixConf, 's', 'e', 'g'}
 
+// formatKey holds the value format (uvarint); valueFormat is this code's.
+var formatKey = []byte{prefixConf, 'f', 'm', 't'}
+
+const valueFormat = 2 // 1 (no key) had no release bit
+
 func thruKey(p int32) []byte {
 	k := binary.BigEndian.AppendUint32([]byte{prefixMeta}, partBytes(p))
 	return append(k, metaThru)
@@ -104,15 +109,22 @@ func parseMetaKey(k []byte) (metaKey, error) {
 	return m, nil
 }
 
-// occ is one recorded occurrence: its offset and its time in unix ms.
+// occ is one recorded occurrence: its offset, its time in unix ms, and
+// whether it is a release (Entry.Release) rather than an owner.
 type occ struct {
-	off int64
-	ms  int64
+	off  int64
+	ms   int64
+	tomb bool
 }
 
 // appendOcc appends o to a value of segment starting at segStart (unix ms).
+// The offset is shifted left by one; the low bit is the release flag.
 func appendOcc(dst []byte, o occ, segStart int64) []byte {
-	dst = binary.AppendUvarint(dst, uint64(o.off))
+	v := uint64(o.off) << 1
+	if o.tomb {
+		v |= 1
+	}
+	dst = binary.AppendUvarint(dst, v)
 	return binary.AppendUvarint(dst, uint64(o.ms-segStart))
 }
 
@@ -127,7 +139,7 @@ func nextOcc(v []byte, segStart int64) (o occ, rest []byte, ok bool) {
 	if m <= 0 {
 		return occ{}, nil, false
 	}
-	return occ{off: int64(off), ms: segStart + int64(d)}, v[n+m:], true
+	return occ{off: int64(off >> 1), ms: segStart + int64(d), tomb: off&1 == 1}, v[n+m:], true
 }
 
 var errBadValue = errors.New("idstate: malformed value")

@@ -19,7 +19,7 @@ func newOracle(h time.Duration) *oracle {
 // decide returns whether e owns its id, recording it when it is a new owner.
 func (o *oracle) decide(e Entry) bool {
 	t := e.Time.UnixMilli()
-	var self, found bool
+	var self, found, tomb bool
 	latest := int64(-1)
 	for _, f := range o.acc[string(e.ID)] {
 		switch {
@@ -27,16 +27,22 @@ func (o *oracle) decide(e Entry) bool {
 			self = true
 		case f.off < e.Offset && f.ms >= t-o.horizon:
 			found = true
-			latest = max(latest, f.off)
+			if f.off > latest {
+				latest, tomb = f.off, f.tomb
+			}
 		}
 	}
 	if self {
 		return true
 	}
-	if found && (e.RetryOf < 0 || e.RetryOf != latest) {
+	owned := found && !tomb // someone holds the id
+	if e.Release && (!owned || e.RetryOf != latest) {
 		return false
 	}
-	o.acc[string(e.ID)] = append(o.acc[string(e.ID)], occ{off: e.Offset, ms: t})
+	if !e.Release && owned && (e.RetryOf < 0 || e.RetryOf != latest) {
+		return false
+	}
+	o.acc[string(e.ID)] = append(o.acc[string(e.ID)], occ{off: e.Offset, ms: t, tomb: e.Release})
 	return true
 }
 
@@ -81,6 +87,10 @@ func randomLog(r *rand.Rand, sp logSpec, start time.Time) ([]Entry, []bool) {
 		case 2:
 			if len(log) > 0 {
 				e.RetryOf = log[r.IntN(len(log))].Offset
+			}
+		case 3: // a release, of an owner or of anything recorded
+			if acc := o.acc[string(id)]; len(acc) > 0 {
+				e.Release, e.RetryOf = true, acc[len(acc)-1-r.IntN(min(len(acc), 2))].off
 			}
 		}
 		log = append(log, e)

@@ -103,6 +103,9 @@ func Open(dir string, o Options) (*Store, error) {
 	s.scratch.New = func() any { return &scratch{overlay: map[string]span{}} }
 	err = s.checkLayout()
 	if err == nil {
+		err = s.checkFormat()
+	}
+	if err == nil {
 		err = s.load()
 	}
 	if err != nil {
@@ -139,6 +142,33 @@ func (s *Store) checkLayout() error {
 			time.Duration(w)*time.Millisecond, time.Duration(s.seg)*time.Millisecond)
 	}
 	return nil
+}
+
+// checkFormat drops the ids and marks of a directory written in another
+// value format: the state is rebuilt from the log where it stops.
+func (s *Store) checkFormat() error {
+	v, closer, err := s.db.Get(formatKey)
+	switch {
+	case err == nil:
+		f, ferr := uvarint(v)
+		closer.Close()
+		if ferr == nil && f == valueFormat {
+			return nil
+		}
+	case !errors.Is(err, pebble.ErrNotFound):
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, prefix := range []byte{prefixID, prefixMeta} {
+		if err := b.DeleteRange([]byte{prefix}, []byte{prefix + 1}, nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Set(formatKey, binary.AppendUvarint(nil, valueFormat), nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
 }
 
 // load reads every partition's meta keys into memory.

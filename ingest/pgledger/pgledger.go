@@ -269,23 +269,28 @@ func (l *Ledger) Purge(ctx context.Context, horizon, keepIntents time.Duration) 
 	return tag.RowsAffected(), nil
 }
 
-// Forwarded reports whether a stride starting at src.First was forwarded to
-// the by-id topic by an earlier backfill (ingest.Forward).
-func (l *Ledger) Forwarded(ctx context.Context, src ingest.Source) (bool, error) {
-	var n int
-	err := l.Pool.QueryRow(ctx, `select count(*) from canopy.forwarded_strides
-		where src_topic = $1 and src_partition = $2 and first_offset = $3`, key(src), src.Partition, src.First).Scan(&n)
-	if err != nil {
-		return false, fmt.Errorf("look up forwarded stride %s/%d@%d: %w", key(src), src.Partition, src.First, err)
+// Forwarded returns the last offset of the stride starting at src.First
+// that an earlier backfill forwarded to the by-id topic (ingest.Forward),
+// if any.
+func (l *Ledger) Forwarded(ctx context.Context, src ingest.Source) (last int64, found bool, err error) {
+	err = l.Pool.QueryRow(ctx, `select last_offset from canopy.forwarded_strides
+		where src_topic = $1 and src_partition = $2 and first_offset = $3`, key(src), src.Partition, src.First).Scan(&last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
 	}
-	return n > 0, nil
+	if err != nil {
+		return 0, false, fmt.Errorf("look up forwarded stride %s/%d@%d: %w", key(src), src.Partition, src.First, err)
+	}
+	return last, true, nil
 }
 
 // MarkForwarded records that the stride src was forwarded, with its record
-// count.
+// count; a stride recorded before with the same first offset is extended.
 func (l *Ledger) MarkForwarded(ctx context.Context, src ingest.Source, records int) error {
 	_, err := l.Pool.Exec(ctx, `insert into canopy.forwarded_strides (src_topic, src_partition, first_offset, last_offset, records)
-		values ($1, $2, $3, $4, $5) on conflict (src_topic, src_partition, first_offset) do nothing`,
+		values ($1, $2, $3, $4, $5) on conflict (src_topic, src_partition, first_offset) do update
+		   set last_offset = greatest(canopy.forwarded_strides.last_offset, excluded.last_offset),
+		       records = canopy.forwarded_strides.records + excluded.records, forwarded_at = now()`,
 		key(src), src.Partition, src.First, src.Last, records)
 	if err != nil {
 		return fmt.Errorf("record forwarded stride %s/%d@%d: %w", key(src), src.Partition, src.First, err)

@@ -169,8 +169,9 @@ func TestBackfillOverlapsLiveIngest(t *testing.T) {
 			e := newEnv(t, 2)
 			copies := uint64(1) // acknowledged records per event
 			if mode == "partitioned" {
-				e.partitioned()
 				copies = 2 // the live copy and the backfill's, both through the by-id topic
+			} else {
+				e.postgres()
 			}
 			sc := e.setUp(seed, 2000, 40000)
 			file := filepath.Join(t.TempDir(), "same.ndjson")

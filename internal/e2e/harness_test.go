@@ -91,7 +91,8 @@ type env struct {
 	admin  *kadm.Client
 	logDir string
 	// ackTopic is the topic whose batches ingest_acks records: the by-id
-	// topic under ingest.dedup=partitioned, else "" for topic.
+	// topic under ingest.dedup=partitioned (the default), "" for topic under
+	// postgres.
 	ackTopic string
 }
 
@@ -151,6 +152,7 @@ func newEnv(t testing.TB, partitions int32) *env {
 		"CANOPY_INGEST_SESSION_TIMEOUT=6s",
 	)
 	t.Cleanup(e.close)
+	e.partitioned() // the default; e.postgres() pins the other mode
 	e.run("migrate")
 	return e
 }

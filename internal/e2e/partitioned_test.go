@@ -15,8 +15,15 @@ import (
 	"github.com/canopyhq/canopy/internal/synth"
 )
 
-// partitioned switches e's commands to ingest.dedup=partitioned and returns
-// the by-id topic.
+// postgres switches e's commands to ingest.dedup=postgres, where event ids
+// are claimed in PostgreSQL and batches are ranges of the events topic.
+func (e *env) postgres() {
+	e.vars = append(e.vars, "CANOPY_INGEST_DEDUP=postgres")
+	e.ackTopic = ""
+}
+
+// partitioned switches e's commands to ingest.dedup=partitioned (newEnv
+// does) and returns the by-id topic.
 func (e *env) partitioned() string {
 	byid := e.name + ".byid"
 	e.vars = append(e.vars, "CANOPY_INGEST_DEDUP=partitioned", "CANOPY_KAFKA_BYID_TOPIC="+byid)

@@ -30,6 +30,8 @@ func TestReconcileFillsGaps(t *testing.T) {
 			gapTopic := e.topic
 			if mode == "partitioned" {
 				gapTopic = e.partitioned()
+			} else {
+				e.postgres()
 			}
 			sc := e.setUp(seed, 2000, 30000)
 			keys, values := sc.records()
