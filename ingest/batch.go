@@ -221,6 +221,12 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		ancestorBufs.Put(bufp)
 	}()
 	for i, r := range recs {
+		if every {
+			if c, ok := releaseOf(r); ok {
+				claims = append(claims, c) // frees a dead-lettered owner's id; not an event
+				continue
+			}
+		}
 		var d decoded
 		d.offset = r.Offset
 		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
@@ -343,6 +349,11 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		if err := p.DLQ.Publish(ctx, dead); err != nil {
 			return in, false, fmt.Errorf("dead-letter publish: %w", err)
 		}
+		if r, ok := p.Ledger.(Releaser); ok {
+			if err := r.Release(ctx, in.Partition, dead); err != nil {
+				return in, false, fmt.Errorf("release dead-lettered claims: %w", err)
+			}
+		}
 	}
 	if resolved := p.resolved(b, recs); len(dead)+len(resolved) > 0 {
 		if err := p.Sink.WriteFailures(ctx, append(dead, resolved...)); err != nil {
@@ -374,6 +385,12 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
 	return in, false, nil
+}
+
+// Releaser is a Ledger that frees the claims of dead-lettered records
+// (PartitionedClaims), so the id counts when it arrives again.
+type Releaser interface {
+	Release(ctx context.Context, partition int32, dead []Failure) error
 }
 
 // claimsEveryDecoded reports whether l wants a claim for every record that

@@ -51,6 +51,9 @@ type Claim struct {
 	// RetryOf is the offset of the claim this record retries (the record
 	// carries HeaderRetryOf), or -1. Only PartitionedClaims reads it.
 	RetryOf int64
+	// Release marks a release marker (HeaderReleaseOf): it frees the claim
+	// at RetryOf rather than asking for one.
+	Release bool
 }
 
 // Ledger is the transactional bookkeeping behind exactly-once: partition

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -32,6 +33,13 @@ type PartitionedClaims struct {
 	Horizon time.Duration
 	Log     *slog.Logger
 	Metrics *Metrics // may be nil
+	// Markers produces release markers to Topic, the by-id topic, into the
+	// partition named on each record (a kgo.Client with
+	// kgo.ManualPartitioner).
+	Markers interface {
+		ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
+	}
+	Topic string
 
 	mu    sync.Mutex
 	ready map[int32]int64 // per partition: State reflects the log up to here (inclusive)
@@ -83,7 +91,7 @@ func (c *PartitionedClaims) Begin(ctx context.Context, epoch int64, in Intent, c
 func (c *PartitionedClaims) claim(p int32, claims []Claim) (map[int64]bool, error) {
 	entries := make([]idstate.Entry, len(claims))
 	for i, cl := range claims {
-		entries[i] = idstate.Entry{ID: []byte(cl.EventID), Offset: cl.Offset, Time: cl.Time, RetryOf: cl.RetryOf}
+		entries[i] = idstate.Entry{ID: []byte(cl.EventID), Offset: cl.Offset, Time: cl.Time, RetryOf: cl.RetryOf, Release: cl.Release}
 	}
 	res, err := c.State.Claim(p, entries)
 	if err != nil {
@@ -124,6 +132,10 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 	err := c.Restore.Read(ctx, p, from, since, first, func(recs []Record) error {
 		claims := make([]Claim, 0, len(recs))
 		for _, r := range recs {
+			if rel, ok := releaseOf(r); ok {
+				claims = append(claims, rel)
+				continue
+			}
 			if c.Decoder.Decode(r.Value, &ev) != nil {
 				continue // a poison record claims nothing
 			}
@@ -145,6 +157,30 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 	c.log().Info("event-id state restored from the by-id topic", "partition", p, "from", from, "since", since,
 		"to", first-1, "records", n, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// Release implements Releaser: for every dead letter whose record held its
+// id's claim, it appends a release marker to the by-id partition, after
+// which the id is free again (a retry or replay of the dead letter owns it,
+// as does a new copy). Before the batch's acknowledgement, like the dead
+// letters: a replay repeats the markers, and a repeated marker frees
+// nothing more.
+func (c *PartitionedClaims) Release(ctx context.Context, partition int32, dead []Failure) error {
+	var recs []*kgo.Record
+	for _, f := range dead {
+		if !f.HoldsClaim || f.EventID == "" {
+			continue
+		}
+		recs = append(recs, &kgo.Record{Topic: c.Topic, Partition: partition, Key: []byte(f.EventID),
+			Headers: []kgo.RecordHeader{{Key: HeaderReleaseOf, Value: []byte(strconv.FormatInt(f.Claim, 10))}}})
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	if c.Markers == nil {
+		return errors.New("no producer for release markers")
+	}
+	return c.Markers.ProduceSync(ctx, recs...).FirstErr()
 }
 
 func (c *PartitionedClaims) setReady(p int32, through int64) {

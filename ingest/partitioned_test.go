@@ -101,3 +101,75 @@ func TestPartitionedClaimsOwnership(t *testing.T) {
 	process(q, epoch, Counts{Records: 4, Accepted: 1, Duplicates: 3},
 		rec(8, ev("a", 3, "1")), rec(9, ev("x", 4, "2")), rec(10, ev("y", 2, "5")), rec(11, ev("x", 4, "2"), retry...))
 }
+
+type memMarkers struct{ got []*kgo.Record }
+
+func (m *memMarkers) ProduceSync(_ context.Context, rs ...*kgo.Record) kgo.ProduceResults {
+	m.got = append(m.got, rs...)
+	out := make(kgo.ProduceResults, len(rs))
+	for i, r := range rs {
+		out[i].Record = r
+	}
+	return out
+}
+
+// A record that holds its id's claim and is dead-lettered for good frees the
+// id: the by-id stage appends a release marker naming it, after which a new
+// copy of the id owns it; copies before the marker stay duplicates, the
+// marker itself is neither, and a new owner rebuilding from the log decides
+// the same.
+func TestPartitionedReleaseFreesDeadLetteredClaim(t *testing.T) {
+	ctx := context.Background()
+	at := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	log := &logRestorer{}
+	add := func(r Record) Record {
+		r.Topic, r.Time = "byid", at.Add(time.Duration(r.Offset)*time.Second)
+		log.log = append(log.log, r)
+		return r
+	}
+	parents := map[int64]int64{1: 0}
+	ledger := newMemLedger()
+	p, sink, _ := partitionedProcessor(t, ledger, log, parents)
+	p.Retry.MaxAttempts = 1 // an unknown entity is dead-lettered at once
+	markers := &memMarkers{}
+	p.Ledger.(*PartitionedClaims).Markers, p.Ledger.(*PartitionedClaims).Topic = markers, "byid"
+	epoch, _ := ledger.Acquire(ctx, Source{Topic: "byid", Partition: 2}, "a")
+	process := func(p *Processor, want Counts, recs ...Record) {
+		t.Helper()
+		before := len(sink.batches)
+		if n, err := p.Process(ctx, epoch, recs); err != nil || n != len(recs) {
+			t.Fatalf("Process = %d, %v", n, err)
+		}
+		if got := sink.batches[before].Counts; got != want {
+			t.Fatalf("offsets %d…: counts %+v, want %+v", recs[0].Offset, got, want)
+		}
+	}
+
+	process(p, Counts{Records: 2, Duplicates: 1, DeadLettered: 1},
+		add(Record{Partition: 2, Offset: 0, Value: []byte(ev("x", 4, "2"))}),
+		add(Record{Partition: 2, Offset: 1, Value: []byte(ev("x", 4, "2"))}))
+	if len(markers.got) != 1 || string(markers.got[0].Key) != "x" || markers.got[0].Partition != 2 {
+		t.Fatalf("markers %+v, want one for x in partition 2", markers.got)
+	}
+	if of, _ := header(markers.got[0].Headers, HeaderReleaseOf); of != "0" {
+		t.Fatalf("marker releases offset %q, want 0", of)
+	}
+	parents[4] = 1 // the entity arrives; the producer sends x again
+	marker := add(Record{Partition: 2, Offset: 2, Key: markers.got[0].Key, Headers: markers.got[0].Headers})
+	process(p, Counts{Records: 3, Accepted: 1, Duplicates: 1},
+		marker,
+		add(Record{Partition: 2, Offset: 3, Value: []byte(ev("x", 4, "2"))}),
+		add(Record{Partition: 2, Offset: 4, Value: []byte(ev("x", 4, "2"))}))
+	if got := sink.batches[1].Events; len(got) != 1 || got[0].Offset != 3 {
+		t.Fatalf("accepted %+v, want the copy after the marker", got)
+	}
+
+	// A forged marker naming an offset that is not the owner frees nothing.
+	forged := add(Record{Partition: 2, Offset: 5, Key: []byte("x"), Headers: []kgo.RecordHeader{{Key: HeaderReleaseOf, Value: []byte("0")}}})
+	process(p, Counts{Records: 2, Duplicates: 1}, forged, add(Record{Partition: 2, Offset: 6, Value: []byte(ev("x", 4, "2"))}))
+
+	q, qsink, _ := partitionedProcessor(t, ledger, log, parents)
+	epoch, _ = ledger.Acquire(ctx, Source{Topic: "byid", Partition: 2}, "b")
+	sink = qsink
+	process(q, Counts{Records: 1, Duplicates: 1}, add(Record{Partition: 2, Offset: 7, Value: []byte(ev("x", 4, "2"))}))
+}

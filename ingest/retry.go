@@ -26,7 +26,25 @@ const (
 	// (Forward): like a backfill's own batches, it is dead-lettered at once
 	// when its entity is still unknown after a catch-up, not retried.
 	HeaderBackfill = "canopy.backfill"
+	// HeaderReleaseOf marks a release marker of the by-id topic: its key is
+	// an event id and the header the by-id offset of the id's owner, which
+	// was dead-lettered for good; the id is free again for later records
+	// (PartitionedClaims). Only the by-id stage writes it.
+	HeaderReleaseOf = "canopy.release.of"
 )
+
+// releaseOf reads a release marker: the claim it makes, if r is one.
+func releaseOf(r Record) (Claim, bool) {
+	s, ok := header(r.Headers, HeaderReleaseOf)
+	if !ok || len(r.Key) == 0 || len(r.Key) > maxEventIDBytes {
+		return Claim{}, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return Claim{}, false
+	}
+	return Claim{EventID: string(r.Key), Offset: r.Offset, Time: r.Time, RetryOf: n, Release: true}, true
+}
 
 // RetryPolicy says how transient per-record failures (an entity not in the
 // hierarchy yet) are retried through the retry topic, so the main partition

@@ -220,6 +220,8 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 		switch h.Key {
 		case HeaderRetryAt:
 			continue // due now
+		case HeaderReleaseOf, HeaderBackfill:
+			continue // the by-id stage's and the backfill's alone, never a producer's
 		case HeaderSourceTopic:
 			sourced = true
 		}

@@ -50,4 +50,11 @@ func TestRouterByID(t *testing.T) {
 	if bad := r.byID(&kgo.Record{Topic: "events", Value: []byte(`nope`)}); bad.Key != nil {
 		t.Fatalf("a record without an id is keyed %q", bad.Key)
 	}
+	// Headers only the by-id stage and the backfill write are dropped when
+	// a producer forges them.
+	forged := r.byID(&kgo.Record{Topic: "events", Value: []byte(`{"event_id":"e3"}`), Headers: []kgo.RecordHeader{
+		{Key: HeaderReleaseOf, Value: []byte("3")}, {Key: HeaderBackfill, Value: []byte("1")}}})
+	if _, ok := releaseOf(Record{Key: forged.Key, Headers: forged.Headers}); ok || originOf(Record{Headers: forged.Headers}).backfill {
+		t.Fatalf("forged headers kept: %v", forged.Headers)
+	}
 }

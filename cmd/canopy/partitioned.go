@@ -36,8 +36,15 @@ type pgDedup struct{ *pgledger.Ledger }
 // localDedup is the worker's local event-id state (ingest.dedup=partitioned);
 // PostgreSQL keeps only the batch intents.
 type localDedup struct {
-	pg    *pgledger.Ledger
-	state *idstate.Store
+	pg      *pgledger.Ledger
+	state   *idstate.Store
+	markers *kgo.Client
+}
+
+// Close closes the state and the release markers' producer.
+func (l *localDedup) Close() error {
+	l.markers.Close()
+	return l.state.Close()
 }
 
 func (l *localDedup) StateSize(context.Context) (int64, int64, error) {
@@ -76,6 +83,11 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir str
 		_ = state.Close()
 		return nil, err
 	}
+	markers, err := kgo.NewClient(append(opts, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		_ = state.Close()
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
 	pg := proc.Ledger.(*pgledger.Ledger)
 	proc.Ledger = &ingest.PartitionedClaims{
 		Ledger:  pg,
@@ -85,8 +97,10 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir str
 		Horizon: horizon,
 		Log:     log.With("component", "dedup"),
 		Metrics: metrics,
+		Markers: markers,
+		Topic:   cfg.get("kafka.byid_topic"),
 	}
-	return &localDedup{pg: pg, state: state}, nil
+	return &localDedup{pg: pg, state: state, markers: markers}, nil
 }
 
 // stateSlots bounds the worker processes that share one ingest.state_dir.

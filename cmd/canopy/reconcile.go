@@ -74,7 +74,7 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 		if err != nil {
 			return err
 		}
-		defer func() { _ = local.state.Close() }()
+		defer func() { _ = local.Close() }()
 		topic = cfg.get("kafka.byid_topic")
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))

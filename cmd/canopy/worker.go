@@ -85,7 +85,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		if err != nil {
 			return err
 		}
-		defer local.state.Close()
+		defer local.Close()
 		dedup = local
 		topic, retryTopic = cfg.get("kafka.byid_topic"), ""
 		router, err = ingest.NewRouter(ingest.RouterConfig{
