@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -243,17 +244,30 @@ func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest
 	return f.Run(ctx, inputs)
 }
 
-// workIfAlone starts a worker in this process when no worker consumes the
-// by-id topic (the group has no members), so a backfill completes on its
-// own; stop ends it gracefully. With workers running it does nothing: they
-// process the forwarded records.
-func workIfAlone(ctx context.Context, cfg *config, log *slog.Logger, opts []kgo.Opt) (stop func(), err error) {
-	cl, err := kgo.NewClient(opts...)
+// standIn runs a worker in a backfill's process whenever the workers' group
+// has no member, so a backfill completes on its own. A member of a worker
+// that died stays in the group until its session times out, so the group is
+// looked at again every few seconds, not only at the start. With workers
+// running it does nothing: they process the forwarded records.
+type standIn struct {
+	cfg  *config
+	log  *slog.Logger
+	opts []kgo.Opt
+
+	mu      sync.Mutex
+	stopped chan struct{} // closed by stop
+	cancel  context.CancelFunc
+	done    chan error // the worker's result, once started
+}
+
+// alone reports whether the workers' group has no member.
+func (s *standIn) alone(ctx context.Context) (bool, error) {
+	cl, err := kgo.NewClient(s.opts...)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	defer cl.Close()
-	group := cfg.get("kafka.group")
+	group := s.cfg.get("kafka.group")
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	groups, err := kadm.NewClient(cl).DescribeGroups(dctx, group)
@@ -261,35 +275,109 @@ func workIfAlone(ctx context.Context, cfg *config, log *slog.Logger, opts []kgo.
 		err = groups.Error()
 	}
 	if errors.Is(err, kerr.GroupIDNotFound) {
-		err = nil // never joined: no members
+		return true, nil // never joined: no members
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kafka: describe group %s: %w", group, err)
+		return false, fmt.Errorf("kafka: describe group %s: %w", group, err)
 	}
-	if g, ok := groups[group]; ok && len(g.Members) > 0 {
-		log.Info("backfill: the workers of the group will process the forwarded records", "group", group, "members", len(g.Members))
-		return func() {}, nil
+	g, ok := groups[group]
+	return !ok || len(g.Members) == 0, nil
+}
+
+// start runs the worker unless it runs already, and waits until it serves.
+func (s *standIn) start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stopped:
+		return nil // the backfill is done
+	default:
 	}
-	log.Info("backfill: no worker consumes the group; running one in this process until the forwarded records are processed", "group", group)
-	cfg.byKey["http.addr"].val = "127.0.0.1:0" // its metrics are this run's alone
-	wctx, cancelWorker := context.WithCancel(ctx)
+	if s.done != nil {
+		return nil
+	}
+	s.log.Info("backfill: no worker consumes the group; running one in this process until the forwarded records are processed",
+		"group", s.cfg.get("kafka.group"))
+	s.cfg.byKey["http.addr"].val = "127.0.0.1:0" // its metrics are this run's alone
+	wctx, cancel := context.WithCancel(ctx)
 	ready, done := make(chan string, 1), make(chan error, 1)
-	go func() { done <- runWorker(wctx, cfg, ready) }()
+	go func() { done <- runWorker(wctx, s.cfg, ready) }()
 	select {
 	case <-ready:
+		s.cancel, s.done = cancel, done
+		return nil
 	case err := <-done:
-		cancelWorker()
-		return nil, fmt.Errorf("start a worker: %w", err)
+		cancel()
+		return fmt.Errorf("start a worker: %w", err)
 	case <-ctx.Done():
-		cancelWorker()
+		cancel()
 		<-done
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	return func() {
-		cancelWorker()
-		if err := <-done; err != nil {
-			log.Warn("backfill: the worker it ran stopped with an error", "err", err)
+}
+
+// watch starts the worker once the group is empty, looking every 5 s,
+// until stop.
+func (s *standIn) watch(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopped:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
+		if alone, err := s.alone(ctx); err != nil {
+			s.log.Warn("backfill: could not look at the workers' group", "err", err)
+		} else if alone {
+			if err := s.start(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("backfill: could not run a worker", "err", err)
+			}
+		}
+	}
+}
+
+// stop ends the watch and, gracefully, the worker.
+func (s *standIn) stop() {
+	s.mu.Lock()
+	close(s.stopped)
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if done == nil {
+		return
+	}
+	cancel()
+	if err := <-done; err != nil {
+		s.log.Warn("backfill: the worker it ran stopped with an error", "err", err)
+	}
+}
+
+// workIfAlone starts a standIn: a worker now if the group is empty, and a
+// watch that starts one later if it empties.
+func workIfAlone(ctx context.Context, cfg *config, log *slog.Logger, opts []kgo.Opt) (stop func(), err error) {
+	s := &standIn{cfg: cfg, log: log, opts: opts, stopped: make(chan struct{})}
+	alone, err := s.alone(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if alone {
+		if err := s.start(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("backfill: the workers of the group will process the forwarded records", "group", cfg.get("kafka.group"))
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.watch(ctx)
+	}()
+	return func() {
+		s.stop()
+		wg.Wait()
 	}, nil
 }
 

@@ -135,7 +135,8 @@ func TestBackfillResumesAfterKill(t *testing.T) {
 		_ = cmd.Wait()
 		_ = logf.Close()
 		n, _ := e.ackedRecordsOf(context.Background(), "file:%")
-		t.Logf("kill %d after %s: %d records acknowledged", kill, after, n)
+		m, _ := e.ackedRecords(context.Background())
+		t.Logf("kill %d after %s: %d records acknowledged (%d of the by-id topic)", kill, after, n, m)
 	}
 	out := e.run("backfill", file)
 	t.Log(strings.TrimSpace(out[strings.LastIndex(out, "backfill:"):]))

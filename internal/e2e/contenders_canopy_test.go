@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/internal/synth"
 )
 
@@ -66,11 +68,13 @@ func waitReady(t testing.TB, addr string) {
 func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ingestResult, *env) {
 	e := newEnv(b, 4)
 	name, how := fmt.Sprintf("Canopy, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1]),
-		"produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on"
-	if partitioned {
+		"produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on, event ids claimed in PostgreSQL (ingest.dedup=postgres)"
+	if !partitioned {
+		e.postgres()
+	} else {
 		e.partitioned()
 		name = fmt.Sprintf("Canopy partitioned, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1])
-		how = "as Canopy, with ingest.dedup=partitioned: routed to the by-id topic, ids claimed in local state"
+		how = "as Canopy, with ingest.dedup=partitioned (the default since issue 13): routed to the by-id topic, ids claimed in local state"
 	}
 	// Workers are ready once they follow the hierarchy's change topic to its
 	// end; the hierarchy stays still here, so the topic stays empty.
@@ -174,7 +178,7 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 			case <-tick.C:
 			}
 			rows, err := e.ch.Query(ctx, fmt.Sprintf(
-				"SELECT partition, max(last_offset) + 1 FROM %s.ingest_acks WHERE topic = ? GROUP BY partition", e.chDB), e.topic)
+				"SELECT partition, max(last_offset) + 1 FROM %s.ingest_acks WHERE topic = ? GROUP BY partition", e.chDB), cmp.Or(e.ackTopic, e.topic))
 			if err != nil {
 				continue
 			}
@@ -193,6 +197,10 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 		}
 	}()
 
+	var byidFrom map[int32]int64 // under partitioned deduplication: where this run's routed records start
+	if e.ackTopic != "" {
+		byidFrom = e.endOffsets(e.ackTopic)
+	}
 	g := bd.gen
 	g.Seed, g.Count = 3, int(rate*float64(seconds))
 	type sentRec struct {
@@ -231,6 +239,18 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 	if len(sent) != g.Count {
 		b.Fatalf("freshness: %d of %d records acknowledged by Kafka", len(sent), g.Count)
 	}
+	if byidFrom != nil {
+		// Batches are ranges of the by-id topic: find each record's copy
+		// there by the source headers the router added.
+		at := e.routedCopies(b, e.ackTopic, byidFrom)
+		for i, s := range sent {
+			c, ok := at[[2]int64{int64(s.partition), s.offset}]
+			if !ok {
+				b.Fatalf("freshness: events record %d/%d not found in %s", s.partition, s.offset, e.ackTopic)
+			}
+			sent[i].partition, sent[i].offset = int32(c[0]), c[1]
+		}
+	}
 	var lat []float64
 	for _, s := range sent {
 		// The first poll that covers the offset: acks only grow.
@@ -250,4 +270,49 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))] * float64(time.Second))
 	}
 	return freshness{rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll}
+}
+
+// routedCopies reads topic (the by-id topic) from the offsets from to its
+// end and maps each record's source partition and offset, from the headers
+// the router added, to its own.
+func (e *env) routedCopies(b *testing.B, topic string, from map[int32]int64) map[[2]int64][2]int64 {
+	offs := map[string]map[int32]kgo.Offset{topic: {}}
+	for p, o := range from {
+		offs[topic][p] = kgo.NewOffset().At(o)
+	}
+	ends := e.endOffsets(topic)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.svc.brokers...), kgo.ConsumePartitions(offs))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := map[[2]int64][2]int64{}
+	want := 0
+	for p, end := range ends {
+		want += int(end - from[p])
+	}
+	for n := 0; n < want; {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			b.Fatalf("read %s: %d of %d records", topic, n, want)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			n++
+			var sp, so int64 = -1, -1
+			for _, h := range r.Headers {
+				switch h.Key {
+				case ingest.HeaderSourcePartition:
+					sp, _ = strconv.ParseInt(string(h.Value), 10, 32)
+				case ingest.HeaderSourceOffset:
+					so, _ = strconv.ParseInt(string(h.Value), 10, 64)
+				}
+			}
+			if _, seen := out[[2]int64{sp, so}]; !seen { // a router's second copy is acked later
+				out[[2]int64{sp, so}] = [2]int64{int64(r.Partition), r.Offset}
+			}
+		})
+	}
+	return out
 }

@@ -136,6 +136,8 @@ func (bd *benchData) run(b *testing.B, pgBudget time.Duration, perClass, freshSe
 	// Canopy with partitioned deduplication (issue 13's design), 1 worker.
 	rp, envP := bd.runCanopy(b, 1, true)
 	check(&rp, envP, envP.chDB+".rollup_daily")
+	wr.freshPart = bd.runFreshness(b, envP, rp.rate()/2, freshSeconds)
+	logf("freshness, partitioned, at %.0f events/s: p50 %s p99 %s", wr.freshPart.rate, wr.freshPart.p50, wr.freshPart.p99)
 	wr.restore = bd.measureRestore(b, envP)
 	logf("restore of the partitioned state: %d partitions, %.0f records in %.2f s (slowest partition %.2f s)",
 		wr.restore.partitions, wr.restore.records, wr.restore.seconds, wr.restore.slowest)
@@ -198,8 +200,9 @@ type workloadReport struct {
 	skew           skew
 	ingest         []ingestResult
 	storage        []tableStorage
-	bytesPerEntity float64 // peak RSS of the 1-worker run per entity
-	fresh          freshness
+	bytesPerEntity float64   // peak RSS of the 1-worker run per entity
+	fresh          freshness // ingest.dedup=postgres
+	freshPart      freshness // ingest.dedup=partitioned, the default
 	reads          []readResult
 	parts          uint64 // active parts of rollup_daily when the reads ran
 	partitions     uint64
@@ -335,14 +338,16 @@ func (rep *report) write(dir string) error {
 	p("")
 	p("![events per second](ingest.png)")
 	p("")
-	p("| workload | worker peak RSS, 1 worker | bytes per entity | Go heap per entity after loading the hierarchy | 1 → 2 workers on 4 partitions | freshness: rate | events | p50 | p99 |")
-	p("|---|---|---|---|---|---|---|---|---|")
+	p("| workload | worker peak RSS, 1 worker | bytes per entity | Go heap per entity after loading the hierarchy | 1 → 2 workers on 4 partitions | freshness: design | rate | events | p50 | p99 |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
 	for _, wr := range wls {
 		c1, _ := wr.find("Canopy, 1 worker")
 		c2, _ := wr.find("Canopy, 2 workers")
-		p("| %s | %.0f MiB | **%.0f** | %d | %.0f → %.0f events/s (×%.2f) | %.0f events/s | %d | **%s** | **%s** |", wr.name,
+		p("| %s | %.0f MiB | **%.0f** | %d | %.0f → %.0f events/s (×%.2f) | postgres | %.0f events/s | %d | **%s** | **%s** |", wr.name,
 			float64(c1.peakRSS)/(1<<20), wr.bytesPerEntity, c1.heapPerEnt, c1.rate(), c2.rate(), c2.rate()/c1.rate(),
 			wr.fresh.rate, wr.fresh.events, wr.fresh.p50.Round(time.Millisecond), wr.fresh.p99.Round(time.Millisecond))
+		p("| | | | | | partitioned (default) | %.0f events/s | %d | **%s** | **%s** |",
+			wr.freshPart.rate, wr.freshPart.events, wr.freshPart.p50.Round(time.Millisecond), wr.freshPart.p99.Round(time.Millisecond))
 	}
 	p("")
 	if len(wls) > 0 {
@@ -559,8 +564,11 @@ func (rep *report) write(dir string) error {
 		target(run+": PostgreSQL CPU ≤ 1 s per 1M events", cpuTarget("postgres", 1))
 		target(run+": worker CPU ≤ 5 s per 1M events", cpuTarget("worker", 5))
 	}
-	target("Freshness p99 ≤ 2 s at half the 1-worker rate", func(wr *workloadReport) (string, bool) {
+	target("Freshness p99 ≤ 2 s at half the 1-worker rate (ingest.dedup=postgres)", func(wr *workloadReport) (string, bool) {
 		return wr.fresh.p99.Round(time.Millisecond).String(), wr.fresh.p99 > 0 && wr.fresh.p99 <= 2*time.Second
+	})
+	target("Freshness p99 ≤ 2 s at half the 1-worker rate (partitioned, the default)", func(wr *workloadReport) (string, bool) {
+		return wr.freshPart.p99.Round(time.Millisecond).String(), wr.freshPart.p99 > 0 && wr.freshPart.p99 <= 2*time.Second
 	})
 
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(w.String()), 0o644); err != nil { //nolint:gosec // a report

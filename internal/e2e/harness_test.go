@@ -150,6 +150,9 @@ func newEnv(t testing.TB, partitions int32) *env {
 		"CANOPY_KAFKA_GROUP="+name,
 		"CANOPY_HTTP_ADDR=127.0.0.1:0",
 		"CANOPY_INGEST_SESSION_TIMEOUT=6s",
+		// Workers a backfill runs take slots here; startWorker gives each
+		// worker its own directory.
+		"CANOPY_INGEST_STATE_DIR="+filepath.Join(e.logDir, "state"),
 	)
 	t.Cleanup(e.close)
 	e.partitioned() // the default; e.postgres() pins the other mode
