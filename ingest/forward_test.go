@@ -149,6 +149,23 @@ func (m *modelWorkers) DeadLettered(_ context.Context, src Source, since time.Ti
 	return out, nil
 }
 
+// fakeByID starts a kfake broker holding topic with the given partitions and
+// a client of it; both close with the test.
+func fakeByID(t *testing.T, topic string, partitions int32) (*kfake.Cluster, *kgo.Client) {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cluster, cl
+}
+
 // TestForwardCountsAndSkips forwards two inputs holding 300 distinct ids,
 // 40 repeats and 3 lines without an id in strides of 50: every record lands
 // in the by-id topic keyed by its id and marked as a backfill's, named by
@@ -156,16 +173,7 @@ func (m *modelWorkers) DeadLettered(_ context.Context, src Source, since time.Ti
 // a second run skips every stride and forwards nothing.
 func TestForwardCountsAndSkips(t *testing.T) {
 	const topic = "byid"
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cluster, cl := fakeByID(t, topic, 3)
 
 	rng := rand.New(rand.NewPCG(7, 13))
 	var inputs []Input
@@ -269,16 +277,7 @@ func TestAddOffset(t *testing.T) {
 // end inside a stride, and forwards every other record once.
 func TestForwardExtendsAStride(t *testing.T) {
 	const topic = "byid"
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cluster, cl := fakeByID(t, topic, 2)
 	in := recordsInput{name: "kafka:archive"}
 	for i := range 100 {
 		in.recs = append(in.recs, Record{Topic: in.name, Offset: int64(i),
