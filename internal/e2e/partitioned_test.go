@@ -68,7 +68,7 @@ func (e *env) settled(byid string, n uint64, timeout time.Duration) {
 	e.waitFor(fmt.Sprintf("%d records routed and acknowledged", n), timeout, func() bool {
 		total := e.topicRecords(byid)
 		acked, _, _ := e.outcomes(byid)
-		return total >= n && acked == total
+		return total >= n && acked == total && e.routedAndAcked(acked)
 	})
 }
 

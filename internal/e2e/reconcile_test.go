@@ -69,7 +69,7 @@ func TestReconcileFillsGaps(t *testing.T) {
 
 			e.produce(keys[b:], values[b:])
 			w = e.startWorker(2)
-			e.waitAcked(uint64(a+len(values)-b), 5*time.Minute)
+			e.waitAckedLoose(uint64(a+len(values)-b), 5*time.Minute) // the lost ranges stay unacknowledged
 
 			got := lines(e.run("reconcile", "--dry-run"))
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {

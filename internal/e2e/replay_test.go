@@ -93,6 +93,7 @@ func TestRereadAfterPurgeCountsNothingTwice(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 2)
+	e.postgres() // the hole was in the PostgreSQL claims and intents; by-id decisions are positional
 	sc := e.setUp(seed, 1000, 20000)
 	e.produce(sc.records())
 
@@ -151,6 +152,7 @@ func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
+	e.postgres() // a backfill that writes its own batches
 	sc, args := e.unfinishedBackfill(seed)
 	open := e.openIntents()
 	t.Logf("%d batches left unfinished", open)
@@ -216,6 +218,7 @@ func TestOldReplayWritesOnlyMissingParts(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
+	e.postgres() // a backfill that writes its own batches
 	sc, args := e.unfinishedBackfill(seed)
 	var written uint64
 	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s.events", e.chDB)).Scan(&written); err != nil {
