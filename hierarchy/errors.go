@@ -34,7 +34,18 @@ var (
 	ErrBadStatus = errors.New("hierarchy: bad status")
 	// ErrInvalidImport: the import file breaks a rule; nothing was written.
 	ErrInvalidImport = errors.New("hierarchy: invalid import")
+	// ErrTooDeep: the change would make an ancestor chain (the entity
+	// included) longer than MaxDepth, now or, for an insert or a back-dated
+	// move, somewhere in the history it covers
+	// (schema/postgres/0107_guards.sql).
+	ErrTooDeep = errors.New("hierarchy: ancestor chain too long")
+	// ErrNameTooLong: an entity name longer than MaxNameLength characters.
+	ErrNameTooLong = errors.New("hierarchy: name too long")
 )
+
+// MaxNameLength is the longest entity name, in characters, that PostgreSQL
+// accepts (constraint entities_name_length, schema/postgres/0107_guards.sql).
+const MaxNameLength = 256
 
 // SQLSTATEs raised by the triggers in schema/postgres/0001_hierarchy.sql.
 const (
@@ -46,6 +57,13 @@ const (
 
 	codeForeignKey = "23503"
 	codeUnique     = "23505"
+	codeCheck      = "23514"
+)
+
+// Constraint names of the guards in schema/postgres/0107_guards.sql.
+const (
+	constraintDepth = "entities_max_depth"
+	constraintName  = "entities_name_length"
 )
 
 // classify maps a PostgreSQL refusal to its sentinel, keeping the server's
@@ -69,6 +87,15 @@ func classify(err error) error {
 		sentinel = ErrFutureChange
 	case codeForeignKey:
 		sentinel = ErrUnknownParent
+	case codeCheck:
+		switch pgErr.ConstraintName {
+		case constraintDepth:
+			sentinel = ErrTooDeep
+		case constraintName:
+			return fmt.Errorf("%w: at most %d characters (%s)", ErrNameTooLong, MaxNameLength, pgErr.Message)
+		default:
+			return err
+		}
 	case codeUnique:
 		if pgErr.TableName != "entities" {
 			return err

@@ -63,9 +63,26 @@ type Relay struct {
 	Topic   string // default "canopy.hierarchy"; created with one partition when missing
 	Name    string // this relay's name, written into messages
 	Log     *slog.Logger
+	// OutboxRetention is how long a relayed outbox row is kept (by its
+	// recorded_at) before the active relay deletes it. Nothing reads a
+	// relayed row: workers load the tree from canopy.entity_history and
+	// follow the topic from its end, the restater and rebuild read the
+	// history. Rows not yet on the topic are never deleted. Default
+	// (0): DefaultOutboxRetention; negative: never purge.
+	OutboxRetention time.Duration
+	// PurgeEvery is how often the active relay purges the outbox. Default
+	// (0): 10 minutes.
+	PurgeEvery time.Duration
 	// Opts are extra Kafka client options (tests).
 	Opts []kgo.Opt
 }
+
+// DefaultOutboxRetention is Relay.OutboxRetention's default: 7 days.
+const DefaultOutboxRetention = 7 * 24 * time.Hour
+
+// purgeChunk is how many outbox rows one purge statement deletes, so that
+// no statement holds many row locks or runs long.
+const purgeChunk = 10_000
 
 // Run relays until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
@@ -74,6 +91,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	if r.Log == nil {
 		r.Log = slog.Default()
+	}
+	if r.OutboxRetention == 0 {
+		r.OutboxRetention = DefaultOutboxRetention
+	}
+	if r.PurgeEvery <= 0 {
+		r.PurgeEvery = 10 * time.Minute
 	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
@@ -140,10 +163,21 @@ func (r *Relay) lead(ctx context.Context) error {
 		return err
 	}
 	r.Log.Info("relay resumes", "after_outbox_seq", last)
+	nextPurge := time.Now()
 	for {
 		// The lock connection doubles as a liveness check of our lease.
 		if _, err := conn.Exec(ctx, "select 1"); err != nil {
 			return fmt.Errorf("relay lock connection: %w", err)
+		}
+		if r.OutboxRetention > 0 && !time.Now().Before(nextPurge) {
+			// Only the lock holder purges, and only what the topic holds
+			// (seq <= last, read from the topic or published by us).
+			nextPurge = time.Now().Add(r.PurgeEvery)
+			n, err := PurgeOutbox(ctx, r.Pool, last, time.Now().Add(-r.OutboxRetention))
+			if err != nil {
+				return err
+			}
+			r.Log.Info("outbox purged", "rows", n, "relayed_through", last, "retention", r.OutboxRetention)
 		}
 		msgs, err := r.pending(ctx, last, 5000)
 		if err != nil {
@@ -159,6 +193,34 @@ func (r *Relay) lead(ctx context.Context) error {
 			return err
 		}
 		last = msgs[len(msgs)-1].OutboxSeq
+	}
+}
+
+// PurgeOutbox deletes the outbox rows with seq <= relayedThrough that were
+// recorded before olderThan, in statements of at most 10,000 rows each, and
+// returns how many it deleted. relayedThrough must be an outbox seq the
+// hierarchy topic holds (with every lower one): rows above it are kept
+// whatever their age. Cancelling ctx stops between statements; what was
+// deleted stays deleted.
+func PurgeOutbox(ctx context.Context, pool *pgxpool.Pool, relayedThrough int64, olderThan time.Time) (int64, error) {
+	return purgeOutbox(ctx, pool, relayedThrough, olderThan, purgeChunk)
+}
+
+func purgeOutbox(ctx context.Context, pool *pgxpool.Pool, relayedThrough int64, olderThan time.Time, chunk int) (int64, error) {
+	var total int64
+	for {
+		tag, err := pool.Exec(ctx, `
+			delete from canopy.outbox where ctid in (
+				select ctid from canopy.outbox
+				 where seq <= $1 and recorded_at < $2
+				 order by seq limit $3)`, relayedThrough, olderThan, chunk)
+		if err != nil {
+			return total, fmt.Errorf("relay: purge outbox: %w", err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(chunk) {
+			return total, nil
+		}
 	}
 }
 

@@ -51,6 +51,7 @@ func newConfig() *config {
 	add("kafka.brokers", "127.0.0.1:9092", "Kafka bootstrap brokers, comma-separated")
 	add("kafka.events_topic", "canopy.events", "topic of business events")
 	add("kafka.hierarchy_topic", "canopy.hierarchy", "topic of hierarchy changes")
+	add("relay.outbox_retention", "168h", "how long the relay keeps relayed rows of canopy.outbox before purging them (0: keep them forever)")
 	add("kafka.retry_topic", "canopy.events.retry", "topic of events waiting for a retry")
 	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic")
 	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)")

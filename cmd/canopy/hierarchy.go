@@ -49,11 +49,34 @@ func newHierarchy(cfg *config) *cobra.Command {
 		return out, nil
 	}
 
+	var chunkSize int
 	imp := &cobra.Command{
 		Use:   "import FILE",
-		Short: "Import a CSV of id,parent_id,status,name (- for standard input); all or nothing",
-		Args:  args(cobra.ExactArgs(1)),
+		Short: "Import a CSV of id,parent_id,status,name (- for standard input); all or nothing unless --chunk-size",
+		Long: `import loads a CSV snapshot of entities (id,parent_id,status,name; an optional
+header row may name the columns in any order) into canopy.entities: new ids
+are inserted, changed ones updated, history and outbox written as triggers
+would. The file is refused, with its first offending lines, for duplicate ids,
+unknown parents, cycles, ancestor chains longer than 255 entities, names
+longer than 256 characters, or new children of a closed entity.
+
+By default the import is one transaction, all or nothing. It holds the
+hierarchy lock from its checks against canopy.entities until it commits, so
+every other hierarchy change (CLI, SQL, another import) waits meanwhile:
+minutes for millions of rows. Reading the file does not hold the lock.
+
+--chunk-size N writes the file in transactions of N rows, parents before
+children, each holding the lock only while it writes; other changes wait for
+one chunk at most. The whole file is still checked before anything is
+written, but it is no longer all or nothing: a chunk that a concurrent change
+makes invalid (a parent closed meanwhile, a chain made too long) stops the
+import with the earlier chunks committed. Run the same file again to finish:
+an import writes only what differs.`,
+		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if chunkSize < 0 {
+				return usageError{fmt.Errorf("--chunk-size must be >= 0, not %d", chunkSize)}
+			}
 			log := cfg.logger()
 			var r io.Reader = os.Stdin
 			if a[0] != "-" {
@@ -70,7 +93,8 @@ func newHierarchy(cfg *config) *cobra.Command {
 			}
 			defer pool.Close()
 			stats, err := hierarchy.Import(cmd.Context(), pool, r, hierarchy.ImportOptions{
-				Progress: func(phase string, rows int64) { log.Info("import", "phase", phase, "rows", rows) },
+				Progress:  func(phase string, rows int64) { log.Info("import", "phase", phase, "rows", rows) },
+				ChunkSize: chunkSize,
 			})
 			if err != nil {
 				return err
@@ -80,6 +104,7 @@ func newHierarchy(cfg *config) *cobra.Command {
 			return nil
 		},
 	}
+	imp.Flags().IntVar(&chunkSize, "chunk-size", 0, "rows per transaction, holding the hierarchy lock one chunk at a time; 0 = one all-or-nothing transaction (try 20000 for large files)")
 	move := &cobra.Command{
 		Use:   "move ID NEW_PARENT_ID",
 		Short: "Move an entity (and its subtree) under a new parent (0 makes it a root)",

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,10 +18,23 @@ func newRelay(cfg *config) *cobra.Command {
 partition) in commit order. Run as many as you like: one holds a PostgreSQL
 advisory lock and publishes, the others wait to take over. It resumes from the
 last change committed to the topic, so a crash or a Kafka outage loses and
-repeats nothing.`,
+repeats nothing.
+
+The active relay also purges canopy.outbox every 10 minutes: rows already on
+the topic and recorded longer ago than relay.outbox_retention (default 168h)
+are deleted, 10,000 at a time, with a log line of how many. Nothing reads
+relayed rows (workers load canopy.entity_history and follow the topic), and
+rows not yet on the topic are never deleted.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			retention, err := time.ParseDuration(cfg.get("relay.outbox_retention"))
+			if err != nil || retention < 0 {
+				return usageError{fmt.Errorf("relay.outbox_retention: %q is not a duration >= 0", cfg.get("relay.outbox_retention"))}
+			}
+			if retention == 0 {
+				retention = -1 // keep forever; hierarchy.Relay reads 0 as its default
+			}
 			pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
 			if err != nil {
 				return err
@@ -33,6 +47,8 @@ repeats nothing.`,
 				Topic:   cfg.get("kafka.hierarchy_topic"),
 				Name:    fmt.Sprintf("%s-%d", host, os.Getpid()),
 				Log:     cfg.logger(),
+
+				OutboxRetention: retention,
 			}
 			return r.Run(ctx)
 		},
