@@ -45,6 +45,11 @@ type Processor struct {
 	Observer func(c Counts, dead []Failure)
 	Log      *slog.Logger
 	Now      func() time.Time // default time.Now
+	// MaxBatchRecords and MaxBatchBytes (of record values) cap a new batch;
+	// 0 means no cap. A batch recorded earlier is replayed whole whatever
+	// its size.
+	MaxBatchRecords int
+	MaxBatchBytes   int
 	// ReplayVerifyAfter is the age of an intent past which its replay asks
 	// the Sink which of its parts are written rather than relying on
 	// ClickHouse's deduplication window (see Landed); default
@@ -101,14 +106,7 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 	if !found {
 		// Records from the retry topic wait until they are due; only the
 		// due prefix makes a batch.
-		due := len(recs)
-		now := p.now()
-		for i, r := range recs {
-			if o := originOf(r); !o.retryAt.IsZero() && o.retryAt.After(now) {
-				due = i
-				break
-			}
-		}
+		due := p.batchLen(recs)
 		if due == 0 {
 			return 0, nil
 		}
@@ -137,6 +135,31 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 		}
 		return n, nil
 	}
+}
+
+// batchLen is how many of recs a new batch takes: the records due now (a
+// retry waits for its time, but never longer than the retry policy's
+// MaxBackoff after it was published), within MaxBatchRecords and
+// MaxBatchBytes (at least one record).
+func (p *Processor) batchLen(recs []Record) int {
+	now := p.now()
+	maxDelay := p.Retry.withDefaults().MaxBackoff
+	size := 0
+	for i, r := range recs {
+		if at := originOf(r).retryAt; !at.IsZero() {
+			if !r.Time.IsZero() && at.After(r.Time.Add(maxDelay)) {
+				at = r.Time.Add(maxDelay) // a due time past the policy is not Canopy's
+			}
+			if at.After(now) {
+				return i
+			}
+		}
+		size += len(r.Value)
+		if i > 0 && (p.MaxBatchRecords > 0 && i >= p.MaxBatchRecords || p.MaxBatchBytes > 0 && size > p.MaxBatchBytes) {
+			return i
+		}
+	}
+	return len(recs)
 }
 
 // blockFormat numbers the layout of the blocks a batch writes. Bump it with
@@ -230,6 +253,14 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		var d decoded
 		d.offset = r.Offset
 		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
+		if size, sum, cut := truncatedOf(r); cut {
+			// The router kept only a prefix of a record too large to be an
+			// event: it is dead-lettered as it came.
+			f := p.failure(r, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", size))
+			f.RawBytes, f.RawSHA256 = size, sum
+			failures, failedAt = append(failures, f), append(failedAt, r.Offset)
+			continue
+		}
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
 			pe, _ := IsPoison(err)
 			failures, failedAt = append(failures, p.failure(r, nil, pe.Class, pe.Msg)), append(failedAt, r.Offset)
@@ -337,17 +368,25 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	// Transient failures go to the retry topic while attempts and age
 	// allow, so the partition goes on; the rest are dead letters.
 	retries, dead := p.route(failures)
-	counts.Retried = uint32(len(retries))
-	counts.DeadLettered = uint32(len(dead))
-	b.Counts = counts
 	if len(retries) > 0 {
-		if err := p.Retry.Publisher.PublishRetries(ctx, retries); err != nil {
+		refused, err := published(p.Retry.Publisher.PublishRetries(ctx, retries))
+		if err != nil {
 			return in, false, fmt.Errorf("retry publish: %w", err)
 		}
+		retries, dead = p.retriesRefused(retries, dead, refused)
+	}
+	for i := range dead {
+		dead[i].fit()
 	}
 	if len(dead) > 0 {
-		if err := p.DLQ.Publish(ctx, dead); err != nil {
+		refused, err := published(p.DLQ.Publish(ctx, dead))
+		if err != nil {
 			return in, false, fmt.Errorf("dead-letter publish: %w", err)
+		}
+		for i, why := range refused {
+			f := &dead[i]
+			f.Message = fmt.Sprintf("%s: %s; the dead-letter topic refused it for good: %v", f.Class, f.Message, why)
+			f.Class = ClassUnpublishable
 		}
 		if r, ok := p.Ledger.(Releaser); ok {
 			if err := r.Release(ctx, in.Partition, dead); err != nil {
@@ -355,6 +394,9 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 			}
 		}
 	}
+	counts.Retried = uint32(len(retries))
+	counts.DeadLettered = uint32(len(dead))
+	b.Counts = counts
 	if resolved := p.resolved(b, recs); len(dead)+len(resolved) > 0 {
 		if err := p.Sink.WriteFailures(ctx, append(dead, resolved...)); err != nil {
 			return in, false, fmt.Errorf("write failures: %w", err)
@@ -377,7 +419,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if err := p.Ledger.Done(ctx, in.Source); err != nil {
 		return in, false, fmt.Errorf("mark batch done: %w", err)
 	}
-	p.Metrics.observeBatch(b, len(dead), len(retries), time.Since(start))
+	p.Metrics.observeBatch(b, dead, len(retries), time.Since(start))
 	if p.Observer != nil {
 		p.Observer(b.Counts, dead)
 	}
@@ -446,6 +488,34 @@ func (p *Processor) toWrite(ctx context.Context, b *Batch) (*Batch, error) {
 		return nil, nil
 	}
 	return b.without(l), nil
+}
+
+// published splits a publish's result into the failures refused for good
+// and an error that calls for another attempt.
+func published(err error) (map[int]error, error) {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.Refused, nil
+	}
+	return nil, err
+}
+
+// retriesRefused moves the retries the retry topic refused for good to the
+// dead letters, final.
+func (p *Processor) retriesRefused(retries, dead []Failure, refused map[int]error) (kept, _ []Failure) {
+	if len(refused) == 0 {
+		return retries, dead
+	}
+	for i, f := range retries {
+		if why, ok := refused[i]; ok {
+			f.Final, f.RetryAt = true, time.Time{}
+			f.Message = fmt.Sprintf("%s; the retry topic refused it for good: %v", f.Message, why)
+			dead = append(dead, f)
+			continue
+		}
+		kept = append(kept, f)
+	}
+	return kept, dead
 }
 
 // route splits failures into those to retry and dead letters.

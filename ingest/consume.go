@@ -39,6 +39,18 @@ type WorkerConfig struct {
 	// RetryBackoffMax caps the backoff between attempts of a batch that
 	// failed transiently; default 10s.
 	RetryBackoffMax time.Duration
+	// MaxBufferedRecords and MaxBufferedBytes bound what is fetched but not
+	// processed yet: a partition holding MaxBufferedRecords, or every
+	// partition holding records while all together hold MaxBufferedBytes
+	// (of keys and values), is paused at the fetch until its batches go
+	// through. Defaults: 4 × MaxPollRecords and 256 MiB.
+	MaxBufferedRecords int
+	MaxBufferedBytes   int
+	// TrustHeaders says that only Canopy writes Topic (the by-id topic), so
+	// its canopy.* headers are honoured. Otherwise they are dropped from
+	// Topic's records: anyone may produce there. The retry topic's are
+	// always honoured.
+	TrustHeaders bool
 }
 
 // Validate fills defaults and checks the configuration.
@@ -67,7 +79,28 @@ func (c *WorkerConfig) Validate() error {
 	if c.RetryBackoffMax <= 0 {
 		c.RetryBackoffMax = 10 * time.Second
 	}
+	if c.MaxBufferedRecords <= 0 {
+		c.MaxBufferedRecords = 4 * c.MaxPollRecords
+	}
+	if c.MaxBufferedBytes <= 0 {
+		c.MaxBufferedBytes = 256 << 20
+	}
 	return nil
+}
+
+// held is what a worker holds of one partition between polls.
+type held struct {
+	recs   []Record // fetched, not processed yet
+	bytes  int
+	paused bool // fetching paused: too much is held
+	// waiting marks a partition whose last attempt needed more records (a
+	// batch recorded earlier is longer than what is held): it is never
+	// paused for holding too much.
+	waiting bool
+	// After a failed attempt the partition rests until notBefore, the rest
+	// doubling up to RetryBackoffMax; other partitions go on meanwhile.
+	notBefore time.Time
+	backoff   time.Duration
 }
 
 type partitionKey struct {
@@ -93,8 +126,12 @@ type Worker struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	leases map[partitionKey]lease    // per owned partition
-	buf    map[partitionKey][]Record // fetched, not yet processed
+	leases map[partitionKey]lease // per owned partition
+	parts  map[partitionKey]*held // fetched, not yet processed
+	bytes  int                    // of every held record
+	// unpause holds revoked partitions that were paused: a pause outlives
+	// the assignment in the client, so it is lifted before the next poll.
+	unpause map[string][]int32
 
 	ready chan struct{} // closed once partitions are leased, or after the first successful poll
 	once  sync.Once
@@ -116,7 +153,7 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Worker{cfg: cfg, proc: proc, log: log, leases: map[partitionKey]lease{}, buf: map[partitionKey][]Record{}, ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, proc: proc, log: log, leases: map[partitionKey]lease{}, parts: map[partitionKey]*held{}, ready: make(chan struct{})}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -209,7 +246,13 @@ func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 		for _, p := range parts {
 			k := partitionKey{topic, p}
 			delete(w.leases, k)
-			delete(w.buf, k)
+			if h := w.parts[k]; h != nil {
+				w.bytes -= h.bytes
+				if h.paused {
+					w.unpause = appendPart(w.unpause, k)
+				}
+				delete(w.parts, k)
+			}
 			w.log.Info("partition revoked", "topic", topic, "partition", p)
 		}
 	}
@@ -221,6 +264,12 @@ func (w *Worker) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.close()
 	for {
+		w.mu.Lock()
+		if len(w.unpause) > 0 {
+			w.cl.ResumeFetchPartitions(w.unpause)
+			w.unpause = nil
+		}
+		w.mu.Unlock()
 		fetches := w.poll(ctx)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			w.cl.AllowRebalance()
@@ -237,24 +286,30 @@ func (w *Worker) Run(ctx context.Context) error {
 		if len(commits) > 0 {
 			w.commit(ctx, commits)
 		}
+		w.throttle()
 		w.cl.AllowRebalance()
 	}
 }
 
-// poll waits for records. While buffered records wait for another attempt
-// (a transient failure, a lost lease) it returns after a second even if
-// nothing new arrived, so a quiet partition is retried, not stuck.
+// poll waits for records. While held records wait for another attempt (a
+// failure, a lost lease, a retry not due) it returns within a second, or
+// when the next partition's rest ends, even if nothing new arrived, so a
+// quiet partition is retried, not stuck.
 func (w *Worker) poll(ctx context.Context) kgo.Fetches {
 	w.mu.Lock()
-	pending := false
-	for _, recs := range w.buf {
-		pending = pending || len(recs) > 0
+	timeout, pending := time.Second, false
+	now := time.Now()
+	for _, h := range w.parts {
+		if len(h.recs) > 0 {
+			pending = true
+			timeout = min(timeout, max(h.notBefore.Sub(now), 10*time.Millisecond))
+		}
 	}
 	w.mu.Unlock()
 	if !pending {
 		return w.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
 	}
-	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return w.cl.PollRecords(pctx, w.cfg.MaxPollRecords)
 }
@@ -268,9 +323,22 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 		if !owned {
 			return
 		}
-		w.buf[k] = slices.Grow(w.buf[k], len(fp.Records))
+		h := w.parts[k]
+		if h == nil {
+			h = &held{}
+			w.parts[k] = h
+		}
+		untrusted := fp.Topic == w.cfg.Topic && !w.cfg.TrustHeaders
+		h.recs = slices.Grow(h.recs, len(fp.Records))
 		for _, r := range fp.Records {
-			w.buf[k] = append(w.buf[k], Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: r.Headers, Time: r.Timestamp})
+			hs := r.Headers
+			if untrusted {
+				hs = withoutCanopyHeaders(hs)
+			}
+			h.recs = append(h.recs, Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: hs, Time: r.Timestamp})
+			n := len(r.Key) + len(r.Value)
+			h.bytes += n
+			w.bytes += n
 		}
 		if n := len(fp.Records); n > 0 {
 			w.proc.Metrics.setLag(fp.Topic, strconv.Itoa(int(fp.Partition)), fp.HighWatermark-fp.Records[n-1].Offset-1)
@@ -278,19 +346,51 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 	})
 }
 
-// processAll processes every buffered partition in parallel and returns the
-// offsets to commit.
+// throttle pauses fetching from partitions that hold too much (see
+// WorkerConfig.MaxBufferedRecords) and resumes those that went under.
+func (w *Worker) throttle() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var pause, resume map[string][]int32
+	full, paused := w.bytes >= w.cfg.MaxBufferedBytes, 0
+	for k, h := range w.parts {
+		over := !h.waiting && len(h.recs) > 0 && (full || len(h.recs) >= w.cfg.MaxBufferedRecords)
+		switch {
+		case over && !h.paused:
+			pause = appendPart(pause, k)
+			w.log.Warn("partition paused: too many records wait for its batches", "topic", k.topic, "partition", k.partition,
+				"records", len(h.recs), "bytes", h.bytes, "all_bytes", w.bytes)
+		case !over && h.paused:
+			resume = appendPart(resume, k)
+		}
+		h.paused = over
+		if over {
+			paused++
+		}
+	}
+	if len(pause) > 0 {
+		w.cl.PauseFetchPartitions(pause)
+	}
+	if len(resume) > 0 {
+		w.cl.ResumeFetchPartitions(resume)
+	}
+	w.proc.Metrics.setBuffered(w.bytes, paused)
+}
+
+// processAll processes every held partition that is not resting, in
+// parallel, and returns the offsets to commit.
 func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochOffset {
 	type result struct {
 		k    partitionKey
 		next int64
 	}
 	w.mu.Lock()
-	work := make(map[partitionKey][]Record, len(w.buf))
-	epochs := make(map[partitionKey]int64, len(w.buf))
-	for k, recs := range w.buf {
-		if len(recs) > 0 {
-			work[k], epochs[k] = recs, w.leases[k].epoch
+	now := time.Now()
+	work := make(map[partitionKey][]Record, len(w.parts))
+	epochs := make(map[partitionKey]int64, len(w.parts))
+	for k, h := range w.parts {
+		if len(h.recs) > 0 && !now.Before(h.notBefore) {
+			work[k], epochs[k] = h.recs, w.leases[k].epoch
 		}
 	}
 	w.mu.Unlock()
@@ -301,18 +401,36 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, fenced := w.processPartition(ctx, epochs[k], recs)
-			if n > 0 {
-				results <- result{k, recs[n-1].Offset + 1}
+			out := w.processPartition(ctx, epochs[k], recs)
+			if out.done > 0 {
+				results <- result{k, recs[out.done-1].Offset + 1}
 			}
-			if fenced {
+			if out.fenced {
 				w.fenced(ctx, k)
 			}
 			w.mu.Lock()
-			if cur, ok := w.buf[k]; ok && len(cur) >= n {
-				w.buf[k] = cur[n:]
+			defer w.mu.Unlock()
+			h, ok := w.parts[k]
+			if !ok || len(h.recs) < out.done {
+				return // revoked meanwhile
 			}
-			w.mu.Unlock()
+			for _, r := range h.recs[:out.done] {
+				h.bytes -= len(r.Key) + len(r.Value)
+				w.bytes -= len(r.Key) + len(r.Value)
+			}
+			clear(h.recs[:out.done]) // let the processed records go
+			h.recs = h.recs[out.done:]
+			h.waiting = out.needMore
+			switch {
+			case out.failed:
+				h.backoff = min(max(2*h.backoff, 100*time.Millisecond), w.cfg.RetryBackoffMax)
+				if out.rest > 0 {
+					h.backoff = out.rest
+				}
+				h.notBefore = time.Now().Add(h.backoff)
+			case out.done > 0:
+				h.backoff, h.notBefore = 0, time.Time{}
+			}
 		}()
 	}
 	wg.Wait()
@@ -327,47 +445,58 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 	return commits
 }
 
-// processPartition processes as many whole batches of recs as it can and
-// returns how many records are done. Transient failures are retried with
-// capped exponential backoff: the partition waits (backpressure) rather than
-// skipping anything.
-func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) (done int, fenced bool) {
-	backoff := 100 * time.Millisecond
-	for done < len(recs) {
-		n, err := w.proc.Process(ctx, epoch, recs[done:])
+// outcome is what one turn of a partition did.
+type outcome struct {
+	done     int           // records finished, from the first
+	fenced   bool          // the lease was lost
+	failed   bool          // an attempt failed: rest before the next
+	rest     time.Duration // the rest, when the failure calls for one of its own
+	needMore bool          // a batch recorded earlier needs records not held yet
+}
+
+// processPartition processes as many whole batches of recs as it can. An
+// attempt that fails ends the turn: the partition rests with capped
+// exponential backoff (holding its records, fetching paused once it holds
+// too many) while the worker's other partitions go on.
+func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) (out outcome) {
+	for out.done < len(recs) {
+		n, err := w.proc.Process(ctx, epoch, recs[out.done:])
 		switch {
 		case err == nil:
 			if n == 0 {
-				return done, false // a recorded batch needs more records than fetched yet
+				// Not due yet (the retry topic), or a recorded batch needs
+				// more records than fetched yet.
+				out.needMore = recs[out.done].Topic == w.cfg.Topic
+				return out
 			}
-			done += n
-			backoff = 100 * time.Millisecond
+			out.done += n
 		case errors.Is(err, ErrFenced):
 			w.proc.Metrics.batchError("fenced")
 			w.log.Warn("partition taken over by another worker; abandoning batch", "err", err)
-			return done, true
+			out.fenced = true
+			return out
 		case errors.Is(err, ErrOverlap):
 			w.proc.Metrics.batchError("overlap")
 			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)
-			return done, false
+			out.failed, out.rest = true, w.cfg.RetryBackoffMax
+			return out
 		case errors.Is(err, ErrReplayMismatch):
 			// Parked until a worker with the batch's configuration (or this
 			// one, restarted with it) finishes it; nothing is written.
 			w.proc.Metrics.batchError("replay_mismatch")
 			w.log.Error("unfinished batch needs the configuration it was begun with; partition waits", "err", err)
-			return done, false
+			out.failed, out.rest = true, w.cfg.RetryBackoffMax
+			return out
 		case ctx.Err() != nil:
-			return done, false
+			return out
 		default:
 			w.proc.Metrics.batchError("transient")
-			w.log.Warn("batch failed, retrying", "err", err, "backoff", backoff)
-			if !wait.Sleep(ctx, backoff) {
-				return done, false
-			}
-			backoff = min(2*backoff, w.cfg.RetryBackoffMax)
+			w.log.Warn("batch failed; the partition rests, then retries", "err", err)
+			out.failed = true
+			return out
 		}
 	}
-	return done, false
+	return out
 }
 
 // fenced handles a batch refused for a stale lease. Normally this member is

@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -171,5 +173,111 @@ func TestWorkerRecoversLeaseWhenStillAssigned(t *testing.T) {
 			t.Fatal("the partition stayed stuck after its lease was taken")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// partitionSink fails every write of one partition while broken is set.
+type partitionSink struct {
+	*memSink
+	mu       sync.Mutex
+	broken   bool
+	badPart  int32
+	maxBatch int
+}
+
+func (s *partitionSink) Write(ctx context.Context, b *Batch) error {
+	s.mu.Lock()
+	if s.broken && b.Intent.Partition == s.badPart {
+		s.mu.Unlock()
+		return errors.New("sink down for this partition")
+	}
+	s.maxBatch = max(s.maxBatch, int(b.Intent.Last-b.Intent.First+1))
+	s.mu.Unlock()
+	return s.memSink.Write(ctx, b)
+}
+
+// A partition whose batches keep failing rests and, once it holds too
+// many records, is paused at the fetch; the worker's other partitions go
+// on meanwhile. When the fault clears, every record counts once and no
+// batch was larger than the cap.
+func TestFailingPartitionIsPausedOthersGoOn(t *testing.T) {
+	const topic, perPart = "events", 3000
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	producer, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.DefaultProduceTopic(topic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	var recs []*kgo.Record
+	for i := range 2 * perPart {
+		recs = append(recs, &kgo.Record{Partition: int32(i % 2), Value: []byte(ev(fmt.Sprintf("e%d", i), 1+i%3, "1"))})
+	}
+	if err := producer.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+
+	p, _, mem := newTestProcessor()
+	sink := &partitionSink{memSink: mem, broken: true, badPart: 0}
+	p.Sink, p.MaxBatchRecords = sink, 100
+	w, err := NewWorker(WorkerConfig{Brokers: cluster.ListenAddrs(), Topic: topic, Group: "g", MaxPollRecords: 100,
+		MaxBufferedRecords: 400, FetchMaxWait: 20 * time.Millisecond, RetryBackoffMax: 200 * time.Millisecond},
+		p, slog.New(slog.NewTextHandler(io.Discard, nil)), kgo.FetchMinBytes(1), kgo.FetchMaxPartitionBytes(4<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	accepted := func(part int32) int {
+		mem.mu.Lock()
+		defer mem.mu.Unlock()
+		n := 0
+		for _, b := range mem.batches {
+			if b.Intent.Partition == part {
+				n += int(b.Counts.Accepted)
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for accepted(1) < perPart {
+		if time.Now().After(deadline) {
+			t.Fatalf("healthy partition: %d of %d while the other fails", accepted(1), perPart)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Held records of the failing partition stay bounded: the cap plus at
+	// most one fetch taken before the pause.
+	time.Sleep(500 * time.Millisecond)
+	w.mu.Lock()
+	h := w.parts[partitionKey{topic, 0}]
+	heldRecs, paused := len(h.recs), h.paused
+	w.mu.Unlock()
+	if !paused || heldRecs > 400+200 || accepted(0) != 0 {
+		t.Fatalf("failing partition: paused %v, holds %d records, accepted %d", paused, heldRecs, accepted(0))
+	}
+	sink.mu.Lock()
+	sink.broken = false
+	sink.mu.Unlock()
+	for accepted(0) < perPart {
+		if time.Now().After(deadline) {
+			t.Fatalf("recovered partition: %d of %d", accepted(0), perPart)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if a0, a1 := accepted(0), accepted(1); a0 != perPart || a1 != perPart {
+		t.Fatalf("accepted %d and %d, want %d each", a0, a1, perPart)
+	}
+	if sink.maxBatch > 100 {
+		t.Fatalf("largest batch %d records, cap 100", sink.maxBatch)
 	}
 }

@@ -19,7 +19,10 @@ type Metrics struct {
 	dedupBytes   prometheus.Gauge
 	restores     prometheus.Histogram // partitioned dedup: rebuilding a partition's state
 	restoredRecs prometheus.Counter
-	routed       prometheus.Counter // records the router copied to the by-id topic
+	routed       prometheus.Counter     // records the router copied to the by-id topic
+	buffered     prometheus.Gauge       // bytes fetched, not processed yet
+	paused       prometheus.Gauge       // partitions paused at the fetch
+	deadByClass  *prometheus.CounterVec // dead letters by class
 }
 
 // NewMetrics registers the pipeline metrics with reg.
@@ -60,9 +63,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		routed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "canopy_routed_records_total", Help: "Records the router copied to the by-id topic (ingest.dedup=partitioned).",
 		}),
+		buffered: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "canopy_buffered_bytes", Help: "Bytes of records fetched and waiting for their batch (bounded by ingest.max_buffered_bytes).",
+		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "canopy_paused_partitions", Help: "Partitions whose fetching is paused because their batches cannot keep up or keep failing.",
+		}),
+		deadByClass: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "canopy_dead_letters_total", Help: "Records given up by error class; class unpublishable: refused by the dead-letter topic, kept in ingest_failures only.",
+		}, []string{"class"}),
 	}
 	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer, m.dedupIDs, m.dedupBytes,
-		m.restores, m.restoredRecs, m.routed)
+		m.restores, m.restoredRecs, m.routed, m.buffered, m.paused, m.deadByClass)
 	// Every series exists from the start, at 0, so dashboards and alerts see
 	// "none yet" rather than "no data".
 	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
@@ -77,13 +89,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeBatch(b *Batch, dead, retried int, d time.Duration) {
+func (m *Metrics) observeBatch(b *Batch, dead []Failure, retried int, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.records.WithLabelValues("accepted").Add(float64(b.Counts.Accepted))
 	m.records.WithLabelValues("duplicate").Add(float64(b.Counts.Duplicates))
-	m.records.WithLabelValues("dead_lettered").Add(float64(dead))
+	m.records.WithLabelValues("dead_lettered").Add(float64(len(dead)))
+	for _, f := range dead {
+		m.deadByClass.WithLabelValues(string(f.Class)).Inc()
+	}
 	m.records.WithLabelValues("retried").Add(float64(retried))
 	m.rollupRows.WithLabelValues("events").Add(float64(len(b.Events)))
 	m.rollupRows.WithLabelValues("rollup_hourly").Add(float64(b.Hourly.Len()))
@@ -113,6 +128,14 @@ func (m *Metrics) addRouted(n int) {
 		return
 	}
 	m.routed.Add(float64(n))
+}
+
+func (m *Metrics) setBuffered(bytes, paused int) {
+	if m == nil {
+		return
+	}
+	m.buffered.Set(float64(bytes))
+	m.paused.Set(float64(paused))
 }
 
 func (m *Metrics) batchError(kind string) {

@@ -115,6 +115,11 @@ func failureHeaders(f Failure) []kgo.RecordHeader {
 		{Key: HeaderFailedAt, Value: []byte(f.At.UTC().Format(time.RFC3339))},
 		{Key: HeaderFirstFailure, Value: []byte(first.UTC().Format(time.RFC3339))},
 	}
+	if f.RawBytes > 0 {
+		hs = append(hs,
+			kgo.RecordHeader{Key: HeaderRawBytes, Value: []byte(strconv.Itoa(f.RawBytes))},
+			kgo.RecordHeader{Key: HeaderRawSHA256, Value: []byte(f.RawSHA256)})
+	}
 	if f.HoldsClaim {
 		hs = append(hs, kgo.RecordHeader{Key: HeaderRetryOf, Value: []byte(strconv.FormatInt(f.Claim, 10))})
 	}

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,13 @@ type RouterConfig struct {
 	MaxPoll    int    // records per poll; default 50000
 	// RetryBackoffMax caps the wait between attempts to produce.
 	RetryBackoffMax time.Duration
+	// MaxRetryDelay caps how long after it was published a retry waits for
+	// its due time (the retry policy's MaxBackoff); default 1h.
+	MaxRetryDelay time.Duration
+	// MaxRecordBytes is the largest record that may be an event (the
+	// decoder's limit); a larger one is routed truncated, to be
+	// dead-lettered as oversize. Default DefaultMaxRecordBytes.
+	MaxRecordBytes int
 }
 
 // Router is the first stage of the partitioned deduplication mode
@@ -59,6 +67,12 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	}
 	if cfg.RetryBackoffMax <= 0 {
 		cfg.RetryBackoffMax = 10 * time.Second
+	}
+	if cfg.MaxRetryDelay <= 0 {
+		cfg.MaxRetryDelay = time.Hour
+	}
+	if cfg.MaxRecordBytes <= 0 {
+		cfg.MaxRecordBytes = DefaultMaxRecordBytes
 	}
 	if log == nil {
 		log = slog.Default()
@@ -157,9 +171,15 @@ func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.Epo
 	for k, recs := range r.buf {
 		n := 0
 		for _, rec := range recs {
-			if at, ok := header(rec.Headers, HeaderRetryAt); ok {
-				if t, err := time.Parse(time.RFC3339Nano, at); err == nil && t.After(now) {
-					break
+			if rec.Topic != r.cfg.Topic {
+				if at, ok := header(rec.Headers, HeaderRetryAt); ok {
+					t, err := time.Parse(time.RFC3339Nano, at)
+					if err == nil && !rec.Timestamp.IsZero() {
+						t = earlier(t, rec.Timestamp.Add(r.cfg.MaxRetryDelay)) // a due time past the policy is not Canopy's
+					}
+					if err == nil && t.After(now) {
+						break
+					}
 				}
 			}
 			out = append(out, r.byID(rec))
@@ -198,9 +218,29 @@ func appendPart(m map[string][]int32, k partitionKey) map[string][]int32 {
 	return m
 }
 
-// byID is rec as a record of the by-id topic.
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// byID is rec as a record of the by-id topic. The canopy.* headers of the
+// events topic's records are dropped (anyone may write there: a forged
+// replay or retry is an ordinary event); the retry topic's are kept. A
+// record too large to be an event goes truncated (see truncated), so the
+// by-id topic never refuses it and the by-id stage dead-letters it.
 func (r *Router) byID(rec *kgo.Record) *kgo.Record {
-	return toByID(r.cfg.Target, rec.Value, rec.Headers, Source{Topic: rec.Topic, Partition: rec.Partition, First: rec.Offset})
+	hs := rec.Headers
+	if rec.Topic == r.cfg.Topic {
+		hs = withoutCanopyHeaders(hs)
+	}
+	src := Source{Topic: rec.Topic, Partition: rec.Partition, First: rec.Offset}
+	if len(rec.Value) > cmp.Or(r.cfg.MaxRecordBytes, DefaultMaxRecordBytes) {
+		value, cut := truncated(rec.Value) // no event id: any partition dead-letters it
+		return toByID(r.cfg.Target, value, hs, src, cut...)
+	}
+	return toByID(r.cfg.Target, rec.Value, hs, src)
 }
 
 // toByID is a record of the by-id topic keyed by the event id of value. It
@@ -220,7 +260,7 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 		switch h.Key {
 		case HeaderRetryAt:
 			continue // due now
-		case HeaderReleaseOf, HeaderBackfill:
+		case HeaderReleaseOf, HeaderBackfill, HeaderRawBytes, HeaderRawSHA256:
 			continue // the by-id stage's and the backfill's alone, never a producer's
 		case HeaderSourceTopic:
 			sourced = true
@@ -238,22 +278,45 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 }
 
 // produce sends recs, retrying with backoff until every one is acknowledged;
-// false when ctx ended first.
+// false when ctx ended first. A record the by-id topic refuses for good (too
+// large for it) is sent again truncated (see truncated), so the by-id stage
+// dead-letters it rather than the partition stopping.
 func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 	backoff := 100 * time.Millisecond
 	for {
-		err := r.cl.ProduceSync(ctx, recs...).FirstErr()
-		if err == nil {
-			r.metrics.addRouted(len(recs))
+		var failed []*kgo.Record
+		var err error
+		for _, res := range r.cl.ProduceSync(ctx, recs...) {
+			switch {
+			case res.Err == nil:
+				r.metrics.addRouted(1)
+				continue
+			case PermanentProduceError(res.Err) && !truncatedRecord(res.Record):
+				r.log.Warn("the by-id topic refused a record for good; routing it truncated, to be dead-lettered",
+					"topic", r.cfg.Target, "bytes", len(res.Record.Value), "err", res.Err)
+				value, cut := truncated(res.Record.Value)
+				res.Record.Value, res.Record.Key = value, nil
+				res.Record.Headers = append(res.Record.Headers, cut...)
+			}
+			failed = append(failed, res.Record)
+			err = res.Err
+		}
+		if len(failed) == 0 {
 			return true
 		}
 		if ctx.Err() != nil {
 			return false
 		}
-		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(recs), "err", err, "backoff", backoff)
+		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(failed), "err", err, "backoff", backoff)
 		if !wait.Sleep(ctx, backoff) {
 			return false
 		}
 		backoff = min(2*backoff, r.cfg.RetryBackoffMax)
+		recs = failed
 	}
+}
+
+func truncatedRecord(rec *kgo.Record) bool {
+	_, ok := header(rec.Headers, HeaderRawBytes)
+	return ok
 }

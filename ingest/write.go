@@ -53,13 +53,16 @@ type Failure struct {
 	EventID  string // when it could be read
 	EntityID int64  // when it could be read
 	Key      []byte // the original record key
-	Raw      []byte
-	Class    Class
-	Message  string
-	Attempts uint32
-	At       time.Time // this failure (ingest_failures.last_failure)
-	First    time.Time // the record's first failure
-	RetryAt  time.Time // when a retry is due
+	Raw      []byte // truncated to TruncatedBytes when RawBytes > 0
+	// RawBytes and RawSHA256 name the original payload of a truncated Raw.
+	RawBytes  int
+	RawSHA256 string
+	Class     Class
+	Message   string
+	Attempts  uint32
+	At        time.Time // this failure (ingest_failures.last_failure)
+	First     time.Time // the record's first failure
+	RetryAt   time.Time // when a retry is due
 	// HoldsClaim marks a failure whose record holds the claim on EventID
 	// in the by-id topic (PartitionedClaims), at offset Claim: its retry
 	// carries Claim in HeaderRetryOf and takes the claim over.

@@ -157,8 +157,9 @@ func ensureByIDTopic(ctx context.Context, cfg *config, horizon time.Duration, op
 	}
 	retention := strconv.FormatInt((horizon + keepIntents + 24*time.Hour).Milliseconds(), 10)
 	appendTime := "LogAppendTime"
+	maxBytes := strconv.Itoa(4 << 20) // an event (≤ 1 MiB) with its headers
 	resp, err := adm.CreateTopic(ctx, partitions, -1, map[string]*string{
-		"retention.ms": &retention, "message.timestamp.type": &appendTime,
+		"retention.ms": &retention, "message.timestamp.type": &appendTime, "max.message.bytes": &maxBytes,
 	}, target)
 	if err == nil {
 		err = resp.Err

@@ -84,6 +84,8 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		},
 		Metrics:           metrics,
 		Log:               log,
+		MaxBatchRecords:   cfg.int("ingest.max_poll_records"),
+		MaxBatchBytes:     cfg.int("ingest.max_batch_mb") << 20,
 		ReplayVerifyAfter: replayVerifyAfter(cfg.duration("ingest.replay_verify_after")),
 	}
 	return p, nil

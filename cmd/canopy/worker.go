@@ -10,6 +10,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		router, err = ingest.NewRouter(ingest.RouterConfig{
 			Topic: cfg.get("kafka.events_topic"), RetryTopic: cfg.get("kafka.retry_topic"), Target: topic,
 			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
+			MaxRetryDelay: cfg.duration("ingest.retry_max_backoff"),
 		}, log.With("component", "router"), metrics, append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
 		if err != nil {
 			return err
@@ -104,6 +106,11 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		Owner:          fmt.Sprintf("%s-%d", hostname, os.Getpid()),
 		MaxPollRecords: cfg.int("ingest.max_poll_records"),
 		SessionTimeout: cfg.duration("ingest.session_timeout"),
+		// The by-id topic is written by the router alone; anyone may write
+		// the events topic.
+		TrustHeaders:       cfg.partitioned(),
+		MaxBufferedRecords: cfg.int("ingest.max_buffered_records"),
+		MaxBufferedBytes:   cfg.int("ingest.max_buffered_mb") << 20,
 	}, proc, log, extra...)
 	if err != nil {
 		return usageError{err}
@@ -327,7 +334,10 @@ func ensureRetryTopic(ctx context.Context, log *slog.Logger, cfg *config, extra 
 			partitions = int32(len(t.Partitions)) //nolint:gosec // partition counts are small
 		}
 	}
-	resp, err := adm.CreateTopic(ctx, partitions, -1, nil, cfg.get("kafka.retry_topic"))
+	// A retry carries its record whole; events may be up to 1 MiB, past the
+	// broker's default limit once headers are added.
+	maxBytes := strconv.Itoa(4 << 20)
+	resp, err := adm.CreateTopic(ctx, partitions, -1, map[string]*string{"max.message.bytes": &maxBytes}, cfg.get("kafka.retry_topic"))
 	if err == nil {
 		err = resp.Err
 	}

@@ -1,0 +1,154 @@
+package ingest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Headers of a record whose payload was cut short to fit a topic.
+const (
+	// HeaderRawBytes is the size of the original payload.
+	HeaderRawBytes = "canopy.raw.bytes"
+	// HeaderRawSHA256 is the hex SHA-256 of the original payload.
+	HeaderRawSHA256 = "canopy.raw.sha256"
+)
+
+// Failure payloads above DeadLetterMaxBytes are published truncated to
+// TruncatedBytes, with HeaderRawBytes and HeaderRawSHA256 naming the
+// original: a topic's default max.message.bytes (1 MiB) never refuses them,
+// and ingest_failures keeps the same prefix.
+const (
+	DeadLetterMaxBytes = 512 << 10
+	TruncatedBytes     = 64 << 10
+)
+
+// ClassUnpublishable is the class, in ingest_failures, of a failure the
+// dead-letter topic refused for good (too large for it, an invalid record):
+// ingest_failures is its only record. The message names the original class.
+const ClassUnpublishable Class = "unpublishable"
+
+// fit truncates f's payload when it is too large to dead-letter whole.
+func (f *Failure) fit() {
+	if len(f.Raw) <= DeadLetterMaxBytes || f.RawBytes > 0 {
+		return
+	}
+	sum := sha256.Sum256(f.Raw)
+	f.RawBytes, f.RawSHA256 = len(f.Raw), hex.EncodeToString(sum[:])
+	f.Raw = f.Raw[:TruncatedBytes:TruncatedBytes]
+	f.Message += fmt.Sprintf(" (payload of %d bytes kept truncated to its first %d, sha256 %s)", f.RawBytes, TruncatedBytes, f.RawSHA256)
+}
+
+// truncated returns value cut to TruncatedBytes with the headers naming the
+// original, for a record too large to be an event (see Router).
+func truncated(value []byte) ([]byte, []kgo.RecordHeader) {
+	sum := sha256.Sum256(value)
+	n := min(len(value), TruncatedBytes)
+	return value[:n:n], []kgo.RecordHeader{
+		{Key: HeaderRawBytes, Value: []byte(strconv.Itoa(len(value)))},
+		{Key: HeaderRawSHA256, Value: []byte(hex.EncodeToString(sum[:]))},
+	}
+}
+
+// truncatedOf reads the truncation headers of a record of a Canopy topic.
+func truncatedOf(r Record) (size int, sum string, ok bool) {
+	s, ok1 := header(r.Headers, HeaderRawBytes)
+	sum, ok2 := header(r.Headers, HeaderRawSHA256)
+	n, err := strconv.Atoi(s)
+	if !ok1 || !ok2 || err != nil || n <= 0 {
+		return 0, "", false
+	}
+	return n, sum, true
+}
+
+// withoutCanopyHeaders drops every canopy.* header. On a topic anyone may
+// write (the events topic) such headers are not Canopy's: a record carrying
+// them is an ordinary event, not a replay, a retry or a truncated payload.
+func withoutCanopyHeaders(hs []kgo.RecordHeader) []kgo.RecordHeader {
+	kept := 0
+	for _, h := range hs {
+		if !strings.HasPrefix(h.Key, "canopy.") {
+			kept++
+		}
+	}
+	if kept == len(hs) {
+		return hs
+	}
+	out := make([]kgo.RecordHeader, 0, kept)
+	for _, h := range hs {
+		if !strings.HasPrefix(h.Key, "canopy.") {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// RefusedError reports failures a topic refused for good: publishing them
+// again can never succeed. Every other failure of the call was published.
+type RefusedError struct {
+	Topic   string
+	Refused map[int]error // index into the published failures → why
+}
+
+func (e *RefusedError) Error() string {
+	for _, err := range e.Refused {
+		return fmt.Sprintf("%s refused %d record(s) for good, e.g.: %v", e.Topic, len(e.Refused), err)
+	}
+	return e.Topic + " refused records"
+}
+
+// PermanentProduceError reports whether a produce error can never clear by
+// trying the same record again: the record is too large or invalid for the
+// topic. Everything else (brokers down, leadership moving, authorization an
+// operator may grant) is transient.
+func PermanentProduceError(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
+		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.CorruptMessage) ||
+		errors.Is(err, kerr.InvalidTopicException) || errors.Is(err, kerr.PolicyViolation)
+}
+
+// publishFailures produces one record per failure (the original key and
+// bytes, truncated if too large; headers naming the failure and, for a
+// retry, when it is due) and waits until all are acknowledged. Records the
+// topic refused for good are returned in a *RefusedError; any other error
+// means the call should be repeated.
+func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Failure, retry bool) error {
+	recs := make([]*kgo.Record, len(fs))
+	index := make(map[*kgo.Record]int, len(fs))
+	for i, f := range fs {
+		if !retry {
+			f.fit() // a retry must carry the whole record; its topic is Canopy's
+		}
+		hs := failureHeaders(f)
+		if retry {
+			hs = append(hs, kgo.RecordHeader{Key: HeaderRetryAt, Value: []byte(f.RetryAt.UTC().Format(time.RFC3339Nano))})
+		}
+		recs[i] = &kgo.Record{Topic: topic, Key: f.Key, Value: f.Raw, Headers: hs}
+		index[recs[i]] = i
+	}
+	var refused map[int]error
+	for _, res := range cl.ProduceSync(ctx, recs...) {
+		switch {
+		case res.Err == nil:
+		case PermanentProduceError(res.Err):
+			if refused == nil {
+				refused = map[int]error{}
+			}
+			refused[index[res.Record]] = res.Err
+		default:
+			return fmt.Errorf("produce to %s: %w", topic, res.Err)
+		}
+	}
+	if refused != nil {
+		return &RefusedError{Topic: topic, Refused: refused}
+	}
+	return nil
+}
