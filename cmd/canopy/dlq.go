@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -49,15 +51,30 @@ func (f *dlqFilter) sinceTime(now time.Time) (time.Time, error) {
 
 // deadLetter is one record of the dead-letter topic.
 type deadLetter struct {
-	rec        *kgo.Record
-	class      string
-	message    string
-	attempts   string
-	source     string // topic/partition/offset
-	failedAt   time.Time
-	entity     int64 // 0 when unreadable
-	resolution string
+	rec      *kgo.Record
+	class    string
+	message  string
+	attempts string
+	source   string // topic/partition/offset
+	// sourceTopic, sourcePartition and sourceOffset are source's parts;
+	// sourceTopic is "" when the headers do not name a readable source.
+	sourceTopic     string
+	sourcePartition int32
+	sourceOffset    int64
+	failedAt        time.Time
+	entity          int64 // 0 when unreadable
+	resolution      string
 }
+
+// Bounds of one step of dlq list and dlq replay: a step reads at most
+// dlqChunkRecords dead letters, and a replay sends at most dlqChunkRecords
+// records or dlqChunkBytes bytes per ProduceSync, so memory stays bounded
+// whatever the size of the dead-letter topic.
+const (
+	dlqChunkRecords = 1000
+	dlqChunkBytes   = 8 << 20
+	dlqProgressEach = 5 * time.Second
+)
 
 func newDLQ(cfg *config) *cobra.Command {
 	cmd := &cobra.Command{
@@ -68,19 +85,31 @@ func newDLQ(cfg *config) *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List dead letters with their error class, source and resolution",
-		Args:  args(cobra.NoArgs),
+		Long: `list prints the selected dead letters, read from the start of the dead-letter
+topic up to its end when the command starts, as it reads them. Columns are
+aligned within each block of 1000 lines.`,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dls, err := readDeadLetters(cmd.Context(), cfg, &lf)
-			if err != nil {
+			header := true
+			show := func(dls []deadLetter) error {
+				tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+				if header {
+					fmt.Fprintln(tw, "PARTITION\tOFFSET\tFAILED_AT\tCLASS\tATTEMPTS\tSOURCE\tENTITY\tRESOLUTION\tMESSAGE")
+					header = false
+				}
+				for _, d := range dls {
+					fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.rec.Partition, d.rec.Offset,
+						d.failedAt.Format(time.RFC3339), d.class, d.attempts, d.source, d.entity, d.resolution, d.message)
+				}
+				return tw.Flush()
+			}
+			if _, err := scanDeadLetters(cmd.Context(), cfg, &lf, true, show); err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PARTITION\tOFFSET\tFAILED_AT\tCLASS\tATTEMPTS\tSOURCE\tENTITY\tRESOLUTION\tMESSAGE")
-			for _, d := range dls {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.rec.Partition, d.rec.Offset,
-					d.failedAt.Format(time.RFC3339), d.class, d.attempts, d.source, d.entity, d.resolution, d.message)
+			if header { // nothing selected: the header alone
+				return show(nil)
 			}
-			return tw.Flush()
+			return nil
 		},
 	}
 	lf.register(list)
@@ -88,34 +117,19 @@ func newDLQ(cfg *config) *cobra.Command {
 	replay := &cobra.Command{
 		Use:   "replay",
 		Short: "Send the selected dead letters through ingestion again (after fixing their cause)",
-		Long: `replay produces the selected dead letters' original bytes to the events topic
-again. An event that now succeeds counts once (its event_id is claimed like any
-other) and its failure is marked resolved in ingest_failures; one that fails
-again is dead-lettered again. Replaying twice changes nothing the second time.`,
+		Long: `replay produces the selected dead letters' original bytes to the retry topic
+(kafka.retry_topic), due at once: only Canopy's own topics may carry its
+replay and source headers. An event that now succeeds counts once (its
+event_id is claimed like any other) and its failure is marked resolved in
+ingest_failures; one that fails again is dead-lettered again. Replaying twice
+changes nothing the second time.
+
+It reads the dead-letter topic up to its end when the command starts and
+sends as it reads, at most 1000 records or 8 MiB at a time, logging progress
+every few seconds; interrupted, it may be run again (a repeat counts nothing).`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			dls, err := readDeadLetters(ctx, cfg, &rf)
-			if err != nil {
-				return err
-			}
-			cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))
-			if err != nil {
-				return fmt.Errorf("kafka: %w", err)
-			}
-			defer cl.Close()
-			recs := make([]*kgo.Record, 0, len(dls))
-			for _, d := range dls {
-				hs := append([]kgo.RecordHeader(nil), d.rec.Headers...)
-				hs = append(hs, kgo.RecordHeader{Key: ingest.HeaderReplay,
-					Value: []byte(fmt.Sprintf("%s/%d/%d", d.rec.Topic, d.rec.Partition, d.rec.Offset))})
-				recs = append(recs, &kgo.Record{Topic: cfg.get("kafka.events_topic"), Key: d.rec.Key, Value: d.rec.Value, Headers: hs})
-			}
-			if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-				return fmt.Errorf("replay to %s: %w", cfg.get("kafka.events_topic"), err)
-			}
-			fmt.Printf("replayed %d dead letters to %s\n", len(recs), cfg.get("kafka.events_topic"))
-			return nil
+			return runReplay(cmd.Context(), cfg, &rf)
 		},
 	}
 	rf.register(replay)
@@ -123,74 +137,201 @@ again is dead-lettered again. Replaying twice changes nothing the second time.`,
 	return cmd
 }
 
-// readDeadLetters reads the dead-letter topic from its start to its current
-// end and returns the records the filter selects.
-func readDeadLetters(ctx context.Context, cfg *config, f *dlqFilter) ([]deadLetter, error) {
-	since, err := f.sinceTime(time.Now())
+// runReplay produces the selected dead letters to the retry topic, a chunk
+// at a time.
+func runReplay(ctx context.Context, cfg *config, f *dlqFilter) error {
+	log := cfg.logger()
+	topic := cfg.get("kafka.retry_topic")
+	ensureRetryTopic(ctx, log, cfg)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...), kgo.ProducerBatchMaxBytes(16<<20))
 	if err != nil {
-		return nil, err
-	}
-	topic := cfg.get("kafka.dlq_topic")
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...),
-		kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		return nil, fmt.Errorf("kafka: %w", err)
+		return fmt.Errorf("kafka: %w", err)
 	}
 	defer cl.Close()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	replayed := 0
+	recs := make([]*kgo.Record, 0, dlqChunkRecords)
+	send := func() error {
+		if len(recs) == 0 {
+			return nil
+		}
+		if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+			return fmt.Errorf("replay to %s after %d records: %w", topic, replayed, err)
+		}
+		replayed += len(recs)
+		clear(recs) // let the sent records go
+		recs = recs[:0]
+		return nil
+	}
+	_, err = scanDeadLetters(ctx, cfg, f, f.unresolved, func(dls []deadLetter) error {
+		size := 0
+		for _, d := range dls {
+			hs := make([]kgo.RecordHeader, 0, len(d.rec.Headers)+1)
+			for _, h := range d.rec.Headers {
+				if h.Key != ingest.HeaderRetryAt { // due at once
+					hs = append(hs, h)
+				}
+			}
+			hs = append(hs, kgo.RecordHeader{Key: ingest.HeaderReplay,
+				Value: []byte(fmt.Sprintf("%s/%d/%d", d.rec.Topic, d.rec.Partition, d.rec.Offset))})
+			r := &kgo.Record{Topic: topic, Key: d.rec.Key, Value: d.rec.Value, Headers: hs}
+			n := len(r.Key) + len(r.Value)
+			for _, h := range hs {
+				n += len(h.Key) + len(h.Value)
+			}
+			if len(recs) > 0 && (len(recs) >= dlqChunkRecords || size+n > dlqChunkBytes) {
+				if err := send(); err != nil {
+					return err
+				}
+				size = 0
+			}
+			recs = append(recs, r)
+			size += n
+		}
+		return send()
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("replayed %d dead letters to %s\n", replayed, topic)
+	return nil
+}
+
+// scanDeadLetters reads the dead-letter topic from its start to the end it
+// has when the scan begins and hands the records the filter selects to fn,
+// at most dlqChunkRecords at a time, in the order read. With withResolution
+// each dead letter carries its resolution from ingest_failures, looked up a
+// chunk at a time. It logs progress every few seconds and returns how many
+// records it read.
+func scanDeadLetters(ctx context.Context, cfg *config, f *dlqFilter, withResolution bool, fn func([]deadLetter) error) (int64, error) {
+	log := cfg.logger()
+	since, err := f.sinceTime(time.Now())
+	if err != nil {
+		return 0, err
+	}
+	topic := cfg.get("kafka.dlq_topic")
+	meta, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))
+	if err != nil {
+		return 0, fmt.Errorf("kafka: %w", err)
+	}
+	defer meta.Close()
+	adm := kadm.NewClient(meta)
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("dead-letter topic %s: %w", topic, err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err == nil {
 		err = ends.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("dead-letter topic %s: %w", topic, err)
+		return 0, fmt.Errorf("dead-letter topic %s: %w", topic, err)
 	}
-	remaining := map[int32]int64{}
+	remaining := map[int32]int64{} // partition → end offset at the start
+	from := map[int32]kgo.Offset{}
+	var total int64
 	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
+		s, _ := starts.Lookup(topic, o.Partition)
+		if o.Offset > s.Offset {
 			remaining[o.Partition] = o.Offset
+			from[o.Partition] = kgo.NewOffset().At(s.Offset)
+			total += o.Offset - s.Offset
 		}
 	})
-	resolved, err := resolutions(ctx, cfg)
-	if err != nil {
-		return nil, err
+	if len(remaining) == 0 {
+		return 0, nil
 	}
-	var out []deadLetter
-	idle := time.Now()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}),
+		kgo.FetchMaxBytes(16<<20), kgo.FetchMaxPartitionBytes(4<<20))
+	if err != nil {
+		return 0, fmt.Errorf("kafka: %w", err)
+	}
+	defer cl.Close()
+	var res *resolver
+	if withResolution {
+		if res, err = openResolver(ctx, cfg); err != nil {
+			return 0, err
+		}
+		defer res.close()
+	}
+	var (
+		read, selected int64
+		idle           = time.Now()
+		reported       = time.Now()
+		chunk          = make([]deadLetter, 0, dlqChunkRecords)
+	)
 	for len(remaining) > 0 {
 		if time.Since(idle) > 10*time.Second {
 			break // what is left below the end offsets holds no records
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		fs := cl.PollFetches(pctx)
+		fs := cl.PollRecords(pctx, dlqChunkRecords)
 		cancel()
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return read, err
 		}
 		for _, e := range fs.Errors() {
 			if !errors.Is(e.Err, context.DeadlineExceeded) {
-				return nil, fmt.Errorf("read %s: %w", topic, e.Err)
+				return read, fmt.Errorf("read %s/%d: %w", e.Topic, e.Partition, e.Err)
 			}
 		}
 		if fs.NumRecords() > 0 {
 			idle = time.Now()
 		}
+		chunk = chunk[:0]
 		fs.EachRecord(func(r *kgo.Record) {
-			if end, ok := remaining[r.Partition]; ok && r.Offset >= end-1 {
+			end, ok := remaining[r.Partition]
+			if !ok || r.Offset >= end {
+				return // written after the scan began
+			}
+			read++
+			if r.Offset >= end-1 {
 				delete(remaining, r.Partition)
+				cl.PauseFetchPartitions(map[string][]int32{topic: {r.Partition}})
 			}
 			d := parseDeadLetter(r)
-			d.resolution = resolved[d.source]
 			switch {
 			case f.class != "" && d.class != f.class,
 				!since.IsZero() && d.failedAt.Before(since),
-				f.entity != 0 && d.entity != f.entity,
-				f.unresolved && d.resolution != "":
+				f.entity != 0 && d.entity != f.entity:
 				return
 			}
-			out = append(out, d)
+			chunk = append(chunk, d)
 		})
+		if res != nil && len(chunk) > 0 {
+			if err := res.fill(ctx, chunk); err != nil {
+				return read, err
+			}
+		}
+		if f.unresolved {
+			kept := chunk[:0]
+			for _, d := range chunk {
+				if d.resolution == "" {
+					kept = append(kept, d)
+				}
+			}
+			clear(chunk[len(kept):])
+			chunk = kept
+		}
+		if len(chunk) > 0 {
+			selected += int64(len(chunk))
+			if err := fn(chunk); err != nil {
+				return read, err
+			}
+		}
+		clear(chunk) // let the records go before the next poll
+		if time.Since(reported) >= dlqProgressEach {
+			reported = time.Now()
+			log.Info("reading dead letters", "topic", topic, "read", read, "total", total, "selected", selected)
+		}
 	}
-	return out, nil
+	if time.Since(reported) < time.Since(idle) || read >= 100000 {
+		log.Info("read dead letters", "topic", topic, "read", read, "total", total, "selected", selected)
+	}
+	return read, nil
 }
 
 func parseDeadLetter(r *kgo.Record) deadLetter {
@@ -201,6 +342,12 @@ func parseDeadLetter(r *kgo.Record) deadLetter {
 	}
 	d.class, d.message, d.attempts = h[ingest.HeaderErrorClass], h[ingest.HeaderErrorMessage], h[ingest.HeaderAttempts]
 	d.source = h[ingest.HeaderSourceTopic] + "/" + h[ingest.HeaderSourcePartition] + "/" + h[ingest.HeaderSourceOffset]
+	p, err1 := strconv.ParseInt(h[ingest.HeaderSourcePartition], 10, 32)
+	o, err2 := strconv.ParseInt(h[ingest.HeaderSourceOffset], 10, 64)
+	if err1 == nil && err2 == nil && h[ingest.HeaderSourceTopic] != "" {
+		d.sourceTopic, d.sourcePartition, d.sourceOffset = h[ingest.HeaderSourceTopic], int32(p), o
+		d.source = fmt.Sprintf("%s/%d/%d", d.sourceTopic, p, o) // as ingest_failures spells it
+	}
 	d.failedAt, _ = time.Parse(time.RFC3339, h[ingest.HeaderFailedAt])
 	var ev struct {
 		EntityID json.Number `json:"entity_id"`
@@ -211,31 +358,73 @@ func parseDeadLetter(r *kgo.Record) deadLetter {
 	return d
 }
 
-// resolutions maps "topic/partition/offset" to the resolution recorded in
-// ingest_failures, for the failures that have one.
-func resolutions(ctx context.Context, cfg *config) (map[string]string, error) {
+// resolver looks up the resolutions ingest_failures records for dead
+// letters, a chunk at a time.
+type resolver struct {
+	ch    driver.Conn
+	table string
+}
+
+func openResolver(ctx context.Context, cfg *config) (*resolver, error) {
 	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = ch.Close() }()
-	rows, err := ch.Query(ctx, fmt.Sprintf(`SELECT source_topic, source_partition, source_offset, resolution
-		FROM %s.%s FINAL WHERE resolution != ''`, cfg.get("clickhouse.database"), schema.TableFailures))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", schema.TableFailures, err)
+	return &resolver{ch: ch, table: cfg.get("clickhouse.database") + "." + schema.TableFailures}, nil
+}
+
+func (r *resolver) close() { _ = r.ch.Close() }
+
+// fill sets the resolution of each dead letter of dls that has one: one
+// query per source topic and partition, by the failures' sort key, so it
+// reads only the rows of these dead letters.
+func (r *resolver) fill(ctx context.Context, dls []deadLetter) error {
+	type tp struct {
+		topic     string
+		partition int32
 	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var (
-			topic, res string
-			p          int32
-			o          int64
-		)
-		if err := rows.Scan(&topic, &p, &o, &res); err != nil {
-			return nil, err
+	offsets := map[tp][]int64{}
+	for _, d := range dls {
+		if d.sourceTopic == "" {
+			continue
 		}
-		out[fmt.Sprintf("%s/%d/%d", topic, p, o)] = res
+		k := tp{d.sourceTopic, d.sourcePartition}
+		offsets[k] = append(offsets[k], d.sourceOffset)
 	}
-	return out, rows.Err()
+	found := map[string]string{}
+	for k, offs := range offsets {
+		var in strings.Builder
+		for i, o := range offs {
+			if i > 0 {
+				in.WriteByte(',')
+			}
+			in.WriteString(strconv.FormatInt(o, 10))
+		}
+		rows, err := r.ch.Query(ctx, fmt.Sprintf(`SELECT source_offset, resolution FROM %s FINAL
+			WHERE source_topic = ? AND source_partition = ? AND source_offset IN (%s) AND resolution != ''`, r.table, in.String()),
+			k.topic, k.partition)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", schema.TableFailures, err)
+		}
+		for rows.Next() {
+			var (
+				o   int64
+				res string
+			)
+			if err := rows.Scan(&o, &res); err != nil {
+				rows.Close()
+				return fmt.Errorf("read %s: %w", schema.TableFailures, err)
+			}
+			found[fmt.Sprintf("%s/%d/%d", k.topic, k.partition, o)] = res
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", schema.TableFailures, err)
+		}
+	}
+	for i := range dls {
+		dls[i].resolution = found[dls[i].source]
+	}
+	return nil
 }

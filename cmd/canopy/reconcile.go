@@ -34,6 +34,12 @@ and otherwise processed through the same exactly-once path as the worker, so a
 range that was in fact processed is skipped and no event counts twice. Safe to
 run while workers run, and as often as you like; --watch repeats it.
 
+Memory stays bounded: acknowledged ranges are read a page at a time and a
+range's records a batch at a time, whatever the size of a gap. With --watch a
+scan reads only the acknowledged ranges above the offset below which the
+previous scan found everything acknowledged (or processed); a gap that still
+holds records keeps that offset below it.
+
 Output: one line per range, "TOPIC PARTITION FIRST LAST RECORDS", then one line
 per error class of the failures not resolved yet, "failures CLASS COUNT" (replay
 them with canopy dlq replay once their cause is fixed). With --watch it serves

@@ -17,8 +17,8 @@ import (
 // yet. The first is created within the retry window: its events are counted
 // once and never dead-lettered. The second is not: its events are
 // dead-lettered after the configured attempts; once it is created,
-// `canopy dlq replay` counts them once, marks them resolved, and a second
-// replay changes nothing.
+// `canopy dlq replay` (through the retry topic) counts them once, marks them
+// resolved, and a second replay changes nothing.
 func TestUnknownEntityRetried(t *testing.T) {
 	e := newEnv(t, 2)
 	e.vars = append(e.vars, "CANOPY_INGEST_RETRY_ATTEMPTS=6", "CANOPY_INGEST_RETRY_BACKOFF=1s", "CANOPY_INGEST_RETRY_MAX_BACKOFF=2s")
@@ -91,8 +91,18 @@ func TestUnknownEntityRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	h[late] = []version{{parent: 9, status: "active"}}
+	retryTopic := e.name + ".retry"
+	retried := e.topicRecords(retryTopic)
 	if out := e.run("dlq", "replay", "--class", "unknown_entity", "--entity", strconv.Itoa(late)); !strings.Contains(out, "replayed 30") {
 		t.Fatalf("dlq replay: %s", out)
+	}
+	// Replays go to the retry topic: Canopy's headers are trusted only on
+	// its own topics, never on the events topic anyone can produce to.
+	if n := e.topicRecords(retryTopic); n != retried+30 {
+		t.Fatalf("retry topic grew by %d records with the replay, want 30", n-retried)
+	}
+	if n := e.topicRecords(e.topic); n != uint64(len(values)) {
+		t.Fatalf("events topic holds %d records after the replay, want the %d sent", n, len(values))
 	}
 	e.waitEvents(170, time.Minute)
 	deadline = time.Now().Add(time.Minute)
