@@ -28,7 +28,11 @@ a table was lost or damaged, or to recompute the past after an upgrade.
 
 Workers may keep running. rebuild pauses new batches while it works (they wait,
 nothing is lost), waits up to --wait for batches already begun, and lifts the
-pause when done; if it dies, the pause lapses by itself within 30 s.`,
+pause when done; if it dies, the pause lapses by itself within 30 s.
+
+Hierarchy changes the restater parked (canopy restate status) are resolved by
+a rebuild whose days cover every event: it marks them resolved and prints how
+many. A narrower rebuild leaves them parked and says so.`,
 		Example: `  canopy rebuild --from 2026-10-01 --to 2026-10-31`,
 		Args:    args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -70,6 +74,13 @@ pause when done; if it dies, the pause lapses by itself within 30 s.`,
 			fmt.Printf("rebuild: %s … %s: %d events at hierarchy version %d, %s rows, partitions %s swapped in %s\n",
 				lo.Format(time.DateOnly), hi.Format(time.DateOnly), st.Events, st.Version,
 				strings.Join(rows, ", "), strings.Join(st.Partitions, " "), time.Since(start).Round(time.Millisecond))
+			if st.Resolved > 0 {
+				fmt.Printf("rebuild: resolved %d parked hierarchy changes (through version %d)\n", st.Resolved, st.Version)
+			}
+			if st.ParkedLeft > 0 {
+				fmt.Printf("rebuild: %d parked hierarchy changes stay unresolved: events span %s … %s; rebuild every day with events to resolve them\n",
+					st.ParkedLeft, st.EventsFrom.UTC().Format(time.DateOnly), st.EventsTo.UTC().Format(time.DateOnly))
+			}
 			return nil
 		},
 	}

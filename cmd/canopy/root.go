@@ -28,6 +28,7 @@ func newRoot() *cobra.Command {
 		newDLQ(cfg),
 		newBackfill(cfg),
 		newRebuild(cfg),
+		newRestate(cfg),
 		newDashboards(cfg),
 	)
 	return root

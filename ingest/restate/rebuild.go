@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/pgledger"
 	"github.com/canopyhq/canopy/internal/wait"
@@ -65,6 +66,11 @@ type RebuildStats struct {
 	Rows       map[string]int64 // recomputed rows written per table
 	Partitions []string         // months swapped
 	Version    int64            // hierarchy version the range was attributed with
+	// Resolved is how many parked hierarchy changes (canopy.restate_parked)
+	// the rebuild resolved; ParkedLeft how many it left unresolved because
+	// the range did not cover every day with events (EventsFrom … EventsTo).
+	Resolved, ParkedLeft int64
+	EventsFrom, EventsTo time.Time
 }
 
 // rebuildTables are the tables a rebuild swaps, in that order.
@@ -120,7 +126,43 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 		}
 		st.Partitions = append(st.Partitions, m.Format("200601"))
 	}
+	if err := rb.resolveParked(ctx, from, to, &st); err != nil {
+		return st, fmt.Errorf("rebuild done, but resolving parked hierarchy changes failed (run it again): %w", err)
+	}
 	return st, nil
+}
+
+// resolveParked marks resolved the parked hierarchy changes up to the
+// version the rebuild attributed with, if the rebuilt days [from, to) hold
+// every event: only then are all rows a parked change left wrong
+// recomputed. Writers are still paused, so no event lands meanwhile.
+func (rb *Rebuild) resolveParked(ctx context.Context, from, to time.Time, st *RebuildStats) error {
+	var n int64
+	err := rb.PG.QueryRow(ctx, `select count(*) from canopy.restate_parked
+		where resolved_at is null and seq <= $1`, st.Version).Scan(&n)
+	if err != nil || n == 0 {
+		return err
+	}
+	var count uint64
+	err = rb.CH.QueryRow(ctx, fmt.Sprintf("SELECT count(), min(occurred_at), max(occurred_at) FROM %s.%s",
+		rb.Schema.Database, schema.TableEvents)).Scan(&count, &st.EventsFrom, &st.EventsTo)
+	if err != nil {
+		return fmt.Errorf("read the span of events: %w", err)
+	}
+	if count > 0 && (st.EventsFrom.Before(from) || !st.EventsTo.Before(to)) {
+		st.ParkedLeft = n
+		rb.log().Warn("rebuild: parked hierarchy changes stay unresolved: the rebuilt days do not cover every event",
+			"parked", n, "events_from", st.EventsFrom.UTC().Format(time.DateOnly), "events_to", st.EventsTo.UTC().Format(time.DateOnly))
+		return nil
+	}
+	tag, err := rb.PG.Exec(ctx, `update canopy.restate_parked set resolved_at = now()
+		where resolved_at is null and seq <= $1`, st.Version)
+	if err != nil {
+		return err
+	}
+	st.Resolved = tag.RowsAffected()
+	rb.log().Info("rebuild: parked hierarchy changes resolved", "changes", st.Resolved, "hierarchy_version", st.Version)
+	return nil
 }
 
 // checkTable makes sure t is partitioned by month of bucket, as the swap
@@ -273,7 +315,8 @@ func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildSta
 		was, ok1 := ingest.Chain(rb.Resolver, ev.EntityID, ev.OccurredAt, max(st.Version, hv), rb.Policy, b1[:0])
 		now, ok2 := ingest.Chain(rb.Resolver, ev.EntityID, ingest.EndOfTime, st.Version, rb.Policy, b2[:0])
 		if !ok1 || !ok2 {
-			return n, fmt.Errorf("event of entity %d at %s: entity not in the hierarchy (version %d)", ev.EntityID, ev.OccurredAt, asOf)
+			return n, fmt.Errorf("event of entity %d at %s: entity not in the hierarchy (version %d), or its ancestor chain is longer than %d entities: move it (or an ancestor) under a shorter chain first",
+				ev.EntityID, ev.OccurredAt, asOf, hierarchy.MaxDepth)
 		}
 		ingest.AddFanout(hourly, daily, &ev, was, 1)
 		ingest.AddFanout(nil, asIs, &ev, now, 1)

@@ -18,6 +18,7 @@
 package restate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -64,7 +65,10 @@ type Restater struct {
 	Log     *slog.Logger
 	Metrics *Metrics // may be nil
 
-	sink *ingest.ClickHouseSink
+	sink       *ingest.ClickHouseSink
+	progressed bool          // a step succeeded since Run last waited
+	gaugedAt   time.Time     // when Metrics.Parked was last set
+	retryWait  time.Duration // between attempts at an unrestatable change (default 1 s)
 }
 
 // Metrics are the restater's Prometheus metrics.
@@ -73,6 +77,7 @@ type Metrics struct {
 	Restated prometheus.Counter
 	Rows     *prometheus.CounterVec
 	Duration prometheus.Histogram
+	Parked   prometheus.Gauge
 }
 
 // NewMetrics registers the restater's metrics.
@@ -86,21 +91,33 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Correction rows written by the restater, by table."}, []string{"table"}),
 		Duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "canopy_restate_change_seconds",
 			Help: "Time to restate one move or correction.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		Parked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_restate_parked_changes",
+			Help: "Hierarchy changes the restater parked (canopy.restate_parked) and no canopy rebuild has resolved yet; see canopy restate status."}),
 	}
-	reg.MustRegister(m.Pending, m.Restated, m.Rows, m.Duration)
+	reg.MustRegister(m.Pending, m.Restated, m.Rows, m.Duration, m.Parked)
 	return m
 }
 
 // Run restates changes until ctx ends, whenever this process holds the
-// leader lock.
+// leader lock. A transient error (PostgreSQL, ClickHouse, a tree behind)
+// ends the round: Run waits — 1 s, doubling up to 30 s while rounds keep
+// failing — and tries again. A change that cannot be restated does not
+// stop it: Step parks it (see ErrUnrestatable).
 func (r *Restater) Run(ctx context.Context) error {
+	failures := 0
 	for ctx.Err() == nil {
 		err := r.lead(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.log().Warn("restater stopped; retrying", "err", err)
-		if !wait.Sleep(ctx, 2*time.Second) {
+		if r.progressed {
+			r.progressed, failures = false, 0
+		}
+		failures++
+		d := backoff(failures)
+		r.log().Warn("restater stopped; retrying", "err", err, "waiting_for", waitingFor(err),
+			"retry_in", d, "consecutive_failures", failures)
+		if !wait.Sleep(ctx, d) {
 			return nil
 		}
 	}
@@ -147,8 +164,19 @@ func (r *Restater) lead(ctx context.Context) error {
 }
 
 // Step restates the changes committed since the last round (up to a bound)
-// and reports whether there were any.
+// and reports whether there were any. A change that fails with
+// ErrUnrestatable maxAttempts times, or whose correction would build on a
+// parked one (parkedSet.inReach), is parked in canopy.restate_parked and
+// the step goes on; restated_through moves past it.
 func (r *Restater) Step(ctx context.Context) (bool, error) {
+	busy, err := r.step(ctx)
+	if err == nil {
+		r.progressed = true
+	}
+	return busy, err
+}
+
+func (r *Restater) step(ctx context.Context) (bool, error) {
 	if r.sink == nil {
 		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema}
 	}
@@ -163,6 +191,7 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 	if r.Metrics != nil {
 		r.Metrics.Pending.Set(float64(latest - done))
 	}
+	r.parkedGauge(ctx, false)
 	if latest <= done {
 		return false, nil
 	}
@@ -189,6 +218,10 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	parkedSet, err := r.loadParked(ctx, target)
+	if err != nil {
+		return false, err
+	}
 	var touched []int64 // entities whose ClickHouse row must be rewritten
 	flush := func(upTo int64) error {
 		if err := r.writeEntities(ctx, touched, upTo); err != nil {
@@ -198,9 +231,27 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 		return r.advance(ctx, upTo)
 	}
 	for _, c := range changes {
-		moved, err := r.restate(ctx, c)
-		if err != nil {
+		moved, attempts, err := false, 0, error(nil)
+		dep := parkedSet.inReach(r.Tree, c)
+		switch {
+		case parkedSet.has(c.Seq): // parked by a round that failed later
+			touched = append(touched, r.Tree.Subtree(c.ID)...)
+			continue
+		case dep != 0:
+			err = fmt.Errorf("%w: depends on parked change %d", ErrDependsOnParked, dep)
+		default:
+			moved, attempts, err = r.apply(ctx, c)
+		}
+		if err != nil && classify(err) != classPermanent {
 			return false, fmt.Errorf("restate change %d (entity %d): %w", c.Seq, c.ID, err)
+		}
+		if err != nil {
+			if err := r.park(ctx, parkedSet, c, err, dep, attempts); err != nil {
+				return false, err
+			}
+			// The entities table still follows PostgreSQL for the subtree.
+			touched = append(touched, r.Tree.Subtree(c.ID)...)
+			continue
 		}
 		if moved {
 			touched = append(touched, r.Tree.Subtree(c.ID)...)
@@ -281,6 +332,37 @@ func (r *Restater) advance(ctx context.Context, v int64) error {
 	return nil
 }
 
+// apply restates c, trying a change that fails with ErrUnrestatable up to
+// maxAttempts times with the tree refreshed in between (it may have been a
+// change behind), and reports the attempts made.
+func (r *Restater) apply(ctx context.Context, c hierarchy.Recorded) (moved bool, attempts int, err error) {
+	for attempts = 1; ; attempts++ {
+		moved, err = r.restateSafe(ctx, c)
+		if err == nil || classify(err) != classPermanent || attempts >= maxAttempts {
+			return moved, attempts, err
+		}
+		r.log().Warn("restater: change cannot be restated; trying again after refreshing the hierarchy",
+			"seq", c.Seq, "entity", c.ID, "attempt", attempts, "of", maxAttempts, "err", err)
+		if !wait.Sleep(ctx, cmp.Or(r.retryWait, time.Second)) {
+			return moved, attempts, ctx.Err()
+		}
+		if _, err := r.Refresh(ctx); err != nil {
+			return moved, attempts, err
+		}
+	}
+}
+
+// restateSafe is restate turning a panic into ErrUnrestatable: a change
+// whose data trips a bug must not stop every later one.
+func (r *Restater) restateSafe(ctx context.Context, c hierarchy.Recorded) (moved bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			moved, err = false, fmt.Errorf("%w: panic: %v", ErrUnrestatable, p)
+		}
+	}()
+	return r.restate(ctx, c)
+}
+
 // restate writes the corrections one change needs and reports whether the
 // entity's current parent changed (its subtree's paths did too).
 func (r *Restater) restate(ctx context.Context, c hierarchy.Recorded) (bool, error) {
@@ -291,7 +373,8 @@ func (r *Restater) restate(ctx context.Context, c hierarchy.Recorded) (bool, err
 	}
 	after, ok := ingest.Chain(r.Tree, c.ID, ingest.EndOfTime, c.Seq, ingest.SuspendedInclude, b2[:0])
 	if !ok {
-		return false, fmt.Errorf("entity %d has no chain at version %d", c.ID, c.Seq)
+		return false, fmt.Errorf("%w: entity %d has no ancestor chain at version %d (longer than %d entities, or a broken link)",
+			ErrUnrestatable, c.ID, c.Seq, hierarchy.MaxDepth)
 	}
 	moved := !ingest.SameLinks(before, after)
 	statusChanged := before[0].Suspended != after[0].Suspended
