@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -10,23 +12,59 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// openPostgres connects and pings, so a bad DSN fails at once with a clear error.
-func openPostgres(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+type patienceKey struct{}
+
+// patiently marks ctx as a long-running command's (worker, relay,
+// reconcile --watch): the services it opens through await are waited for,
+// with backoff and a log line naming what is awaited, instead of failing
+// the command. Services start in any order; the command comes up after them.
+func patiently(ctx context.Context, log *slog.Logger) context.Context {
+	return context.WithValue(ctx, patienceKey{}, log)
+}
+
+// await runs try until it succeeds or, unless ctx is patient, fails. A
+// usage error (a bad DSN) and the end of ctx always end it.
+func await(ctx context.Context, service string, try func() error) error {
+	log, patient := ctx.Value(patienceKey{}).(*slog.Logger)
+	backoff := time.Second
+	for {
+		err := try()
+		var usage usageError
+		if err == nil || !patient || errors.As(err, &usage) || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("waiting for "+service, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// openPostgres connects and pings, so a bad DSN fails at once with a clear
+// error; a patient ctx waits for the server.
+func openPostgres(ctx context.Context, dsn string) (pool *pgxpool.Pool, err error) {
 	pcfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("postgres DSN: %w", err)}
 	}
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := pool.Ping(pctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres %s@%s:%d: %w", pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
-	}
-	return pool, nil
+	err = await(ctx, "postgres", func() error {
+		p, err := pgxpool.NewWithConfig(ctx, pcfg)
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := p.Ping(pctx); err != nil {
+			p.Close()
+			return fmt.Errorf("postgres %s@%s:%d: %w", pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, err)
+		}
+		pool = p
+		return nil
+	})
+	return pool, err
 }
 
 // openClickHouse connects over the native protocol (the only one ClickHouse
@@ -46,15 +84,20 @@ func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 		opts.DialTimeout = 5 * time.Second
 	}
 	opts.MaxOpenConns = 16
-	conn, err := clickhouse.Open(opts)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse: %w", err)
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := conn.Ping(pctx); err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
-	}
-	return conn, nil
+	var conn driver.Conn
+	err = await(ctx, "clickhouse", func() error {
+		c, err := clickhouse.Open(opts)
+		if err != nil {
+			return fmt.Errorf("clickhouse: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := c.Ping(pctx); err != nil {
+			_ = c.Close()
+			return fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
+		}
+		conn = c
+		return nil
+	})
+	return conn, err
 }

@@ -76,11 +76,12 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir str
 		return nil, err
 	}
 	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)
-	if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
-		_ = state.Close()
-		return nil, err
-	}
-	if err := forgetStale(ctx, log, state, cfg.get("kafka.byid_topic"), opts); err != nil {
+	if err := await(ctx, "kafka", func() error {
+		if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
+			return err
+		}
+		return forgetStale(ctx, log, state, cfg.get("kafka.byid_topic"), opts)
+	}); err != nil {
 		_ = state.Close()
 		return nil, err
 	}

@@ -62,6 +62,9 @@ does.`,
 
 func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Duration) error {
 	log := cfg.logger()
+	if watch > 0 {
+		ctx = patiently(ctx, log) // a long-running watch waits for its services
+	}
 	p, err := openPipeline(ctx, cfg, log, nil, nil)
 	if err != nil {
 		return err

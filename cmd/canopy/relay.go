@@ -35,7 +35,7 @@ rows not yet on the topic are never deleted.`,
 			if retention == 0 {
 				retention = -1 // keep forever; hierarchy.Relay reads 0 as its default
 			}
-			pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+			pool, err := openPostgres(patiently(ctx, cfg.logger()), cfg.get("postgres.dsn"))
 			if err != nil {
 				return err
 			}

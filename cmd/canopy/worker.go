@@ -45,6 +45,7 @@ func newWorker(cfg *config) *cobra.Command {
 // mode and tests.
 func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...kgo.Opt) error {
 	log := cfg.logger()
+	ctx = patiently(ctx, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := ingest.NewMetrics(reg)
