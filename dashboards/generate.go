@@ -355,11 +355,17 @@ FROM %s.${view}
 WHERE entity_id = ${entity} AND $__dateFilter(bucket)
 GROUP BY depth
 ORDER BY level`, strings.Join(sums, ", "), db), false, panelExtra{})
+	// The 50 types with the most events: type is a free-form dimension, so
+	// the table stays readable whatever producers send.
 	bd.sql(sdk.NewTable("By type"), 12, 8, fmt.Sprintf(`
-SELECT type, %s
-FROM %s.${view}
-WHERE entity_id = ${entity} AND $__dateFilter(bucket)
-GROUP BY type
+SELECT * FROM (
+  SELECT type, %s
+  FROM %s.${view}
+  WHERE entity_id = ${entity} AND $__dateFilter(bucket)
+  GROUP BY type
+  ORDER BY events DESC, type
+  LIMIT 50
+)
 ORDER BY type`, strings.Join(sums, ", "), db), false, panelExtra{})
 
 	rank := rankMeasure(o.Measures)

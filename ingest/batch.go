@@ -50,6 +50,12 @@ type Processor struct {
 	// its size.
 	MaxBatchRecords int
 	MaxBatchBytes   int
+	// MaxTypes caps the distinct event types of one batch: type is in
+	// every rollup key, so unbounded types would stop the rollups from
+	// aggregating. Events of types past the cap (in offset order) are
+	// dead-lettered as too_many_types. 0 means DefaultMaxTypes, negative no
+	// cap.
+	MaxTypes int
 	// ReplayVerifyAfter is the age of an intent past which its replay asks
 	// the Sink which of its parts are written rather than relying on
 	// ClickHouse's deduplication window (see Landed); default
@@ -169,6 +175,16 @@ func (p *Processor) batchLen(recs []Record) int {
 // rather than written twice. 2: the unit names the intent's time.
 const blockFormat = 2
 
+// DefaultMaxTypes is Processor.MaxTypes' default.
+const DefaultMaxTypes = 1000
+
+func (p *Processor) maxTypes() int {
+	if p.MaxTypes == 0 {
+		return DefaultMaxTypes
+	}
+	return p.MaxTypes
+}
+
 // DefaultReplayVerifyAfter is Processor.ReplayVerifyAfter's default.
 const DefaultReplayVerifyAfter = 5 * time.Minute
 
@@ -183,6 +199,9 @@ func (p *Processor) Fingerprint() string {
 			b.WriteByte(',')
 		}
 		fmt.Fprintf(&b, "%s:%s:%d", m.Name, m.Kind, m.Scale)
+	}
+	if n := p.maxTypes(); n != DefaultMaxTypes {
+		fmt.Fprintf(&b, " types=%d", n) // only when set: the default's fingerprint predates the cap
 	}
 	return b.String()
 }
@@ -231,6 +250,8 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		valid    = make([]decoded, 0, len(recs))
 		claims   = make([]Claim, 0, len(recs))
 		seen     = make(map[string]bool, len(recs))
+		types    = map[string]bool{}
+		maxTypes = p.maxTypes()
 		counts   = Counts{Records: uint32(len(recs))}
 		bufp     = ancestorBufs.Get().(*[]Ancestor)
 		chainBuf = (*bufp)[:0]
@@ -265,6 +286,15 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 			pe, _ := IsPoison(err)
 			failures, failedAt = append(failures, p.failure(r, nil, pe.Class, pe.Msg)), append(failedAt, r.Offset)
 			continue
+		}
+		if !types[d.ev.Type] {
+			if maxTypes >= 0 && len(types) >= maxTypes {
+				failures = append(failures, p.failure(r, &d.ev, ClassTooManyTypes,
+					fmt.Sprintf("the batch already has %d distinct event types (ingest.max_types_per_batch)", maxTypes)))
+				failedAt = append(failedAt, r.Offset)
+				continue
+			}
+			types[d.ev.Type] = true
 		}
 		if every {
 			// The owner of a repeated id is decided by the ledger alone,

@@ -24,6 +24,9 @@ const (
 	ClassBadDecimal    Class = "bad_decimal"
 	ClassOverflow      Class = "overflow"
 	ClassUnknownEntity Class = "unknown_entity"
+	// ClassTooManyTypes: the event's batch had Processor.MaxTypes other
+	// types already.
+	ClassTooManyTypes Class = "too_many_types"
 )
 
 // Sentinel errors of the pipeline.

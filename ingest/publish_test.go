@@ -253,3 +253,34 @@ func TestWorkerIgnoresCanopyHeadersOnEventsTopic(t *testing.T) {
 		t.Fatalf("a forged replay resolved failures: %+v", s.failures)
 	}
 }
+
+// Past MaxTypes distinct types in a batch, events of further types are
+// dead-lettered; types seen already still count.
+func TestBatchTypeCap(t *testing.T) {
+	p, l, s := newTestProcessor()
+	dlq := &refusingDLQ{limit: 1 << 30}
+	p.DLQ, p.MaxTypes = dlq, 2
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
+	typed := func(off int64, id, typ string) Record {
+		return record(off, fmt.Sprintf(`{"event_id":%q,"entity_id":1,"occurred_at":"2026-11-26T10:15:00Z","type":%q}`, id, typ))
+	}
+	recs := []Record{typed(0, "a", "x"), typed(1, "b", "y"), typed(2, "c", "z"), typed(3, "d", "x"), typed(4, "e", "w")}
+	if _, err := p.Process(context.Background(), epoch, recs); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.batches[0].Counts; c.Accepted != 3 || c.DeadLettered != 2 {
+		t.Fatalf("counts = %+v", c)
+	}
+	for _, f := range dlq.got {
+		if f.Class != ClassTooManyTypes || (f.EventID != "c" && f.EventID != "e") {
+			t.Fatalf("dead letter %s of class %s", f.EventID, f.Class)
+		}
+	}
+	if !strings.Contains(p.Fingerprint(), "types=2") {
+		t.Fatalf("fingerprint %q does not name the cap", p.Fingerprint())
+	}
+	p.MaxTypes = 0
+	if strings.Contains(p.Fingerprint(), "types=") {
+		t.Fatalf("default fingerprint %q changed", p.Fingerprint())
+	}
+}

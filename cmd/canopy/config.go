@@ -68,6 +68,7 @@ func newConfig() *config {
 	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups")
 	add("ingest.max_poll_records", "50000", "records taken per poll, and the most a new batch takes")
 	add("ingest.max_batch_mb", "32", "MiB of record values a new batch takes at most")
+	add("ingest.max_types_per_batch", "1000", "distinct event types a batch accepts; events of further types are dead-lettered as too_many_types (-1: no cap)")
 	add("ingest.max_buffered_records", "200000", "records a partition may hold fetched but unprocessed before its fetching pauses")
 	add("ingest.max_buffered_mb", "256", "MiB all partitions together may hold fetched but unprocessed before fetching pauses")
 	add("ingest.session_timeout", "10s", "consumer group session timeout")

@@ -86,6 +86,7 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		Log:               log,
 		MaxBatchRecords:   cfg.int("ingest.max_poll_records"),
 		MaxBatchBytes:     cfg.int("ingest.max_batch_mb") << 20,
+		MaxTypes:          cfg.int("ingest.max_types_per_batch"),
 		ReplayVerifyAfter: replayVerifyAfter(cfg.duration("ingest.replay_verify_after")),
 	}
 	return p, nil
