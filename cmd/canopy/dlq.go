@@ -245,7 +245,7 @@ func scanDeadLetters(ctx context.Context, cfg *config, f *dlqFilter, withResolut
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}),
-		kgo.FetchMaxBytes(16<<20), kgo.FetchMaxPartitionBytes(4<<20))
+		kgo.FetchMaxBytes(1<<20), kgo.FetchMaxPartitionBytes(256<<10))
 	if err != nil {
 		return 0, fmt.Errorf("kafka: %w", err)
 	}
