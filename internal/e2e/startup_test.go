@@ -17,9 +17,9 @@ import (
 	"github.com/canopyhq/canopy/internal/synth"
 )
 
-// A worker started while one of its services is down waits for it, saying
-// what it waits for, and comes up when it does; a one-shot command exits 1
-// naming the service. Nothing panics.
+// A worker, reconcile --watch and the relay started while one of their
+// services is down wait for it, saying what they wait for, and come up when
+// it does; a one-shot command exits 1 naming the service. Nothing panics.
 func TestStartupWaitsForServices(t *testing.T) {
 	for _, service := range []string{"postgres", "clickhouse", "kafka"} {
 		t.Run(service, func(t *testing.T) {
@@ -54,40 +54,18 @@ func TestStartupWaitsForServices(t *testing.T) {
 				}
 			}
 
-			log := filepath.Join(e.logDir, "worker.log")
-			f, err := os.Create(log)
-			if err != nil {
-				t.Fatal(err)
+			env := append(append(e.vars[:len(e.vars):len(e.vars)], vars...), "CANOPY_KAFKA_HIERARCHY_TOPIC="+e.name+".hierarchy")
+			// Long-running commands: the worker always, reconcile --watch
+			// (ClickHouse and PostgreSQL) and the relay (PostgreSQL).
+			procs := []*logged{startLogged(t, e, env, "worker")}
+			if service != "kafka" {
+				procs = append(procs, startLogged(t, e, env, "reconcile", "--watch", "1s"))
 			}
-			cmd := exec.Command(binary, "worker")
-			cmd.Env = append(e.vars[:len(e.vars):len(e.vars)], vars...)
-			cmd.Stdout, cmd.Stderr = f, f
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
+			if service == "postgres" {
+				procs = append(procs, startLogged(t, e, env, "relay"))
 			}
-			exited := make(chan error, 1)
-			go func() { exited <- cmd.Wait(); _ = f.Close() }()
-			t.Cleanup(func() {
-				_ = cmd.Process.Kill()
-				if t.Failed() {
-					b, _ := os.ReadFile(log)
-					t.Logf("worker log:\n%s", b)
-				}
-			})
-			deadline := time.Now().Add(90 * time.Second)
-			for {
-				b, _ := os.ReadFile(log)
-				if strings.Contains(string(b), "waiting for "+service) {
-					break
-				}
-				select {
-				case err := <-exited:
-					t.Fatalf("worker exited while %s was down: %v", service, err)
-				case <-time.After(200 * time.Millisecond):
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("worker never said it waits for %s", service)
-				}
+			for _, p := range procs {
+				p.await(t, "waiting for "+service)
 			}
 			proxy(t, port, target) // the service comes up
 			const n = 50
@@ -98,16 +76,74 @@ func TestStartupWaitsForServices(t *testing.T) {
 			}
 			e.produce(keys, values)
 			e.waitAcked(n, 3*time.Minute)
-			select {
-			case err := <-exited:
-				t.Fatalf("worker exited: %v", err)
-			default:
+			if service != "kafka" {
+				procs[1].await(t, "reconcile done")
 			}
-			b, _ := os.ReadFile(log)
-			if strings.Contains(string(b), "panic") {
-				t.Fatalf("worker panicked:\n%s", b)
+			if service == "postgres" {
+				procs[2].await(t, "relay is active")
+			}
+			for _, p := range procs {
+				select {
+				case err := <-p.exited:
+					t.Fatalf("%v exited: %v", p.args, err)
+				default:
+				}
+				if b, _ := os.ReadFile(p.log); strings.Contains(string(b), "panic") {
+					t.Fatalf("%v panicked:\n%s", p.args, b)
+				}
 			}
 		})
+	}
+}
+
+// logged is a long-running canopy command with its output in a file.
+type logged struct {
+	args   []string
+	log    string
+	exited chan error
+}
+
+func startLogged(t *testing.T, e *env, env []string, args ...string) *logged {
+	t.Helper()
+	p := &logged{args: args, log: filepath.Join(e.logDir, args[0]+".log"), exited: make(chan error, 1)}
+	f, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- cmd.Wait(); _ = f.Close() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			t.Logf("%v log:\n%s", args, b)
+		}
+	})
+	return p
+}
+
+// await waits until the command's output says what, failing if it exits.
+func (p *logged) await(t *testing.T, what string) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if b, _ := os.ReadFile(p.log); strings.Contains(string(b), what) {
+			return
+		}
+		select {
+		case err := <-p.exited:
+			p.exited <- err
+			t.Fatalf("%v exited before saying %q: %v", p.args, what, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v never said %q", p.args, what)
+		}
 	}
 }
 
