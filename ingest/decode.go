@@ -83,7 +83,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 		ev.Measures[i] = 0
 	}
 	var have struct{ id, entity, at, typ bool }
-	var seenMeasure uint64 // bit per measure index < 64
+	var seenMeasure uint64 // bit per measure index < schema.MaxMeasures (64)
 	var seenOther map[string]bool
 
 	for {
@@ -122,7 +122,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 				}
 			}
 		default:
-			if mi, ok := d.index[key]; ok && mi < 64 {
+			if mi, ok := d.index[key]; ok && mi < schema.MaxMeasures { // Validate allows no more
 				dup = seenMeasure&(1<<mi) != 0
 				seenMeasure |= 1 << mi
 				if !dup {

@@ -49,13 +49,29 @@ func DefaultMeasures() Measures {
 
 var measureName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 
-// reserved are column names Canopy uses itself; a measure cannot take them.
-var reserved = map[string]bool{
-	"event_id": true, "entity_id": true, "occurred_at": true, "type": true,
-	"bucket": true, "depth": true, "events": true, "ingested_at": true,
-	"src_topic": true, "src_partition": true, "src_offset": true,
-	"hierarchy_version": true, "ingest_unit": true,
-}
+// MaxMeasures is the most measures canopy.yaml may declare: the decoder
+// tracks the measures seen in one record in a 64-bit set.
+const MaxMeasures = 64
+
+// reserved are names a measure cannot take: every column of the events and
+// rollup tables that is not a measure (taken from their column lists, so a
+// new column is reserved as soon as it exists) and a few more Canopy uses
+// itself.
+var reserved = func() map[string]bool {
+	r := map[string]bool{
+		"event_id": true, "entity_id": true, "occurred_at": true, "type": true,
+		"bucket": true, "depth": true, "events": true, "ingested_at": true,
+		"src_topic": true, "src_partition": true, "src_offset": true,
+		"hierarchy_version": true, "ingest_unit": true, "pending_version": true,
+	}
+	var none ClickHouse
+	for _, cols := range [][]Column{none.EventColumns(), none.RollupColumns("Date"), none.AsIsColumns()} {
+		for _, c := range cols {
+			r[c.Name] = true
+		}
+	}
+	return r
+}()
 
 // ErrBadMeasures reports an invalid measure declaration.
 var ErrBadMeasures = errors.New("schema: invalid measures")
@@ -65,6 +81,9 @@ func (ms Measures) Validate() error {
 	if len(ms) == 0 {
 		return fmt.Errorf("%w: at least one measure must be declared", ErrBadMeasures)
 	}
+	if len(ms) > MaxMeasures {
+		return fmt.Errorf("%w: %d measures declared, at most %d are supported", ErrBadMeasures, len(ms), MaxMeasures)
+	}
 	seen := map[string]bool{}
 	for i := range ms {
 		m := &ms[i]
@@ -72,7 +91,7 @@ func (ms Measures) Validate() error {
 			return fmt.Errorf("%w: name %q must match %s", ErrBadMeasures, m.Name, measureName)
 		}
 		if reserved[m.Name] {
-			return fmt.Errorf("%w: name %q is reserved", ErrBadMeasures, m.Name)
+			return fmt.Errorf("%w: name %q is reserved: it is a column of Canopy's events or rollup tables", ErrBadMeasures, m.Name)
 		}
 		if seen[m.Name] {
 			return fmt.Errorf("%w: name %q declared twice", ErrBadMeasures, m.Name)

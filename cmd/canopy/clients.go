@@ -48,9 +48,10 @@ func await(ctx context.Context, service string, try func() error) error {
 func openPostgres(ctx context.Context, dsn string) (pool *pgxpool.Pool, err error) {
 	pcfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("postgres DSN: %w", err)}
+		return nil, usageError{scrub(fmt.Errorf("postgres DSN: %w", err), dsn)}
 	}
-	err = await(ctx, "postgres", func() error {
+	err = await(ctx, "postgres", func() (err error) {
+		defer func() { err = scrub(err, dsn) }()
 		p, err := pgxpool.NewWithConfig(ctx, pcfg)
 		if err != nil {
 			return fmt.Errorf("postgres: %w", err)
@@ -72,7 +73,7 @@ func openPostgres(ctx context.Context, dsn string) (pool *pgxpool.Pool, err erro
 func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 	opts, err := clickhouse.ParseDSN(dsn)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("clickhouse DSN: %w", err)}
+		return nil, usageError{scrub(fmt.Errorf("clickhouse DSN: %w", err), dsn)}
 	}
 	if opts.Protocol != clickhouse.Native {
 		return nil, usageError{fmt.Errorf("clickhouse DSN: only the native protocol (clickhouse://) is supported")}
@@ -85,7 +86,8 @@ func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 	}
 	opts.MaxOpenConns = 16
 	var conn driver.Conn
-	err = await(ctx, "clickhouse", func() error {
+	err = await(ctx, "clickhouse", func() (err error) {
+		defer func() { err = scrub(err, dsn) }()
 		c, err := clickhouse.Open(opts)
 		if err != nil {
 			return fmt.Errorf("clickhouse: %w", err)

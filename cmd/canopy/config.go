@@ -4,7 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
+	"net/url"
 	"os"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,14 +22,41 @@ import (
 	"github.com/canopyhq/canopy/schema"
 )
 
+// kind is how a setting's text is parsed and checked.
+type kind int
+
+const (
+	kindString   kind = iota // any text, empty allowed unless nonEmpty
+	kindDuration             // a Go duration within [minDur, ∞)
+	kindInt                  // a decimal integer within [min, max], except skip
+	kindBool                 // true|false
+	kindEnum                 // one of enum
+	kindAddr                 // host:port
+	kindIdent                // a plain SQL identifier
+)
+
 // setting is one configuration value. Precedence: flag > CANOPY_* environment
 // variable > canopy.yaml > default. This file is the only place that reads
-// the environment and the config file.
+// the environment and the config file. resolve parses every setting once;
+// the getters return the parsed values.
 type setting struct {
 	key  string // dotted path in canopy.yaml, e.g. "kafka.brokers"
 	def  string
 	help string
-	val  string
+	val  string // the flag's text before resolve; the resolved text after
+	src  string // where val came from: "flag --x", "env CANOPY_X", "FILE key a.b" or "default"
+
+	kind     kind
+	nonEmpty bool
+	minDur   time.Duration
+	min, max int64
+	skip     *int64 // an int refused although within [min, max]
+	enum     []string
+	secret   bool // a password: never printed
+
+	dur time.Duration
+	n   int
+	b   bool
 }
 
 func (s *setting) flag() string { return strings.NewReplacer(".", "-", "_", "-").Replace(s.key) }
@@ -31,54 +64,175 @@ func (s *setting) env() string {
 	return "CANOPY_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(s.key))
 }
 
+// Modifiers used by newConfig, each returning s for chaining.
+func (s *setting) required() *setting { s.nonEmpty = true; return s }
+func (s *setting) durationAtLeast(d time.Duration) *setting {
+	s.kind, s.minDur = kindDuration, d
+	return s
+}
+func (s *setting) intRange(lo, hi int64) *setting {
+	s.kind, s.min, s.max = kindInt, lo, hi
+	return s
+}
+func (s *setting) except(n int64) *setting { s.skip = &n; return s }
+func (s *setting) oneOf(v ...string) *setting {
+	s.kind, s.enum = kindEnum, v
+	return s
+}
+func (s *setting) boolean() *setting { s.kind = kindBool; return s }
+func (s *setting) addr() *setting    { s.kind = kindAddr; return s }
+func (s *setting) ident() *setting   { s.kind = kindIdent; return s }
+func (s *setting) password() *setting {
+	s.secret = true
+	return s
+}
+
+// accepted describes the form a setting accepts, for error messages.
+func (s *setting) accepted() string {
+	switch s.kind {
+	case kindDuration:
+		form := "a duration such as 500ms, 30s, 5m or 1h30m"
+		if s.minDur > 0 {
+			return form + ", greater than 0"
+		}
+		return form + ", 0 or more"
+	case kindInt:
+		form := fmt.Sprintf("a whole number from %d to %d", s.min, s.max)
+		if s.skip != nil {
+			form += fmt.Sprintf(", not %d", *s.skip)
+		}
+		return form
+	case kindBool:
+		return "true or false"
+	case kindEnum:
+		return "one of " + strings.Join(s.enum, ", ")
+	case kindAddr:
+		return "host:port, such as 127.0.0.1:9464 (an empty host listens on every interface)"
+	case kindIdent:
+		return "a plain identifier: a letter or _, then letters, digits or _ (at most 64)"
+	}
+	return "a non-empty value"
+}
+
+var plainIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
+
+// parse checks s.val and sets the typed value.
+func (s *setting) parse() error {
+	v := strings.TrimSpace(s.val)
+	s.val = v
+	if v == "" {
+		if s.nonEmpty || (s.kind != kindString) {
+			return s.invalid("is empty")
+		}
+		return nil
+	}
+	switch s.kind {
+	case kindDuration:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return s.invalid("is not a duration")
+		}
+		if d < s.minDur || (s.minDur > 0 && d <= 0) {
+			return s.invalid("is out of range")
+		}
+		s.dur = d
+	case kindInt:
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return s.invalid("is not a whole number")
+		}
+		if n < s.min || n > s.max || (s.skip != nil && n == *s.skip) {
+			return s.invalid("is out of range")
+		}
+		s.n = int(n)
+	case kindBool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return s.invalid("is not a boolean")
+		}
+		s.b = b
+		s.val = strconv.FormatBool(b)
+	case kindEnum:
+		for _, e := range s.enum {
+			if strings.EqualFold(v, e) {
+				s.val = e
+				return nil
+			}
+		}
+		return s.invalid("is not accepted")
+	case kindAddr:
+		if _, port, err := net.SplitHostPort(v); err != nil || port == "" {
+			return s.invalid("is not an address")
+		}
+	case kindIdent:
+		if !plainIdent.MatchString(v) {
+			return s.invalid("is not a plain identifier")
+		}
+	}
+	return nil
+}
+
+// invalid is the usage error of a bad value: the setting, its source, the
+// value (unless secret) and the accepted form.
+func (s *setting) invalid(what string) error {
+	shown := strconv.Quote(s.val)
+	if s.secret {
+		shown = "the value"
+	}
+	return usageError{fmt.Errorf("setting %s: %s from %s %s; want %s", s.key, shown, s.src, what, s.accepted())}
+}
+
 // config holds every resolved setting.
 type config struct {
-	file     string
-	settings []*setting
-	byKey    map[string]*setting
-	measures schema.Measures
+	file        string
+	settings    []*setting
+	byKey       map[string]*setting
+	measures    schema.Measures
+	measuresSrc string
 }
 
 // The settings. Environment names are derived from keys: kafka.brokers →
 // CANOPY_KAFKA_BROKERS, postgres.dsn → CANOPY_POSTGRES_DSN, and so on.
 func newConfig() *config {
 	c := &config{byKey: map[string]*setting{}}
-	add := func(key, def, help string) {
+	add := func(key, def, help string) *setting {
 		s := &setting{key: key, def: def, help: help}
 		c.settings = append(c.settings, s)
 		c.byKey[key] = s
+		return s
 	}
-	add("kafka.brokers", "127.0.0.1:9092", "Kafka bootstrap brokers, comma-separated")
-	add("kafka.events_topic", "canopy.events", "topic of business events")
-	add("kafka.hierarchy_topic", "canopy.hierarchy", "topic of hierarchy changes")
-	add("relay.outbox_retention", "168h", "how long the relay keeps relayed rows of canopy.outbox before purging them (0: keep them forever)")
-	add("kafka.retry_topic", "canopy.events.retry", "topic of events waiting for a retry")
-	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic")
-	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)")
-	add("kafka.group", "canopy", "consumer group of the workers")
-	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string")
-	add("clickhouse.dsn", "clickhouse://default@127.0.0.1:9000/canopy", "ClickHouse native-protocol DSN")
-	add("clickhouse.database", "canopy", "ClickHouse database")
-	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)")
-	add("clickhouse.reader_password", "canopy_reader", "its password")
-	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event")
-	add("ingest.dedup", "partitioned", "partitioned|postgres: where event ids are claimed: local state per partition of the by-id topic, or one PostgreSQL table (docs/exactly-once.md)")
+	add("kafka.brokers", "127.0.0.1:9092", "Kafka bootstrap brokers, comma-separated").required()
+	add("kafka.events_topic", "canopy.events", "topic of business events").required()
+	add("kafka.hierarchy_topic", "canopy.hierarchy", "topic of hierarchy changes").required()
+	add("relay.outbox_retention", "168h", "how long the relay keeps relayed rows of canopy.outbox before purging them (0: keep them forever)").durationAtLeast(0)
+	add("kafka.retry_topic", "canopy.events.retry", "topic of events waiting for a retry").required()
+	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic").required()
+	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)").required()
+	add("kafka.group", "canopy", "consumer group of the workers").required()
+	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string").required()
+	add("clickhouse.dsn", "clickhouse://default@127.0.0.1:9000/canopy", "ClickHouse native-protocol DSN").required()
+	add("clickhouse.database", "canopy", "ClickHouse database").ident()
+	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)").ident()
+	add("clickhouse.reader_password", "canopy_reader", "its password").password()
+	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event").durationAtLeast(time.Nanosecond)
+	add("ingest.dedup", "partitioned", "partitioned|postgres: where event ids are claimed: local state per partition of the by-id topic, or one PostgreSQL table (docs/exactly-once.md)").oneOf("partitioned", "postgres")
 	add("ingest.state_dir", "canopy-state", "directory of the workers' local event-id state (ingest.dedup=partitioned); each worker process takes a free slot in it")
-	add("ingest.replay_verify_after", "5m", "age past which replaying an unfinished batch asks ClickHouse which of its parts are written instead of relying on its deduplication window (0: never)")
-	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups")
-	add("ingest.max_poll_records", "50000", "records taken per poll, and the most a new batch takes")
-	add("ingest.max_batch_mb", "32", "MiB of record values a new batch takes at most")
-	add("ingest.max_types_per_batch", "1000", "distinct event types a batch accepts; events of further types are dead-lettered as too_many_types (-1: no cap)")
-	add("ingest.max_buffered_records", "200000", "records a partition may hold fetched but unprocessed before its fetching pauses")
-	add("ingest.max_buffered_mb", "256", "MiB all partitions together may hold fetched but unprocessed before fetching pauses")
-	add("ingest.session_timeout", "10s", "consumer group session timeout")
-	add("ingest.retry_attempts", "8", "attempts of an event whose entity is unknown, the first included, before it is dead-lettered")
-	add("ingest.retry_backoff", "1s", "wait before the first retry of such an event, doubling each time")
-	add("ingest.retry_max_backoff", "1m", "longest wait between retries")
-	add("ingest.retry_max_age", "1h", "dead-letter such an event this long after its first failure")
-	add("http.addr", ":9464", "address of /metrics, /healthz, /readyz")
-	add("log.level", "info", "debug|info|warn|error")
-	add("log.format", "text", "text|json")
+	add("ingest.replay_verify_after", "5m", "age past which replaying an unfinished batch asks ClickHouse which of its parts are written instead of relying on its deduplication window (0: never)").durationAtLeast(0)
+	add("ingest.suspended_ancestors", "include", "include|skip: whether suspended ancestors receive downline rollups").oneOf("include", "skip")
+	add("ingest.max_poll_records", "50000", "records taken per poll, and the most a new batch takes").intRange(1, 10_000_000)
+	add("ingest.max_batch_mb", "32", "MiB of record values a new batch takes at most").intRange(1, 4096)
+	add("ingest.max_types_per_batch", "1000", "distinct event types a batch accepts; events of further types are dead-lettered as too_many_types (-1: no cap)").intRange(-1, 10_000_000).except(0)
+	add("ingest.max_buffered_records", "200000", "records a partition may hold fetched but unprocessed before its fetching pauses").intRange(1, 100_000_000)
+	add("ingest.max_buffered_mb", "256", "MiB all partitions together may hold fetched but unprocessed before fetching pauses").intRange(1, 1<<20)
+	add("ingest.session_timeout", "10s", "consumer group session timeout").durationAtLeast(time.Millisecond)
+	add("ingest.retry_attempts", "8", "attempts of an event whose entity is unknown, the first included, before it is dead-lettered").intRange(1, 1000)
+	add("ingest.retry_backoff", "1s", "wait before the first retry of such an event, doubling each time").durationAtLeast(time.Millisecond)
+	add("ingest.retry_max_backoff", "1m", "longest wait between retries").durationAtLeast(time.Millisecond)
+	add("ingest.retry_max_age", "1h", "dead-letter such an event this long after its first failure").durationAtLeast(time.Millisecond)
+	add("http.addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (loopback by default; 0.0.0.0:9464 or :9464 to be scraped from other hosts)").addr()
+	add("http.pprof", "false", "serve /debug/pprof/ on http.addr (profiles expose internals: keep http.addr on loopback or a trusted network)").boolean()
+	add("log.level", "info", "debug|info|warn|error").oneOf("debug", "info", "warn", "error")
+	add("log.format", "text", "text|json").oneOf("text", "json")
 	return c
 }
 
@@ -86,11 +240,23 @@ func newConfig() *config {
 func (c *config) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.file, "config", "", "path of canopy.yaml (default ./canopy.yaml if present; env CANOPY_CONFIG)")
 	for _, s := range c.settings {
-		fs.StringVar(&s.val, s.flag(), "", fmt.Sprintf("%s (env %s, default %q)", s.help, s.env(), s.def))
+		def := strconv.Quote(s.def)
+		switch {
+		case s.secret:
+			def = "redacted"
+		case strings.HasSuffix(s.key, ".dsn"):
+			def = strconv.Quote(redactDSN(s.def))
+		}
+		fs.StringVar(&s.val, s.flag(), "", fmt.Sprintf("%s (env %s, default %s)", s.help, s.env(), def))
+		if s.kind == kindBool {
+			fs.Lookup(s.flag()).NoOptDefVal = "true"
+		}
 	}
 }
 
-// resolve applies the precedence rules. It must run after flag parsing.
+// resolve applies the precedence rules and parses every setting; a bad
+// value, an unknown key of canopy.yaml or bad measures are usage errors
+// (exit 2) naming the setting and its source. It must run after flag parsing.
 func (c *config) resolve(cmd *cobra.Command) error {
 	file := c.file
 	if file == "" {
@@ -107,94 +273,148 @@ func (c *config) resolve(cmd *cobra.Command) error {
 		if err := yaml.Unmarshal(data, &doc); err != nil {
 			return usageError{fmt.Errorf("config %s: %w", file, err)}
 		}
+		if doc == nil {
+			doc = map[string]any{}
+		}
+		if err := c.checkKeys(file, doc); err != nil {
+			return err
+		}
 	case explicit || !errors.Is(err, os.ErrNotExist):
 		return usageError{fmt.Errorf("config: %w", err)}
 	}
 	for _, s := range c.settings {
 		switch {
 		case cmd.Flags().Changed(s.flag()):
+			s.src = "flag --" + s.flag()
 		case os.Getenv(s.env()) != "":
-			s.val = os.Getenv(s.env())
+			s.val, s.src = os.Getenv(s.env()), "env "+s.env()
 		default:
-			if v, ok := lookup(doc, s.key); ok {
-				s.val = v
-			} else {
-				s.val = s.def
+			v, ok, err := lookup(doc, s.key)
+			switch {
+			case err != nil:
+				return usageError{fmt.Errorf("setting %s: %s key %s %v; want %s", s.key, file, s.key, err, s.accepted())}
+			case ok:
+				s.val, s.src = v, file+" key "+s.key
+			default:
+				s.val, s.src = s.def, "default"
 			}
 		}
+		if err := s.parse(); err != nil {
+			return err
+		}
 	}
-	c.measures = schema.DefaultMeasures()
+	c.measures, c.measuresSrc = schema.DefaultMeasures(), "default"
 	if raw, ok := doc["measures"]; ok {
 		b, _ := yaml.Marshal(raw)
 		var ms schema.Measures
 		if err := yaml.Unmarshal(b, &ms); err != nil {
 			return usageError{fmt.Errorf("config %s: measures: %w", file, err)}
 		}
-		c.measures = ms
+		c.measures, c.measuresSrc = ms, file+" key measures"
 	}
 	if err := c.measures.Validate(); err != nil {
-		return usageError{fmt.Errorf("config %s: %w", file, err)}
-	}
-	for _, k := range []string{"ingest.dedup_horizon", "ingest.session_timeout", "ingest.replay_verify_after"} {
-		if _, err := time.ParseDuration(c.get(k)); err != nil {
-			return usageError{fmt.Errorf("%s: %w", k, err)}
-		}
-	}
-	if _, err := c.suspendedPolicy(); err != nil {
-		return usageError{err}
-	}
-	if d := c.get("ingest.dedup"); d != "postgres" && d != "partitioned" {
-		return usageError{fmt.Errorf("ingest.dedup must be postgres or partitioned, not %q", d)}
+		return usageError{fmt.Errorf("measures (from %s): %w", c.measuresSrc, err)}
 	}
 	if c.partitioned() && c.get("ingest.state_dir") == "" {
-		return usageError{errors.New("ingest.state_dir must name a directory when ingest.dedup is partitioned")}
+		st := c.byKey["ingest.state_dir"]
+		return usageError{fmt.Errorf("setting ingest.state_dir: empty from %s; want a directory when ingest.dedup is partitioned", st.src)}
 	}
 	return nil
+}
+
+// checkKeys refuses a key of canopy.yaml that is no setting: a misspelt key
+// would otherwise be ignored without a word. measures is its own section.
+func (c *config) checkKeys(file string, doc map[string]any) error {
+	sections := map[string]bool{}
+	for _, s := range c.settings {
+		parts := strings.Split(s.key, ".")
+		for i := 1; i < len(parts); i++ {
+			sections[strings.Join(parts[:i], ".")] = true
+		}
+	}
+	var walk func(prefix string, m map[string]any) error
+	walk = func(prefix string, m map[string]any) error {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			key := prefix + k
+			switch {
+			case key == "measures":
+			case c.byKey[key] != nil:
+			case sections[key]:
+				sub, ok := m[k].(map[string]any)
+				if !ok && m[k] != nil {
+					return usageError{fmt.Errorf("config %s: key %s must be a section (a mapping of settings)", file, key)}
+				}
+				if err := walk(key+".", sub); err != nil {
+					return err
+				}
+			default:
+				return usageError{fmt.Errorf("config %s: unknown key %s (canopy --help lists the settings: flag --a-b is key a.b)", file, key)}
+			}
+		}
+		return nil
+	}
+	return walk("", doc)
 }
 
 // partitioned reports whether event ids are claimed in local state per
 // partition of the by-id topic (ingest.dedup=partitioned).
 func (c *config) partitioned() bool { return c.get("ingest.dedup") == "partitioned" }
 
-// lookup finds a dotted key in a YAML document; lists become comma lists.
-func lookup(doc map[string]any, key string) (string, bool) {
+// lookup finds a dotted key in a YAML document; lists of scalars become
+// comma lists. A mapping where a value belongs is an error.
+func lookup(doc map[string]any, key string) (string, bool, error) {
 	parts := strings.Split(key, ".")
 	var cur any = doc
 	for _, p := range parts {
 		m, ok := cur.(map[string]any)
 		if !ok {
-			return "", false
+			return "", false, nil
 		}
 		if cur, ok = m[p]; !ok {
-			return "", false
+			return "", false, nil
 		}
 	}
 	switch v := cur.(type) {
 	case []any:
 		s := make([]string, len(v))
 		for i, x := range v {
+			switch x.(type) {
+			case map[string]any, []any:
+				return "", false, errors.New("holds a nested list or mapping")
+			}
 			s[i] = fmt.Sprint(x)
 		}
-		return strings.Join(s, ","), true
+		return strings.Join(s, ","), true, nil
+	case map[string]any:
+		return "", false, errors.New("is a mapping, not a value")
+	case float64:
+		if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+			return strconv.FormatInt(int64(v), 10), true, nil
+		}
+		return strconv.FormatFloat(v, 'g', -1, 64), true, nil
 	case nil:
-		return "", false
+		return "", false, nil
 	default:
-		return fmt.Sprint(v), true
+		return fmt.Sprint(v), true, nil
 	}
 }
 
+// get is the resolved text of a setting.
 func (c *config) get(key string) string { return c.byKey[key].val }
 
-func (c *config) duration(key string) time.Duration {
-	d, _ := time.ParseDuration(c.get(key))
-	return d
-}
+// duration is a duration setting's parsed value.
+func (c *config) duration(key string) time.Duration { return c.byKey[key].dur }
 
-func (c *config) int(key string) int {
-	var n int
-	_, _ = fmt.Sscan(c.get(key), &n)
-	return n
-}
+// int is an integer setting's parsed value.
+func (c *config) int(key string) int { return c.byKey[key].n }
+
+// bool is a boolean setting's parsed value.
+func (c *config) bool(key string) bool { return c.byKey[key].b }
 
 func (c *config) brokers() []string {
 	var out []string
@@ -230,6 +450,98 @@ func (c *config) logger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
+
+// display is a setting's resolved value as it may be printed: passwords
+// redacted, and the password of any URL or key=value DSN.
+func (s *setting) display() string {
+	if s.secret {
+		if s.val == "" {
+			return ""
+		}
+		return redacted
+	}
+	return redactDSN(s.val)
+}
+
+const redacted = "xxxxx"
+
+var kvPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// redactDSN hides the password of a connection string: the password of a
+// URL's userinfo, any query parameter whose name holds "password" or
+// "secret", and password=… in a key=value DSN. Other text is returned as is.
+func redactDSN(s string) string {
+	if strings.Contains(s, "://") {
+		parts := strings.Split(s, ",") // a comma list of URLs
+		for i, p := range parts {
+			u, err := url.Parse(strings.TrimSpace(p))
+			if err != nil || u.Scheme == "" {
+				parts[i] = kvPassword.ReplaceAllString(p, "${1}"+redacted)
+				if at := strings.LastIndex(parts[i], "@"); at >= 0 { // unparsable: drop any userinfo
+					if sch := strings.Index(parts[i], "://"); sch >= 0 && sch < at {
+						parts[i] = parts[i][:sch+3] + redacted + parts[i][at:]
+					}
+				}
+				continue
+			}
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), redacted)
+			}
+			if u.RawQuery != "" {
+				q := u.Query()
+				for k := range q {
+					if l := strings.ToLower(k); strings.Contains(l, "password") || strings.Contains(l, "secret") {
+						q.Set(k, redacted)
+					}
+				}
+				u.RawQuery = q.Encode()
+			}
+			parts[i] = u.String()
+		}
+		return strings.Join(parts, ",")
+	}
+	return kvPassword.ReplaceAllString(s, "${1}"+redacted)
+}
+
+// dsnPassword is the password a DSN carries, "" if none: what must never be
+// printed.
+func dsnPassword(s string) string {
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+		if p, ok := u.User.Password(); ok {
+			return p
+		}
+		for k, v := range u.Query() {
+			if strings.Contains(strings.ToLower(k), "password") && len(v) > 0 {
+				return v[0]
+			}
+		}
+		return ""
+	}
+	if m := kvPassword.FindStringSubmatch(s); m != nil {
+		return strings.Trim(m[2], "'")
+	}
+	return ""
+}
+
+// scrub removes dsn's password from an error that may quote it (a URL parse
+// error quotes the whole URL).
+func scrub(err error, dsn string) error {
+	pw := dsnPassword(dsn)
+	if err == nil || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return scrubbedError{msg: strings.ReplaceAll(err.Error(), pw, redacted), err: err}
+}
+
+// scrubbedError is an error whose message had a password removed; it still
+// unwraps to the original for errors.Is and errors.As.
+type scrubbedError struct {
+	msg string
+	err error
+}
+
+func (e scrubbedError) Error() string { return e.msg }
+func (e scrubbedError) Unwrap() error { return e.err }
 
 // usageError marks an error as bad usage or configuration: exit code 2.
 type usageError struct{ error }

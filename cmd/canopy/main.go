@@ -15,7 +15,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// CANOPY_CPU_PROFILE=FILE writes a CPU profile of any command (the
-	// worker also serves /debug/pprof/).
+	// worker also serves /debug/pprof/ when http.pprof is true).
 	if path := os.Getenv("CANOPY_CPU_PROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil { //nolint:gosec // the operator's path
 			if pprof.StartCPUProfile(f) == nil {

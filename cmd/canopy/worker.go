@@ -144,9 +144,12 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		purgeClaims(gctx, log, dedup, metrics, cfg.duration("ingest.dedup_horizon"))
 		return nil
 	})
-	srv, addr, err := serveHTTP(cfg.get("http.addr"), reg, w, &healthy)
+	srv, addr, err := serveHTTP(cfg.get("http.addr"), cfg.bool("http.pprof"), reg, w, &healthy)
 	if err != nil {
 		return err
+	}
+	if cfg.bool("http.pprof") && !loopback(addr) {
+		log.Warn("http.pprof serves /debug/pprof/ beyond loopback: profiles expose the process to anyone who reaches it", "addr", addr)
 	}
 	log.Info("worker started", "metrics", "http://"+addr+"/metrics", "topic", cfg.get("kafka.events_topic"), "group", cfg.get("kafka.group"))
 	if ready != nil {
@@ -167,12 +170,18 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 }
 
 // serveHTTP serves /metrics, /healthz (the process runs), /readyz (joined
-// the group and the hierarchy is current) and /debug/pprof/.
-func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy *atomic.Bool) (*http.Server, string, error) {
+// the group and the hierarchy is current) and, when withPprof (http.pprof,
+// default false), /debug/pprof/.
+func serveHTTP(addr string, withPprof bool, reg *prometheus.Registry, w *ingest.Worker, healthy *atomic.Bool) (*http.Server, string, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { _, _ = rw.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		select {
@@ -192,6 +201,20 @@ func serveHTTP(addr string, reg *prometheus.Registry, w *ingest.Worker, healthy 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return srv, ln.Addr().String(), nil
+}
+
+// loopback reports whether addr (host:port, as listened on) is reachable only
+// from this machine.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // followHierarchy polls PostgreSQL for hierarchy changes the topic follower
