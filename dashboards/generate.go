@@ -300,15 +300,65 @@ func int64p(v int64) *int64 { return &v }
 // and as-is views to their daily tables.
 var viewOptions = [][2]string{{"as-was", "rollup_daily"}, {"as-is", "rollup_daily_current"}}
 
+// limitOptions are the row counts of the leaderboard.
+var limitOptions = [][2]string{{"10", "10"}, {"25", "25"}, {"100", "100"}}
+
+// Template variables reach the SQL only as Grafana's percentencode format
+// inside a ClickHouse string literal ('${v:percentencode}') or a backquoted
+// identifier (`${v:percentencode}`). percentencode (encodeURIComponent with
+// !'()* also encoded) emits nothing but A-Z a-z 0-9 - _ . ~ and %XX, so the
+// text can close neither the literal nor the identifier, whatever a viewer
+// puts in the URL: no quote, backquote, backslash, semicolon, comment
+// marker or space survives. The sqlstring format is not safe here: it
+// doubles ' but leaves \ alone, and ClickHouse reads \' as an escaped quote,
+// so a value ending in a backslash closes the literal early.
+//
+// Each variable is then held to its allowed values by the SQL around it:
+// ids and levels go through toUInt64OrZero (anything else is 0, which no
+// entity has; level 0 is the roots), the view and the row limit only
+// switch on branches whose WHERE compares them with one of the fixed
+// values (any other value selects nothing), and the measure is a column of
+// the fixed rollup columns that viewRows exposes (any other name is an
+// unknown-column error).
+
+// lit is variable name as a ClickHouse string literal.
+func lit(name string) string { return "'${" + name + ":percentencode}'" }
+
+// num is variable name as a UInt64: its value if that is a decimal number,
+// else 0.
+func num(name string) string { return "toUInt64OrZero(" + lit(name) + ")" }
+
+// column is variable name as a column of the query's FROM.
+func column(name string) string { return "`${" + name + ":percentencode}`" }
+
+// viewRows is a subquery with the columns entity_id, bucket, depth, type
+// and every measure of the daily table the view variable names, restricted
+// by where: one branch per allowed view, each reading its own table only
+// when the view is that one, so no other value reaches a table name.
+func viewRows(db string, ms []string, where string) string {
+	cols := "entity_id, bucket, depth, type, " + strings.Join(ms, ", ")
+	var b strings.Builder
+	b.WriteString("(\n")
+	for i, v := range viewOptions {
+		if i > 0 {
+			b.WriteString("    UNION ALL\n")
+		}
+		fmt.Fprintf(&b, "    SELECT %s FROM %s.%s\n    WHERE %s = '%s' AND %s\n", cols, db, v[1], lit("view"), v[1], where)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
 func overview(o Options) *board {
 	db := o.Database
 	bd := newBoard(OverviewUID, "Canopy · Entity overview", "entity")
+	// $__searchFilter is what the viewer typed followed by the wildcard %.
 	entity := queryVar("entity", "Entity", fmt.Sprintf(`
 SELECT concat(name, ' · ', toString(id)) AS __text, id AS __value
 FROM %s.entities FINAL
-WHERE positionCaseInsensitive(concat(toString(id), ' ', name), replaceAll('$__searchFilter', '%%', '')) > 0
+WHERE positionCaseInsensitive(concat(toString(id), ' ', name), replaceAll(decodeURLComponent(%s), '%%', '')) > 0
 ORDER BY level, id
-LIMIT 200`, db))
+LIMIT 200`, db, lit("__searchFilter")))
 	bd.variable(entity)
 	bd.variable(customVar("view", "View", viewOptions))
 	ms := measureNames(o.Measures)
@@ -317,14 +367,14 @@ LIMIT 200`, db))
 	bd.sql(sdk.NewTable("Entity"), 24, 4, fmt.Sprintf(`
 SELECT id, name, status, level, parent_id, arrayStringConcat(arrayMap(x -> toString(x), path), ' › ') AS path
 FROM %s.entities FINAL
-WHERE id = ${entity}`, db), false, panelExtra{})
+WHERE id = %s`, db, num("entity")), false, panelExtra{})
 
 	// Own vs downline, one stat per measure.
+	entityRows := viewRows(db, ms, "entity_id = "+num("entity")+" AND $__dateFilter(bucket)")
 	for _, m := range ms {
 		bd.sql(sdk.NewStat(fmt.Sprintf("%s: own vs downline", title(m))), 24/len(ms), 5, fmt.Sprintf(`
 SELECT sumIf(%[1]s, depth = 0) AS own, sumIf(%[1]s, depth > 0) AS downline
-FROM %[2]s.${view}
-WHERE entity_id = ${entity} AND $__dateFilter(bucket)`, m, db), false, panelExtra{unit: unitOf(m), options: statOptions()})
+FROM %[2]s`, m, entityRows), false, panelExtra{unit: unitOf(m), options: statOptions()})
 	}
 
 	// Time series per measure: hourly for as-was ranges of up to 3 days,
@@ -334,15 +384,19 @@ WHERE entity_id = ${entity} AND $__dateFilter(bucket)`, m, db), false, panelExtr
 SELECT t AS time, sumIf(v, depth = 0) AS own, sumIf(v, depth > 0) AS downline
 FROM (
     SELECT bucket AS t, depth, %[1]s AS v FROM %[2]s.rollup_hourly
-    WHERE '${view}' = 'rollup_daily' AND toUInt32($__toTime) - toUInt32($__fromTime) <= 259200
-      AND entity_id = ${entity} AND $__timeFilter(bucket)
+    WHERE %[3]s = 'rollup_daily' AND toUInt32($__toTime) - toUInt32($__fromTime) <= 259200
+      AND entity_id = %[4]s AND $__timeFilter(bucket)
     UNION ALL
-    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.${view}
-    WHERE NOT ('${view}' = 'rollup_daily' AND toUInt32($__toTime) - toUInt32($__fromTime) <= 259200)
-      AND entity_id = ${entity} AND $__dateFilter(bucket)
+    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily
+    WHERE %[3]s = 'rollup_daily' AND NOT toUInt32($__toTime) - toUInt32($__fromTime) <= 259200
+      AND entity_id = %[4]s AND $__dateFilter(bucket)
+    UNION ALL
+    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily_current
+    WHERE %[3]s = 'rollup_daily_current'
+      AND entity_id = %[4]s AND $__dateFilter(bucket)
 )
 GROUP BY time
-ORDER BY time`, m, db), true, panelExtra{unit: unitOf(m)})
+ORDER BY time`, m, db, lit("view"), num("entity")), true, panelExtra{unit: unitOf(m)})
 	}
 
 	sums := make([]string, len(ms))
@@ -351,22 +405,20 @@ ORDER BY time`, m, db), true, panelExtra{unit: unitOf(m)})
 	}
 	bd.sql(sdk.NewTable("By level below the entity (0 = its own events)"), 12, 8, fmt.Sprintf(`
 SELECT depth AS level, %s
-FROM %s.${view}
-WHERE entity_id = ${entity} AND $__dateFilter(bucket)
+FROM %s
 GROUP BY depth
-ORDER BY level`, strings.Join(sums, ", "), db), false, panelExtra{})
+ORDER BY level`, strings.Join(sums, ", "), entityRows), false, panelExtra{})
 	// The 50 types with the most events: type is a free-form dimension, so
 	// the table stays readable whatever producers send.
 	bd.sql(sdk.NewTable("By type"), 12, 8, fmt.Sprintf(`
 SELECT * FROM (
   SELECT type, %s
-  FROM %s.${view}
-  WHERE entity_id = ${entity} AND $__dateFilter(bucket)
+  FROM %s
   GROUP BY type
   ORDER BY events DESC, type
   LIMIT 50
 )
-ORDER BY type`, strings.Join(sums, ", "), db), false, panelExtra{})
+ORDER BY type`, strings.Join(sums, ", "), entityRows), false, panelExtra{})
 
 	rank := rankMeasure(o.Measures)
 	// Children through entities_by_parent (a key lookup, not a scan of the
@@ -376,18 +428,18 @@ SELECT id, name, own, downline, own + downline AS total, events
 FROM (
     SELECT id, argMax(name, version) AS name
     FROM %[2]s.entities
-    WHERE id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = ${entity})
+    WHERE id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = %[3]s)
     GROUP BY id
-    HAVING argMax(parent_id, version) = ${entity}
+    HAVING argMax(parent_id, version) = %[3]s
 ) AS c
 ANY INNER JOIN (
     SELECT entity_id AS id, sumIf(%[1]s, depth = 0) AS own, sumIf(%[1]s, depth > 0) AS downline, sum(events) AS events
-    FROM %[2]s.${view}
-    WHERE entity_id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = ${entity}) AND $__dateFilter(bucket)
+    FROM %[4]s
     GROUP BY entity_id
 ) AS r USING id
 ORDER BY downline DESC, id
-LIMIT 100`, rank, db), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true}})
+LIMIT 100`, rank, db, num("entity"),
+		viewRows(db, ms, fmt.Sprintf("entity_id IN (SELECT id FROM %s.entities_by_parent WHERE parent_id = %s) AND $__dateFilter(bucket)", db, num("entity")))), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true}})
 	return bd
 }
 
@@ -395,7 +447,7 @@ LIMIT 100`, rank, db), false, panelExtra{fieldLink: drill("id"), options: map[st
 // range and view.
 func drill(field string) *fieldLink {
 	return &fieldLink{field: field, title: "Open overview",
-		url: "/d/" + OverviewUID + "?var-entity=${__value.raw}&var-view=${view}&${__url_time_range}"}
+		url: "/d/" + OverviewUID + "?var-entity=${__value.raw}&var-view=${view:percentencode}&${__url_time_range}"}
 }
 
 func statOptions() map[string]any {
@@ -426,30 +478,38 @@ func leaderboards(o Options) *board {
 		}
 	}
 	bd.variable(customVar("measure", "Measure", measures))
-	bd.variable(customVar("limit", "Top", [][2]string{{"10", "10"}, {"25", "25"}, {"100", "100"}}))
+	bd.variable(customVar("limit", "Top", limitOptions))
+	ms := measureNames(o.Measures)
+	// LIMIT takes a literal on ClickHouse 18.16: one branch per allowed
+	// limit, each reading rows only when the limit variable is its value.
+	var top []string
+	for _, l := range limitOptions {
+		top = append(top, fmt.Sprintf(`    SELECT * FROM (
+        SELECT entity_id AS id, sumIf(%[1]s, depth > 0) AS downline, sumIf(%[1]s, depth = 0) AS own
+        FROM %[2]s
+        GROUP BY entity_id
+        ORDER BY downline DESC, id
+        LIMIT %[3]s
+    )
+`, column("measure"), viewRows(db, ms, fmt.Sprintf("%s = '%s' AND entity_id IN (SELECT id FROM %s.entities FINAL WHERE level = %s) AND $__dateFilter(bucket)",
+			lit("limit"), l[1], db, num("level"))), l[1]))
+	}
 	bd.sql(sdk.NewTable("Top entities at level ${level} by downline ${measure}"), 24, 14, fmt.Sprintf(`
 SELECT id, name, downline, own, own + downline AS total
 FROM (
-    SELECT entity_id AS id, sumIf(${measure}, depth > 0) AS downline, sumIf(${measure}, depth = 0) AS own
-    FROM %[1]s.${view}
-    WHERE entity_id IN (SELECT id FROM %[1]s.entities FINAL WHERE level = ${level}) AND $__dateFilter(bucket)
-    GROUP BY entity_id
-    ORDER BY downline DESC, id
-    LIMIT ${limit}
-)
+%[2]s)
 ANY LEFT JOIN (SELECT id, name FROM %[1]s.entities FINAL) USING id
-ORDER BY downline DESC, id`, db), false, panelExtra{fieldLink: drill("id")})
+ORDER BY downline DESC, id`, db, strings.Join(top, "    UNION ALL\n")), false, panelExtra{fieldLink: drill("id")})
 	bd.sql(sdk.NewTable("Volume by level"), 24, 8, fmt.Sprintf(`
 SELECT e.level AS level, count() AS entities_with_events, sum(r.own) AS own
 FROM (
-    SELECT entity_id AS id, sumIf(${measure}, depth = 0) AS own
-    FROM %[1]s.${view}
-    WHERE depth = 0 AND $__dateFilter(bucket)
+    SELECT entity_id AS id, sumIf(%[2]s, depth = 0) AS own
+    FROM %[3]s
     GROUP BY entity_id
 ) AS r
 ANY LEFT JOIN (SELECT id, level FROM %[1]s.entities FINAL) AS e USING id
 GROUP BY level
-ORDER BY level`, db), false, panelExtra{})
+ORDER BY level`, db, column("measure"), viewRows(db, ms, "depth = 0 AND $__dateFilter(bucket)")), false, panelExtra{})
 	return bd
 }
 

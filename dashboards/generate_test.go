@@ -192,3 +192,40 @@ func checkDatasource(t *testing.T, board, where string, ds any, sources map[stri
 		t.Errorf("%s: %s: datasource uid %q is not provisioned", board, where, uid)
 	}
 }
+
+// TestVariablesOnlyPercentEncodedInQuotes checks every template variable in
+// the committed dashboards' SQL is ${name:percentencode} directly inside a
+// string literal ('…') or a backquoted identifier (`…`): percentencode
+// emits only A-Z a-z 0-9 - _ . ~ %, which can close neither. The other
+// $… are the ClickHouse plugin's macros. internal/e2e
+// TestDashboardVariablesHostile runs hostile values through them.
+func TestVariablesOnlyPercentEncodedInQuotes(t *testing.T) {
+	files, err := filepath.Glob("*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no dashboards: %v", err)
+	}
+	safe := regexp.MustCompile("'\\$\\{[A-Za-z0-9_]+:percentencode\\}'|`\\$\\{[A-Za-z0-9_]+:percentencode\\}`")
+	macro := regexp.MustCompile(`\$__(timeFilter|dateFilter|fromTime|toTime)\b`)
+	sqlField := regexp.MustCompile(`"rawSql":\s*"((?:[^"\\]|\\.)*)"`)
+	n := 0
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range sqlField.FindAllStringSubmatch(string(raw), -1) {
+			var sql string
+			if err := json.Unmarshal([]byte(`"`+m[1]+`"`), &sql); err != nil {
+				t.Fatal(err)
+			}
+			n += len(safe.FindAllString(sql, -1))
+			rest := macro.ReplaceAllString(safe.ReplaceAllString(sql, ""), "")
+			if strings.Contains(rest, "$") || strings.Contains(rest, "[[") {
+				t.Errorf("%s: a variable outside '${name:percentencode}' or `${name:percentencode}`:\n%s", f, sql)
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no variable found: the check checks nothing")
+	}
+}

@@ -79,13 +79,24 @@ type ClickHouse struct {
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
+// CheckIdentifier returns an error naming setting unless value is a plain
+// ClickHouse identifier: a letter or _, then letters, digits or _, at most
+// 64 characters. Names that Canopy writes into SQL (the database, the
+// read-only user) must be; it never quotes them.
+func CheckIdentifier(setting, value string) error {
+	if !identifier.MatchString(value) {
+		return fmt.Errorf("%s: %q is not a plain identifier (accepted: [A-Za-z_][A-Za-z0-9_]*, at most 64 characters)", setting, value)
+	}
+	return nil
+}
+
 // Validate fills defaults and checks names.
 func (c *ClickHouse) Validate() error {
 	if c.Database == "" {
 		c.Database = "canopy"
 	}
-	if !identifier.MatchString(c.Database) {
-		return fmt.Errorf("schema: clickhouse database name %q is not a plain identifier", c.Database)
+	if err := CheckIdentifier("clickhouse.database", c.Database); err != nil {
+		return fmt.Errorf("schema: %w", err)
 	}
 	if c.ZooKeeperPrefix == "" {
 		c.ZooKeeperPrefix = "/clickhouse/tables/{shard}"

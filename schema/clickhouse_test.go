@@ -42,3 +42,23 @@ func TestClickHouseDDLGolden(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckIdentifier(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		ok    bool
+	}{
+		{"canopy", true}, {"canopy_reader", true}, {"_x9", true}, {strings.Repeat("a", 64), true},
+		{"", false}, {"9db", false}, {"a-b", false}, {"a.b", false}, {"system.users", false},
+		{"r; DROP USER default", false}, {"r IDENTIFIED BY 'x'", false}, {"`r`", false}, {"r'", false},
+		{"é", false}, {strings.Repeat("a", 65), false},
+	} {
+		err := CheckIdentifier("clickhouse.reader_user", tc.value)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q: %v, want ok=%v", tc.value, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "clickhouse.reader_user") {
+			t.Errorf("%q: %v does not name the setting", tc.value, err)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/canopyhq/canopy/dashboards"
+	"github.com/canopyhq/canopy/schema"
 )
 
 func newDashboards(cfg *config) *cobra.Command {
@@ -26,6 +27,12 @@ from the measures in canopy.yaml, clickhouse.database and the read-only user
 repository root (or give --dir) after changing the measures.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The database is written into every query.
+			for _, k := range []string{"clickhouse.database", "clickhouse.reader_user"} {
+				if err := schema.CheckIdentifier(k, cfg.get(k)); err != nil {
+					return usageError{err}
+				}
+			}
 			files, err := dashboards.Files(dashboards.Options{
 				Database: cfg.get("clickhouse.database"), Measures: cfg.measures,
 				Reader: cfg.get("clickhouse.reader_user"), Password: cfg.get("clickhouse.reader_password"),

@@ -366,11 +366,15 @@ type resolver struct {
 }
 
 func openResolver(ctx context.Context, cfg *config) (*resolver, error) {
+	db := cfg.get("clickhouse.database")
+	if err := schema.CheckIdentifier("clickhouse.database", db); err != nil {
+		return nil, usageError{err} // it is written into the query
+	}
 	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
 	if err != nil {
 		return nil, err
 	}
-	return &resolver{ch: ch, table: cfg.get("clickhouse.database") + "." + schema.TableFailures}, nil
+	return &resolver{ch: ch, table: db + "." + schema.TableFailures}, nil
 }
 
 func (r *resolver) close() { _ = r.ch.Close() }

@@ -23,6 +23,17 @@ func newMigrate(cfg *config) *cobra.Command {
 
 func runMigrate(ctx context.Context, cfg *config) error {
 	log := cfg.logger()
+	// Both names go unquoted into SQL (CREATE DATABASE, CREATE USER,
+	// GRANT): refuse anything but a plain identifier before touching a
+	// server.
+	chs, err := cfg.chSchema()
+	if err != nil {
+		return usageError{err}
+	}
+	reader := cfg.get("clickhouse.reader_user")
+	if err := schema.CheckIdentifier("clickhouse.reader_user", reader); err != nil {
+		return usageError{err}
+	}
 	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
 	if err != nil {
 		return err
@@ -37,10 +48,6 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer func() { _ = ch.Close() }()
-	chs, err := cfg.chSchema()
-	if err != nil {
-		return usageError{err}
-	}
 	chs = ingest.ProbeEngine(ctx, ch, chs)
 	if chs.Engine == schema.EnginePlain {
 		log.Warn("this ClickHouse has neither ZooKeeper/Keeper nor non_replicated_deduplication_window: " +
@@ -50,7 +57,6 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	log.Info("clickhouse schema up to date", "database", chs.Database, "engine", chs.Engine, "measures", chs.Measures.Names())
-	reader := cfg.get("clickhouse.reader_user")
 	status, err := ingest.EnsureReader(ctx, ch, cfg.get("clickhouse.dsn"), chs.Database, reader, cfg.get("clickhouse.reader_password"))
 	if err != nil {
 		// The rollups are ready; only Grafana's login is missing.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -641,4 +642,205 @@ func TestReadOnlyUser(t *testing.T) {
 	if err := e.ch.QueryRow(ctx, "SELECT count() FROM "+e.chDB+".rollup_daily").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("rollup_daily after the reader's attempts: %d rows, %v", n, err)
 	}
+}
+
+// hostileValues are what a viewer can put in a dashboard URL
+// (var-name=value) to try to leave the query's template: quotes of every
+// kind, the backslash ClickHouse reads as an escape (Grafana's sqlstring
+// format doubles ' but keeps \, so \' would close its literal), statement
+// separators, comment markers, a UNION with another database's table,
+// another table's name and a long value.
+var hostileValues = []string{
+	`'`, `\`, `\'`, `\' OR 1 = 1 -- `, `"`, "`", `''`,
+	`1) UNION ALL SELECT name, 1, 1, 1, 1 FROM system.users --`,
+	`1 UNION ALL SELECT * FROM system.one`,
+	`0 OR 1 = 1`,
+	`events_x; DROP TABLE rollup_daily`,
+	`rollup_daily' OR '1' = '1`,
+	`rollup_daily_current; SELECT 1`,
+	`*/ SELECT 1 /*`, `-- comment`, `/* comment`, "amount` FROM system.users --",
+	`system.users`, "`system`.`users`", `canopy.entities`,
+	`%27%20OR%201%3D1`, "a\nb\x00c",
+	strings.Repeat(`a'\`, 1000),
+}
+
+// TestDashboardVariablesHostile feeds hostileValues through every template
+// variable of every ClickHouse query of the committed dashboards, expanded
+// as Grafana expands them (expandGrafana: ${v:percentencode} as Grafana's
+// percentencode format), and proves that none leaves its template:
+//   - lexically, the expanded query is the same sequence of tokens as with
+//     a harmless value outside the allowed set ("zz"), the value only
+//     changing the text inside string literals and quoted identifiers: no
+//     new statement, comment, keyword, table or column;
+//   - every FROM and JOIN names a table of Canopy's database;
+//   - ClickHouse runs it with the same outcome as with "zz": the same rows,
+//     or the same error code (an unknown column for a measure that is not
+//     one), never a syntax error.
+func TestDashboardVariablesHostile(t *testing.T) {
+	e := newEnv(t, 1)
+	e.run("migrate")
+	sqls, _ := loadDashboards(t)
+	valid := map[string]string{"entity": "1", "view": "rollup_daily", "level": "1", "measure": "amount", "limit": "10", "__searchFilter": "1%"}
+	from, to := time.Date(2026, 10, 28, 0, 0, 0, 0, time.UTC), time.Date(2026, 10, 31, 0, 0, 0, 0, time.UTC)
+	tables := map[string]bool{}
+	for _, tb := range []string{"rollup_hourly", "rollup_daily", "rollup_daily_current", "entities", "entities_by_parent", "ingest_acks", "ingest_failures"} {
+		tables[e.chDB+"."+tb] = true
+	}
+	expand := func(q panelQuery, name, value string) string {
+		vars := map[string]string{}
+		for k, v := range valid {
+			vars[k] = v
+		}
+		vars[name] = value
+		return expandGrafana(strings.ReplaceAll(q.sql, "canopy.", e.chDB+"."), vars, from, to, time.Minute)
+	}
+	outcome := func(sql string) string {
+		_, rows, err := e.queryText(sql)
+		if err != nil {
+			var ex *clickhouse.Exception
+			if errors.As(err, &ex) {
+				return fmt.Sprintf("error %d", ex.Code)
+			}
+			return "error " + err.Error()
+		}
+		return fmt.Sprint(rows)
+	}
+	checked := 0
+	for _, q := range sqls {
+		for name := range valid {
+			if !strings.Contains(q.sql, "${"+name+":") {
+				continue
+			}
+			base := expand(q, name, "zz")
+			baseTokens := chTokens(base)
+			for _, tok := range baseTokens {
+				if tok.kind == tokComment || tok.text == ";" {
+					t.Fatalf("%s %q: the template itself has %q", q.board, q.title, tok.text)
+				}
+			}
+			for i, tok := range baseTokens {
+				if (strings.EqualFold(tok.text, "FROM") || strings.EqualFold(tok.text, "JOIN")) && i+3 < len(baseTokens) &&
+					baseTokens[i+1].kind == tokWord && baseTokens[i+2].text == "." {
+					if tbl := baseTokens[i+1].text + "." + baseTokens[i+3].text; !tables[tbl] {
+						t.Errorf("%s %q: reads %s, not a Canopy table", q.board, q.title, tbl)
+					}
+				}
+			}
+			want := outcome(base)
+			if strings.HasPrefix(want, "error 62") {
+				t.Fatalf("%s %q: syntax error with $%s=zz: %s\n%s", q.board, q.title, name, want, base)
+			}
+			for _, hv := range hostileValues {
+				sql := expand(q, name, hv)
+				if strings.Contains(sql, "$") {
+					t.Fatalf("%s %q: unexpanded variable in\n%s", q.board, q.title, sql)
+				}
+				if err := sameShape(baseTokens, chTokens(sql)); err != nil {
+					t.Errorf("%s %q: $%s=%.40q changes the query: %v", q.board, q.title, name, hv, err)
+					continue
+				}
+				if got := outcome(sql); got != want {
+					t.Errorf("%s %q: $%s=%.40q: %.200s, want %.200s as with any value outside the allowed set", q.board, q.title, name, hv, got, want)
+				}
+				checked++
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no query uses a template variable")
+	}
+	t.Logf("%d hostile expansions checked", checked)
+}
+
+type tokKind int
+
+const (
+	tokWord tokKind = iota
+	tokString
+	tokQuotedIdent
+	tokComment
+	tokPunct
+)
+
+type chToken struct {
+	kind tokKind
+	text string
+}
+
+// chTokens splits ClickHouse SQL as its lexer does, as far as a template
+// needs: whitespace, -- and /* */ comments, '…' strings and `…` or "…"
+// identifiers (a backslash escapes the next character, a doubled quote is
+// one), runs of word characters, and any other byte alone. An unterminated
+// literal runs to the end.
+func chTokens(sql string) []chToken {
+	var out []chToken
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case strings.HasPrefix(sql[i:], "--"):
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				j = len(sql) - i
+			}
+			out, i = append(out, chToken{tokComment, sql[i : i+j]}), i+j
+		case strings.HasPrefix(sql[i:], "/*"):
+			j := strings.Index(sql[i+2:], "*/")
+			end := len(sql)
+			if j >= 0 {
+				end = i + 2 + j + 2
+			}
+			out, i = append(out, chToken{tokComment, sql[i:end]}), end
+		case c == '\'' || c == '`' || c == '"':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == '\\' {
+					j += 2
+					continue
+				}
+				if sql[j] == c {
+					if j+1 < len(sql) && sql[j+1] == c {
+						j += 2
+						continue
+					}
+					j++
+					break
+				}
+				j++
+			}
+			j = min(j, len(sql))
+			k := tokString
+			if c != '\'' {
+				k = tokQuotedIdent
+			}
+			out, i = append(out, chToken{k, sql[i:j]}), j
+		case c == '_' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= 0x80:
+			j := i
+			for j < len(sql) && (sql[j] == '_' || sql[j] >= '0' && sql[j] <= '9' || sql[j] >= 'A' && sql[j] <= 'Z' || sql[j] >= 'a' && sql[j] <= 'z' || sql[j] >= 0x80) {
+				j++
+			}
+			out, i = append(out, chToken{tokWord, sql[i:j]}), j
+		default:
+			out, i = append(out, chToken{tokPunct, sql[i : i+1]}), i+1
+		}
+	}
+	return out
+}
+
+// sameShape reports how got differs from want other than in the text of
+// string literals and quoted identifiers.
+func sameShape(want, got []chToken) error {
+	if len(want) != len(got) {
+		return fmt.Errorf("%d tokens, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if want[i].kind != got[i].kind {
+			return fmt.Errorf("token %d is %q, want one like %q", i, got[i].text, want[i].text)
+		}
+		if want[i].kind != tokString && want[i].kind != tokQuotedIdent && want[i].text != got[i].text {
+			return fmt.Errorf("token %d is %q, want %q", i, got[i].text, want[i].text)
+		}
+	}
+	return nil
 }

@@ -21,8 +21,11 @@ import (
 func expandGrafana(sql string, vars map[string]string, from, to time.Time, interval time.Duration) string {
 	sql = grafanaVar.ReplaceAllStringFunc(sql, func(m string) string {
 		sub := grafanaVar.FindStringSubmatch(m)
-		name := sub[1] + sub[2] + sub[3]
+		name := sub[1] + sub[3] + sub[4]
 		if v, ok := vars[name]; ok {
+			if sub[2] == "percentencode" {
+				return percentEncode(v)
+			}
 			return v
 		}
 		return m // a macro: the plugin's
@@ -53,9 +56,26 @@ func expandGrafana(sql string, vars map[string]string, from, to time.Time, inter
 }
 
 var (
-	grafanaVar   = regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(?::raw)?\}|\[\[([A-Za-z0-9_]+)\]\]|\$([A-Za-z_][A-Za-z0-9_]*)`)
+	grafanaVar   = regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(?::(raw|percentencode))?\}|\[\[([A-Za-z0-9_]+)\]\]|\$([A-Za-z_][A-Za-z0-9_]*)`)
 	grafanaMacro = regexp.MustCompile(`\$__(timeFilter|dateFilter|timeInterval|fromTime|toTime|interval_s)(\(([^()]*)\))?`)
 )
+
+// percentEncode is Grafana's percentencode variable format
+// (encodeURIComponentStrict in its format registry): encodeURIComponent,
+// then !'()* as %XX too. Every byte of the UTF-8 text but A-Z a-z 0-9 - _ .
+// ~ becomes %XX, upper-case hex.
+func percentEncode(v string) string {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
 
 // queryText runs sql and returns its column names and its rows as text:
 // integers in decimal, decimals without trailing zeros, times as Unix
