@@ -302,7 +302,9 @@ func (w *Worker) poll(ctx context.Context) kgo.Fetches {
 	for _, h := range w.parts {
 		if len(h.recs) > 0 {
 			pending = true
-			timeout = min(timeout, max(h.notBefore.Sub(now), 10*time.Millisecond))
+			if h.notBefore.After(now) {
+				timeout = min(timeout, max(h.notBefore.Sub(now), 10*time.Millisecond))
+			}
 		}
 	}
 	w.mu.Unlock()
