@@ -147,7 +147,23 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 			return fmt.Errorf("produce to %s: %w", topic, res.Err)
 		}
 	}
-	if refused != nil {
+	// Kafka judges a record batch as a whole: one record too large fails
+	// every record batched with it. Each refused record is tried again on
+	// its own, and only a refusal of it alone counts.
+	if len(refused) > 0 && len(recs) > 1 {
+		for i := range refused {
+			err := cl.ProduceSync(ctx, recs[i]).FirstErr()
+			switch {
+			case err == nil:
+				delete(refused, i)
+			case PermanentProduceError(err):
+				refused[i] = err
+			default:
+				return fmt.Errorf("produce to %s: %w", topic, err)
+			}
+		}
+	}
+	if len(refused) > 0 {
 		return &RefusedError{Topic: topic, Refused: refused}
 	}
 	return nil

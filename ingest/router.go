@@ -90,7 +90,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(250*time.Millisecond),
-		kgo.ProducerBatchMaxBytes(16<<20),
+		kgo.ProducerBatchMaxBytes(4<<20), // the by-id topic's max.message.bytes
 		kgo.ProducerLinger(5*time.Millisecond),
 		kgo.OnPartitionsRevoked(r.revoked),
 		kgo.OnPartitionsLost(r.revoked),
@@ -292,11 +292,21 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 				r.metrics.addRouted(1)
 				continue
 			case PermanentProduceError(res.Err) && !truncatedRecord(res.Record):
-				r.log.Warn("the by-id topic refused a record for good; routing it truncated, to be dead-lettered",
-					"topic", r.cfg.Target, "bytes", len(res.Record.Value), "err", res.Err)
-				value, cut := truncated(res.Record.Value)
-				res.Record.Value, res.Record.Key = value, nil
-				res.Record.Headers = append(res.Record.Headers, cut...)
+				// Kafka judges a batch as a whole: only a record refused on
+				// its own is too large for the topic.
+				alone := r.cl.ProduceSync(ctx, res.Record).FirstErr()
+				if alone == nil {
+					r.metrics.addRouted(1)
+					continue
+				}
+				if PermanentProduceError(alone) {
+					r.log.Warn("the by-id topic refused a record for good; routing it truncated, to be dead-lettered",
+						"topic", r.cfg.Target, "bytes", len(res.Record.Value), "err", alone)
+					value, cut := truncated(res.Record.Value)
+					res.Record.Value, res.Record.Key = value, nil
+					res.Record.Headers = append(res.Record.Headers, cut...)
+				}
+				res.Err = alone
 			}
 			failed = append(failed, res.Record)
 			err = res.Err

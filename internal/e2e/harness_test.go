@@ -203,6 +203,7 @@ type worker struct {
 	cmd  *exec.Cmd
 	log  string
 	done chan struct{} // closed when the process has exited
+	hwm  int64         // peak resident bytes, read by stop before the signal
 }
 
 func (e *env) startWorker(i int) *worker {
@@ -237,6 +238,7 @@ func (e *env) startWorker(i int) *worker {
 
 // stop stops a worker gracefully and waits for it.
 func (w *worker) stop(t testing.TB) {
+	w.hwm = peakRSS(w.cmd.Process.Pid)
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-w.done:

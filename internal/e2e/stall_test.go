@@ -89,7 +89,7 @@ func nothingStalls(t *testing.T, mode string) {
 		t.Fatalf("produce the special records: %v", err)
 	}
 	e.produce(keys[half:len(keys)-1], values[half:len(values)-1])
-	total := uint64(len(values) - 1 + 2) // the forged event is the last value
+	total := uint64(len(values) - 1 + len(special)) // the forged event is the last value and a special record
 	e.waitAcked(total, 5*time.Minute)
 	select {
 	case <-w.done:
