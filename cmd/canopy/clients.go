@@ -79,8 +79,11 @@ func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 		return nil, usageError{fmt.Errorf("clickhouse DSN: only the native protocol (clickhouse://) is supported")}
 	}
 	// The database in the DSN may not exist yet (before migrate); every
-	// statement names its database explicitly.
-	opts.Auth.Database = "default"
+	// statement names its database explicitly. No database in the hello:
+	// the server's default is taken without an access check, whereas naming
+	// "default" is refused to a user confined to Canopy's database
+	// (allow_databases on 18.16; grants on current releases).
+	opts.Auth.Database = ""
 	if opts.DialTimeout == 0 {
 		opts.DialTimeout = 5 * time.Second
 	}
