@@ -186,7 +186,53 @@ func (bd *board) json() ([]byte, error) {
 	delete(m, "style")
 	delete(m, "hideControls")
 	delete(m, "sharedCrosshair")
-	m["annotations"] = map[string]any{"list": []any{}}
+	// Grafana's dashboard model (grafana-foundation-sdk, checked by
+	// grafana_model_test.go) has no time_options in the time picker, no
+	// allFormat or multiFormat in a variable, a number for refresh (0 never,
+	// 1 on load), requires every field of a link, and leaves an empty list
+	// out (Grafana reads a missing annotation, variable or option list as
+	// empty).
+	m["annotations"] = map[string]any{}
+	if tp, ok := m["timepicker"].(map[string]any); ok {
+		delete(tp, "time_options")
+	}
+	links, _ := m["links"].([]any)
+	for _, lv := range links {
+		l := lv.(map[string]any)
+		for k, v := range map[string]any{"icon": "external link", "tooltip": "", "tags": []any{},
+			"asDropdown": false, "targetBlank": false, "includeVars": false, "keepTime": false} {
+			if _, ok := l[k]; !ok {
+				l[k] = v
+			}
+		}
+	}
+	templating, _ := m["templating"].(map[string]any)
+	vars, _ := templating["list"].([]any)
+	if len(vars) == 0 {
+		delete(templating, "list")
+	}
+	for _, vv := range vars {
+		v := vv.(map[string]any)
+		delete(v, "allFormat")
+		delete(v, "multiFormat")
+		if opts, _ := v["options"].([]any); len(opts) == 0 {
+			delete(v, "options") // a query variable's come from its query
+		}
+		if v["datasource"] == nil {
+			delete(v, "datasource") // a custom variable has none
+		}
+		if r, isBool := v["refresh"].(bool); isBool {
+			v["refresh"] = 0
+			if r {
+				v["refresh"] = 1
+			}
+		}
+		// A query variable has no current value until its query ran:
+		// Grafana selects the first value it returns.
+		if cur, _ := v["current"].(map[string]any); cur["text"] == nil && cur["value"] == nil {
+			delete(v, "current")
+		}
+	}
 	panels, _ := m["panels"].([]any)
 	for _, pv := range panels {
 		p := pv.(map[string]any)
@@ -439,7 +485,7 @@ ANY INNER JOIN (
 ) AS r USING id
 ORDER BY downline DESC, id
 LIMIT 100`, rank, db, num("entity"),
-		viewRows(db, ms, fmt.Sprintf("entity_id IN (SELECT id FROM %s.entities_by_parent WHERE parent_id = %s) AND $__dateFilter(bucket)", db, num("entity")))), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true}})
+		viewRows(db, ms, fmt.Sprintf("entity_id IN (SELECT id FROM %s.entities_by_parent WHERE parent_id = %s) AND $__dateFilter(bucket)", db, num("entity")))), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true, "frameIndex": 0}})
 	return bd
 }
 
@@ -450,10 +496,13 @@ func drill(field string) *fieldLink {
 		url: "/d/" + OverviewUID + "?var-entity=${__value.raw}&var-view=${view:percentencode}&${__url_time_range}"}
 }
 
+// statOptions are a stat panel's options, every field Grafana's model of
+// them requires (the ones not chosen here at Grafana's defaults).
 func statOptions() map[string]any {
 	return map[string]any{
 		"reduceOptions": map[string]any{"calcs": []any{"lastNotNull"}, "fields": "", "values": false},
 		"colorMode":     "none", "graphMode": "none", "textMode": "value_and_name", "orientation": "horizontal",
+		"justifyMode": "auto", "wideLayout": true, "showPercentChange": false, "percentChangeColorMode": "standard",
 	}
 }
 
