@@ -2,14 +2,16 @@ package hierarchy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // Follower applies the changes published on the hierarchy topic to a Tree,
@@ -17,11 +19,25 @@ import (
 // reloading. It reads read_committed and applies in offset order, which is
 // commit order; Tree.Apply ignores what it already has, so overlapping with
 // a load from PostgreSQL is harmless.
+//
+// The topic is not trusted: each poll's messages are looked up in
+// PostgreSQL's history by history_seq in one query, and only a message that
+// matches its history row is applied (the row's values, not the message's).
+// The others are logged without their payload, counted in Rejected and
+// skipped, so a forged message cannot move the tree's version. See
+// docs/hierarchy.md, "Verification".
 type Follower struct {
 	Brokers []string
 	Topic   string
 	Tree    *Tree
 	Log     *slog.Logger
+	// History is what messages are verified against (the worker's
+	// *Store). Without it the topic is ignored: the tree then only moves
+	// through loads and PostgreSQL polls.
+	History History
+	// Rejected, if set, counts the messages not applied, by reason
+	// (NewRejectedCounter makes it).
+	Rejected *prometheus.CounterVec
 	// Applied, if set, is called after each change the topic brought first
 	// (not already loaded or polled) with the time since the change was
 	// recorded in PostgreSQL: the propagation delay.
@@ -63,6 +79,12 @@ func (f *Follower) Run(ctx context.Context, from map[int32]int64) error {
 	if f.Log == nil {
 		f.Log = slog.Default()
 	}
+	if f.History == nil {
+		f.Log.Warn("hierarchy topic ignored: no PostgreSQL history to verify its messages against; the tree follows PostgreSQL polls only", "topic", f.Topic)
+		<-ctx.Done()
+		return nil
+	}
+	v := &verifier{history: f.History, tree: f.Tree, log: f.Log, rejected: f.Rejected, applied: f.Applied}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(f.Brokers...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
@@ -83,55 +105,29 @@ func (f *Follower) Run(ctx context.Context, from map[int32]int64) error {
 	}
 	defer cl.Close()
 	for {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil || fs.IsClientClosed() {
+		// While a message waits for its history row, later ones wait
+		// behind it: changes apply in topic order.
+		if !v.pending() {
+			fs := cl.PollFetches(ctx)
+			if ctx.Err() != nil || fs.IsClientClosed() {
+				return nil
+			}
+			for _, fe := range fs.Errors() {
+				if !errors.Is(fe.Err, context.Canceled) {
+					f.Log.Warn("hierarchy topic fetch failed", "topic", fe.Topic, "partition", fe.Partition, "err", fe.Err)
+				}
+			}
+			fs.EachRecord(func(r *kgo.Record) { v.add(r.Partition, r.Offset, r.Value) })
+		}
+		pause, err := v.step(ctx)
+		if ctx.Err() != nil {
 			return nil
 		}
-		for _, fe := range fs.Errors() {
-			if !errors.Is(fe.Err, context.Canceled) {
-				f.Log.Warn("hierarchy topic fetch failed", "topic", fe.Topic, "partition", fe.Partition, "err", fe.Err)
-			}
+		if err != nil {
+			f.Log.Warn("hierarchy messages wait: their history could not be read", "err", err, "retry_in", pause)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			c, recorded, err := decodeMessage(r.Value)
-			if err != nil {
-				// Not from the relay (the fencing record has no value):
-				// PostgreSQL remains the source of truth, skip it.
-				return
-			}
-			first := c.Seq > f.Tree.Version() // not brought already by a load or poll
-			if err := f.Tree.Apply(c); err != nil {
-				f.Log.Error("hierarchy change not applied", "seq", c.Seq, "entity", c.ID, "err", err)
-				return
-			}
-			if first && f.Applied != nil && !recorded.IsZero() {
-				f.Applied(time.Since(recorded))
-			}
-		})
-	}
-}
-
-func decodeMessage(value []byte) (Change, time.Time, error) {
-	var m Message
-	if len(value) == 0 {
-		return Change{}, time.Time{}, errors.New("empty")
-	}
-	if err := json.Unmarshal(value, &m); err != nil {
-		return Change{}, time.Time{}, err
-	}
-	st, err := ParseStatus(m.Status)
-	if err != nil {
-		return Change{}, time.Time{}, err
-	}
-	c := Change{Seq: m.HistorySeq, ID: m.EntityID, Status: st}
-	if m.ParentID != nil {
-		c.ParentID = *m.ParentID
-	}
-	if m.EffectiveAt != nil {
-		if c.ValidFrom, err = time.Parse(time.RFC3339Nano, *m.EffectiveAt); err != nil {
-			return Change{}, time.Time{}, err
+		if pause > 0 && !wait.Sleep(ctx, pause) {
+			return nil
 		}
 	}
-	recorded, _ := time.Parse(time.RFC3339Nano, m.RecordedAt)
-	return c, recorded, nil
 }
