@@ -224,10 +224,25 @@ func TestFollowerRejectsForgedMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A seq that a rolled-back change used: PostgreSQL never had it.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gap int64
+	if _, err := tx.Exec(ctx, "insert into canopy.entities (id, parent_id) values (99, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, "select max(seq) from canopy.entity_history").Scan(&gap); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	forge(t, producer,
-		forgedMsg(latest, 9, 1, "active"),    // a real, recent seq with another parent
-		forgedMsg(latest-1000, 9, 1, "active"), // a seq PostgreSQL never had
-		forgedMsg(1<<61, 9, 1, "active"),       // huge again
+		forgedMsg(latest, 9, 1, "active"), // a real, recent seq with another parent
+		forgedMsg(gap, 99, 1, "active"),   // a seq PostgreSQL never committed
+		forgedMsg(1<<61, 9, 1, "active"),  // huge again
 	)
 	if err := s.SetStatus(ctx, 4, StatusSuspended, nil); err != nil {
 		t.Fatal(err)
