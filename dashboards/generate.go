@@ -38,8 +38,15 @@ type Options struct {
 	Database string          // ClickHouse database, as in the tables' names
 	Measures schema.Measures // from canopy.yaml
 	Reader   string          // ClickHouse read-only user of the datasource
-	Password string          // its password
+	// PasswordFile is where Grafana reads the reader's password from when
+	// it provisions the datasource ($__file{…}): a mounted secret, never
+	// the password itself, so that no generated file holds it.
+	PasswordFile string
 }
+
+// DefaultPasswordFile is the reader's password as docker-compose.yml mounts
+// it into Grafana (secret clickhouse_reader_password).
+const DefaultPasswordFile = "/run/secrets/clickhouse_reader_password"
 
 // Paths of the generated files, relative to the repository root.
 const (
@@ -58,7 +65,13 @@ func Files(o Options) (map[string][]byte, error) {
 		o.Database = "canopy"
 	}
 	if o.Reader == "" {
-		o.Reader, o.Password = "canopy_reader", "canopy_reader"
+		o.Reader = "canopy_reader"
+	}
+	if o.PasswordFile == "" {
+		o.PasswordFile = DefaultPasswordFile
+	}
+	if strings.ContainsAny(o.PasswordFile, "{}\n") {
+		return nil, fmt.Errorf("reader password file %q: braces and newlines cannot go into $__file{…}", o.PasswordFile)
 	}
 	out := map[string][]byte{}
 	for name, b := range map[string]*board{
@@ -73,7 +86,7 @@ func Files(o Options) (map[string][]byte, error) {
 		out[DashboardDir+"/"+name] = data
 	}
 	out[ProviderFile] = []byte(providerYAML)
-	out[DatasourceFile] = []byte(fmt.Sprintf(datasourceYAML, o.Database, o.Reader, o.Password))
+	out[DatasourceFile] = []byte(fmt.Sprintf(datasourceYAML, o.Database, o.Reader, o.PasswordFile))
 	return out, nil
 }
 
@@ -641,7 +654,9 @@ apiVersion: 1
 datasources:
   # ClickHouse through the grafana-clickhouse-datasource plugin (installed by
   # docker-compose.yml), native protocol, as the read-only user that
-  # canopy migrate creates (SELECT only: no writes, no DDL).
+  # canopy migrate creates (SELECT only: no writes, no DDL). Its password is
+  # read from the mounted secret when Grafana starts, never written here.
+  # queryTimeout stays within the reader's max_execution_time (60 s).
   - name: ClickHouse
     uid: ` + ClickHouseUID + `
     type: ` + ClickHouseType + `
@@ -655,8 +670,9 @@ datasources:
       secure: false
       defaultDatabase: %s
       username: %s
+      queryTimeout: "60"
     secureJsonData:
-      password: %s
+      password: $__file{%s}
 
   # The workers' metrics (ingest rate, lag, batch latency, failures).
   - name: Prometheus

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -125,50 +126,177 @@ func sameType(a, b string) bool {
 	return strip(a) == strip(b)
 }
 
-// ReaderStatus says how EnsureReader left the read-only user.
-type ReaderStatus string
+// UserStatus says how EnsureWriter or EnsureReader left a user.
+type UserStatus string
 
 const (
-	ReaderCreated    ReaderStatus = "created or already present (CREATE USER … GRANT SELECT)"
-	ReaderConfigured ReaderStatus = "declared in the server's users configuration"
+	UserCreated    UserStatus = "created or updated (CREATE USER … GRANT)"
+	UserConfigured UserStatus = "declared in the server's users configuration"
 )
 
-// EnsureReader makes the read-only ClickHouse user of Grafana and analysts:
-// SELECT on the database and nothing else (no INSERT, no DDL). Servers with
-// SQL user management (current releases) get CREATE USER and GRANT SELECT;
-// ClickHouse 18.16 has none, so there the user must be declared in
-// users.xml with a readonly profile, and EnsureReader checks that it can
-// log in.
-func EnsureReader(ctx context.Context, conn driver.Conn, dsn, db, user, password string) (ReaderStatus, error) {
-	var rbac uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = 'system' AND name = 'users'").Scan(&rbac); err != nil {
+// Reader is the read-only user of Grafana and analysts.
+type Reader struct {
+	User, Password string
+	// Raw grants the raw events table and ingest_failures.raw as well.
+	Raw bool
+}
+
+// Reader limits on servers with settings profiles: the values are also the
+// maxima the reader may SET (Grafana sends settings with its queries, so
+// readonly is 2, and the constraints keep it from raising these).
+const (
+	ReaderMaxMemory        = 2_000_000_000
+	ReaderMaxExecutionTime = 60
+	ReaderMaxResultRows    = 1_000_000
+)
+
+// hasRBAC reports whether the server manages users in SQL (CREATE USER,
+// GRANT): 20.x and later. 18.16 declares users only in users.xml.
+func hasRBAC(ctx context.Context, conn driver.Conn) (bool, error) {
+	var n uint64
+	err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = 'system' AND name = 'users'").Scan(&n)
+	return n > 0, err
+}
+
+// quote is s as a single-quoted SQL string literal.
+func quote(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\\`)
+	return "'" + strings.ReplaceAll(s, `'`, `\'`) + "'"
+}
+
+// EnsureWriter makes the workers' ClickHouse user: INSERT and SELECT on
+// Canopy's database, nothing else (no DDL, no other database). Servers with
+// SQL user management get CREATE USER, ALTER USER (the password follows
+// the setting) and GRANT INSERT, SELECT ON db.*; on ClickHouse 18.16 the
+// user must be declared in users.xml (readonly = 0, allow_ddl = 0,
+// allow_databases), and EnsureWriter checks that it logs in to db, may
+// insert and may not run DDL. user must be a plain identifier.
+func EnsureWriter(ctx context.Context, conn driver.Conn, dsn, db, user, password string) (UserStatus, error) {
+	rbac, err := hasRBAC(ctx, conn)
+	if err != nil {
 		return "", err
 	}
-	if rbac > 0 {
-		quoted := strings.ReplaceAll(password, `\`, `\\`)
-		quoted = strings.ReplaceAll(quoted, `'`, `\'`)
+	if rbac {
 		for _, q := range []string{
-			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY '%s' SETTINGS readonly = 2", user, quoted),
-			fmt.Sprintf("GRANT SELECT ON %s.* TO %s", db, user),
+			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY %s", user, quote(password)),
+			fmt.Sprintf("ALTER USER %s IDENTIFIED WITH sha256_password BY %s", user, quote(password)),
+			fmt.Sprintf("GRANT INSERT, SELECT ON %s.* TO %s", db, user),
 		} {
 			if err := conn.Exec(ctx, q); err != nil {
-				return "", fmt.Errorf("read-only user %s: %w (the migrating user needs access_management)", user, err)
+				return "", fmt.Errorf("writer user %s: %w (the migrating user needs access_management)", user, scrubSecret(err, password))
 			}
 		}
-		return ReaderCreated, nil
+		return UserCreated, nil
 	}
-	o, err := clickhouse.ParseDSN(dsn)
+	settings, err := loginSettings(ctx, dsn, db, user, password)
+	if err != nil {
+		return "", fmt.Errorf("writer user %s: this ClickHouse has no CREATE USER; declare it in users.xml with a profile of readonly 0 and allow_ddl 0 and allow_databases %s (docs/security.md): %w", user, db, err)
+	}
+	if settings["readonly"] != "0" {
+		return "", fmt.Errorf("writer user %s: its profile has readonly = %s, so it cannot insert; want readonly 0 and allow_ddl 0", user, settings["readonly"])
+	}
+	if settings["allow_ddl"] != "0" {
+		return "", fmt.Errorf("writer user %s: its profile allows DDL (allow_ddl = %s), so it could drop or alter Canopy's tables; set allow_ddl 0", user, settings["allow_ddl"])
+	}
+	return UserConfigured, nil
+}
+
+// EnsureReader makes the read-only ClickHouse user of Grafana and analysts.
+// Servers with SQL user management get a settings profile whose limits the
+// reader cannot raise, CREATE USER / ALTER USER with that profile, and
+// SELECT on the rollup, entity, ack and failure tables (without
+// ingest_failures.raw and the raw events table unless r.Raw). ClickHouse
+// 18.16 has none of this: the user must be declared in users.xml with a
+// readonly profile and allow_databases, and EnsureReader checks that it logs
+// in to db and is read-only. r.User must be a plain identifier.
+func EnsureReader(ctx context.Context, conn driver.Conn, dsn string, s schema.ClickHouse, r Reader) (UserStatus, error) {
+	rbac, err := hasRBAC(ctx, conn)
 	if err != nil {
 		return "", err
 	}
-	o.Auth = clickhouse.Auth{Database: db, Username: user, Password: password}
-	reader, err := clickhouse.Open(o)
-	if err == nil {
-		err = reader.Ping(ctx)
-		_ = reader.Close()
+	db, user := s.Database, r.User
+	if rbac {
+		profile := user + "_limits"
+		qs := []string{
+			fmt.Sprintf("CREATE SETTINGS PROFILE OR REPLACE %s SETTINGS readonly = 2, "+
+				"max_memory_usage = %d MAX %[2]d, max_execution_time = %d MAX %[3]d, max_result_rows = %d MAX %[4]d, "+
+				"result_overflow_mode = 'throw' CONST",
+				profile, ReaderMaxMemory, ReaderMaxExecutionTime, ReaderMaxResultRows),
+			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY %s SETTINGS PROFILE %s", user, quote(r.Password), quote(profile)),
+			fmt.Sprintf("ALTER USER %s IDENTIFIED WITH sha256_password BY %s SETTINGS PROFILE %s", user, quote(r.Password), quote(profile)),
+			// From scratch each time, so that turning Raw off takes the raw
+			// tables away again.
+			fmt.Sprintf("REVOKE ALL ON %s.* FROM %s", db, user),
+		}
+		if r.Raw {
+			qs = append(qs, fmt.Sprintf("GRANT SELECT ON %s.* TO %s", db, user))
+		} else {
+			for _, t := range s.Tables() {
+				switch t.Name {
+				case schema.TableEvents:
+				case schema.TableFailures:
+					var cols []string
+					for _, c := range t.Columns {
+						if c.Name != "raw" {
+							cols = append(cols, c.Name)
+						}
+					}
+					qs = append(qs, fmt.Sprintf("GRANT SELECT(%s) ON %s.%s TO %s", strings.Join(cols, ", "), db, t.Name, user))
+				default:
+					qs = append(qs, fmt.Sprintf("GRANT SELECT ON %s.%s TO %s", db, t.Name, user))
+				}
+			}
+		}
+		for _, q := range qs {
+			if err := conn.Exec(ctx, q); err != nil {
+				return "", fmt.Errorf("read-only user %s: %w (the migrating user needs access_management)", user, scrubSecret(err, r.Password))
+			}
+		}
+		return UserCreated, nil
 	}
+	settings, err := loginSettings(ctx, dsn, db, user, r.Password)
 	if err != nil {
-		return "", fmt.Errorf("read-only user %s: this ClickHouse has no CREATE USER; declare the user in users.xml with a readonly profile (scripts/services does): %w", user, err)
+		return "", fmt.Errorf("read-only user %s: this ClickHouse has no CREATE USER; declare the user in users.xml with a readonly profile and allow_databases %s (scripts/services does): %w", user, db, err)
 	}
-	return ReaderConfigured, nil
+	if settings["readonly"] == "0" {
+		return "", fmt.Errorf("read-only user %s: its profile has readonly = 0, so it can write; want readonly 2", user)
+	}
+	return UserConfigured, nil
+}
+
+// loginSettings logs in as user to db, as the worker or Grafana would, and
+// returns the values of readonly and allow_ddl it gets.
+func loginSettings(ctx context.Context, dsn, db, user, password string) (map[string]string, error) {
+	o, err := clickhouse.ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	o.Auth = clickhouse.Auth{Database: db, Username: user, Password: password}
+	c, err := clickhouse.Open(o)
+	if err != nil {
+		return nil, scrubSecret(err, password)
+	}
+	defer func() { _ = c.Close() }()
+	rows, err := c.Query(ctx, "SELECT name, value FROM system.settings WHERE name IN ('readonly', 'allow_ddl')")
+	if err != nil {
+		return nil, scrubSecret(err, password)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, rows.Err()
+}
+
+// scrubSecret hides secret in an error that may quote the statement.
+func scrubSecret(err error, secret string) error {
+	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), secret, "xxxxx"))
 }

@@ -16,14 +16,16 @@ func newDashboards(cfg *config) *cobra.Command {
 		Use:   "dashboards",
 		Short: "Grafana dashboards generated from canopy.yaml",
 	}
-	var dir string
+	var dir, passwordFile string
 	gen := &cobra.Command{
 		Use:   "generate",
 		Short: "Write the Grafana dashboards and provisioning files from the declared measures",
 		Long: `generate writes dashboards/*.json (Entity overview, Leaderboards, Pipeline
 health) and the Grafana provisioning files under deploy/grafana/provisioning/,
 from the measures in canopy.yaml, clickhouse.database and the read-only user
-(clickhouse.reader_user, clickhouse.reader_password). Run it from the
+(clickhouse.reader_user). The datasource reads the reader's password from a
+file mounted into Grafana (--reader-password-file, docker compose's secret
+clickhouse_reader_password), so no generated file holds it. Run it from the
 repository root (or give --dir) after changing the measures.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -35,7 +37,7 @@ repository root (or give --dir) after changing the measures.`,
 			}
 			files, err := dashboards.Files(dashboards.Options{
 				Database: cfg.get("clickhouse.database"), Measures: cfg.measures,
-				Reader: cfg.get("clickhouse.reader_user"), Password: cfg.get("clickhouse.reader_password"),
+				Reader: cfg.get("clickhouse.reader_user"), PasswordFile: passwordFile,
 			})
 			if err != nil {
 				return err
@@ -54,6 +56,8 @@ repository root (or give --dir) after changing the measures.`,
 		},
 	}
 	gen.Flags().StringVar(&dir, "dir", ".", "repository root to write under")
+	gen.Flags().StringVar(&passwordFile, "reader-password-file", dashboards.DefaultPasswordFile,
+		"path, inside the Grafana container, of the file holding the reader's password")
 	cmd.AddCommand(gen)
 	return cmd
 }

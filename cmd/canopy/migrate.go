@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
 
 	"github.com/canopyhq/canopy/hierarchy"
@@ -30,9 +32,18 @@ func runMigrate(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return usageError{err}
 	}
-	reader := cfg.get("clickhouse.reader_user")
-	if err := schema.CheckIdentifier("clickhouse.reader_user", reader); err != nil {
-		return usageError{err}
+	reader := ingest.Reader{User: cfg.get("clickhouse.reader_user"), Password: cfg.get("clickhouse.reader_password"), Raw: cfg.bool("clickhouse.reader_raw")}
+	writer, writerPassword := cfg.get("clickhouse.writer_user"), cfg.get("clickhouse.writer_password")
+	for _, u := range []struct{ key, user, password string }{
+		{"clickhouse.reader", reader.User, reader.Password}, {"clickhouse.writer", writer, writerPassword},
+	} {
+		if err := schema.CheckIdentifier(u.key+"_user", u.user); err != nil {
+			return usageError{err}
+		}
+		// The reader's password was once its name by default: refuse that.
+		if u.password != "" && u.password == u.user {
+			return usageError{fmt.Errorf("setting %s_password: equal to %s_user; choose a password that is not the user's name", u.key, u.key)}
+		}
 	}
 	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
 	if err != nil {
@@ -57,12 +68,32 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	log.Info("clickhouse schema up to date", "database", chs.Database, "engine", chs.Engine, "measures", chs.Measures.Names())
-	status, err := ingest.EnsureReader(ctx, ch, cfg.get("clickhouse.dsn"), chs.Database, reader, cfg.get("clickhouse.reader_password"))
-	if err != nil {
-		// The rollups are ready; only Grafana's login is missing.
-		log.Warn("read-only user not available", "user", reader, "err", err)
-		return nil
-	}
-	log.Info("read-only user ready", "user", reader, "how", string(status))
+	ensureUsers(ctx, cfg, ch, chs, writer, writerPassword, reader)
 	return nil
+}
+
+// ensureUsers creates (or, on 18.16, checks) the writer and reader users.
+// A user whose password is not set is left alone with a warning: the
+// rollups are ready, only that login is missing.
+func ensureUsers(ctx context.Context, cfg *config, ch driver.Conn, chs schema.ClickHouse, writer, writerPassword string, reader ingest.Reader) {
+	log := cfg.logger()
+	dsn := cfg.get("clickhouse.dsn")
+	if writerPassword == "" {
+		log.Warn("writer user not provided: set clickhouse.writer_password (or its _file) to have migrate create it; "+
+			"workers then log in as it (clickhouse.dsn user "+writer+", clickhouse.password) instead of an admin", "user", writer)
+	} else if status, err := ingest.EnsureWriter(ctx, ch, dsn, chs.Database, writer, writerPassword); err != nil {
+		log.Warn("writer user not available", "user", writer, "err", err)
+	} else {
+		log.Info("writer user ready", "user", writer, "how", string(status), "may", "INSERT, SELECT on "+chs.Database)
+	}
+	if reader.Password == "" {
+		log.Warn("read-only user not provided: set clickhouse.reader_password (or its _file) to have migrate create it", "user", reader.User)
+		return
+	}
+	status, err := ingest.EnsureReader(ctx, ch, dsn, chs, reader)
+	if err != nil {
+		log.Warn("read-only user not available", "user", reader.User, "err", err)
+		return
+	}
+	log.Info("read-only user ready", "user", reader.User, "how", string(status), "raw", reader.Raw)
 }

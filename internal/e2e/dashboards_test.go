@@ -610,15 +610,12 @@ func compareRows(t testing.TB, q panelQuery, c dashCase, want, got [][]string, o
 // TestReadOnlyUser logs in as the read-only user that migrate provides for
 // Grafana and analysts: it reads, and is refused writes and DDL.
 func TestReadOnlyUser(t *testing.T) {
-	e := newEnv(t, 1)
-	if out := e.run("migrate"); !strings.Contains(out, "read-only user ready") {
-		t.Fatalf("migrate did not provide the read-only user:\n%s", out)
-	}
+	e, u, _ := newConfinedEnv(t, 1) // migrate provides the reader; privilege_test.go
 	opts, err := clickhouse.ParseDSN(e.svc.chDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Auth = clickhouse.Auth{Database: e.chDB, Username: "canopy_reader", Password: "canopy_reader"}
+	opts.Auth = clickhouse.Auth{Database: e.chDB, Username: "canopy_reader", Password: u.readerPassword}
 	reader, err := clickhouse.Open(opts)
 	if err != nil {
 		t.Fatal(err)
