@@ -2,57 +2,18 @@ package hierarchy
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
-
-// testTopic makes a one-partition topic on the CANOPY_KAFKA_BROKERS
-// cluster, deleted when the test ends, and a plain producer to it. Without
-// the cluster the test skips, except under CI=true.
-func testTopic(t testing.TB) ([]string, string, *kgo.Client) {
-	t.Helper()
-	env := os.Getenv("CANOPY_KAFKA_BROKERS")
-	if env == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_KAFKA_BROKERS is not set")
-		}
-		t.Skip("CANOPY_KAFKA_BROKERS is not set")
-	}
-	brokers := strings.Split(env, ",")
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	topic := "canopy_test_hierarchy_" + hex.EncodeToString(b[:])
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	adm := kadm.NewClient(cl)
-	if _, err := adm.CreateTopic(ctx, 1, 1, nil, topic); err != nil {
-		t.Fatalf("create topic %s: %v", topic, err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = adm.DeleteTopics(ctx, topic)
-		cl.Close()
-	})
-	return brokers, topic, cl
-}
 
 // forge produces values straight to the hierarchy topic, as anyone who may
 // write it could.

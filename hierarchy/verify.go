@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,13 +60,19 @@ type History interface {
 }
 
 // HistoryRows implements History with one statement, whatever len(seqs).
+// The relay's seqs come nearly consecutive, so the bulk of them is read as
+// a range of the primary key (a tenth of the cost of probing each); the
+// others (forged, say) are probed one by one. Extra rows in the range are
+// returned too: a caller looks up the seqs it asked for.
 func (s *Store) HistoryRows(ctx context.Context, seqs []int64) (map[int64]HistoryRow, int64, error) {
+	lo, hi, rest := denseRange(seqs)
 	rows, err := s.pool.Query(ctx, `
 		with latest as (select coalesce(max(seq), 0) as seq from canopy.entity_history)
-		select latest.seq, h.seq, h.id, coalesce(h.parent_id, 0),
+		select latest.seq, coalesce(h.seq, 0), coalesce(h.id, 0), coalesce(h.parent_id, 0),
 		       case h.status when 'active' then 0 when 'suspended' then 1 when 'closed' then 2 else 255 end,
 		       h.valid_from, h.name
-		  from latest left join canopy.entity_history h on h.seq = any($1::bigint[])`, seqs)
+		  from latest left join canopy.entity_history h
+		    on h.seq between $2 and $3 or h.seq = any($1::bigint[])`, rest, lo, hi)
 	if err != nil {
 		return nil, 0, fmt.Errorf("hierarchy: history rows: %w", err)
 	}
@@ -74,27 +81,58 @@ func (s *Store) HistoryRows(ctx context.Context, seqs []int64) (map[int64]Histor
 	var latest int64
 	for rows.Next() {
 		var (
-			seq, id, parent *int64
-			status          *int16
-			from            pgtype.Timestamptz
-			name            *string
+			r      HistoryRow
+			status pgtype.Int2
+			from   pgtype.Timestamptz
+			name   pgtype.Text
 		)
-		if err := rows.Scan(&latest, &seq, &id, &parent, &status, &from, &name); err != nil {
+		if err := rows.Scan(&latest, &r.Seq, &r.ID, &r.ParentID, &status, &from, &name); err != nil {
 			return nil, 0, fmt.Errorf("hierarchy: history rows: %w", err)
 		}
-		if seq == nil {
+		if r.Seq == 0 {
 			continue // no row matched: the left join's lone row
 		}
-		r := HistoryRow{Change: Change{Seq: *seq, ID: *id, ParentID: *parent, Status: Status(*status), ValidFrom: fromTimestamptz(from)}}
-		if name != nil {
-			r.Name, r.HasName = *name, true
-		}
+		r.Status, r.ValidFrom = Status(status.Int16), fromTimestamptz(from)
+		r.Name, r.HasName = name.String, name.Valid
 		out[r.Seq] = r
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, fmt.Errorf("hierarchy: history rows: %w", err)
 	}
 	return out, latest, nil
+}
+
+// denseRange splits seqs into the range [lo, hi] holding the most of them
+// while at most twice as wide as the seqs it holds, and the seqs outside it
+// (lo > hi: no range).
+func denseRange(seqs []int64) (lo, hi int64, rest []int64) {
+	if len(seqs) == 0 {
+		return 1, 0, nil
+	}
+	sorted := slices.Clone(seqs)
+	slices.Sort(sorted)
+	// dense reports whether sorted[a..b] spans less than twice its count;
+	// a span past MaxInt64 wraps negative and is not dense.
+	dense := func(a, b int) bool {
+		d := sorted[b] - sorted[a]
+		return d >= 0 && d < 2*int64(b-a+1)
+	}
+	best, bestA, bestB := 0, 0, -1
+	for a, b := 0, 0; b < len(sorted); b++ {
+		for !dense(a, b) {
+			a++
+		}
+		if b-a+1 > best {
+			best, bestA, bestB = b-a+1, a, b
+		}
+	}
+	lo, hi = sorted[bestA], sorted[bestB]
+	for _, seq := range sorted {
+		if seq < lo || seq > hi {
+			rest = append(rest, seq)
+		}
+	}
+	return lo, hi, rest
 }
 
 // received is a hierarchy message read from the topic and not yet decided.

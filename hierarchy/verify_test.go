@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -328,4 +329,32 @@ func counterValue(c *prometheus.CounterVec, label string) int {
 		panic(err)
 	}
 	return int(m.GetCounter().GetValue())
+}
+
+func TestDenseRange(t *testing.T) {
+	consecutive := make([]int64, 0, 1000)
+	for s := int64(5000); s < 6000; s++ {
+		if s%97 != 0 { // gaps of rolled-back changes
+			consecutive = append(consecutive, s)
+		}
+	}
+	cases := []struct {
+		name   string
+		seqs   []int64
+		lo, hi int64
+		rest   []int64
+	}{
+		{"empty", nil, 1, 0, nil},
+		{"one", []int64{7}, 7, 7, nil},
+		{"relayed", consecutive, 5000, 5999, nil},
+		{"forged around", append([]int64{1 << 62, -1 << 63, 3, 1<<63 - 1}, consecutive...), 5000, 5999,
+			[]int64{-1 << 63, 3, 1 << 62, 1<<63 - 1}},
+		{"sparse", []int64{10, 100, 1000}, 10, 10, []int64{100, 1000}},
+	}
+	for _, c := range cases {
+		lo, hi, rest := denseRange(c.seqs)
+		if lo != c.lo || hi != c.hi || fmt.Sprint(rest) != fmt.Sprint(c.rest) {
+			t.Errorf("%s: [%d, %d] + %v; want [%d, %d] + %v", c.name, lo, hi, rest, c.lo, c.hi, c.rest)
+		}
+	}
 }
