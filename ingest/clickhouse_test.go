@@ -104,6 +104,9 @@ func TestAppendColumnEncodesAsDriver(t *testing.T) {
 		{"Date", "Date", bucketColumn{0, 86400, 1_789_948_800, -86400, 1 << 33, zeroTimeUnix}, false},
 		{"DateTime64: the driver converts", "DateTime64(3, 'UTC')", bucketColumn{0, 3600, 1_790_000_000}, false},
 		{"String: the driver's Append", "String", strs, false},
+		{"String, under 128 bytes in all", "String", []string{"", "t/0/5@1", "", "", "x"}, false},
+		{"String, every row empty", "String", []string{"", "", ""}, false},
+		{"String, no rows", "String", []string{}, false},
 		{"a wrapper type: the driver converts", "Nullable(Int64)", units, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -227,5 +230,29 @@ func BenchmarkAppendColumn(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A String column takes its rows in a fixed number of allocations, however
+// many rows: presizeStrings sized its arrays (else they grow by doubling,
+// a few dozen allocations and copies at a rollup block's size).
+func TestAppendStringsPresized(t *testing.T) {
+	var few float64
+	for _, n := range []int{1000, 100_000} {
+		vals := make([]string, n)
+		for i := range vals {
+			vals[i] = []string{"sale", "refund", "subscription"}[i%3]
+		}
+		allocs := testing.AllocsPerRun(5, func() {
+			col, _ := column.Type("String").Column("type", nil)
+			if err := appendColumn(batchColumn{col}, col, vals); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n == 1000 {
+			few = allocs
+		} else if allocs > few+2 {
+			t.Errorf("%d rows take %.0f allocations, 1000 rows %.0f: the column grew row by row", n, allocs, few)
+		}
 	}
 }
