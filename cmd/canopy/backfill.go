@@ -14,7 +14,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/term"
 
 	"github.com/canopyhq/canopy/ingest"
@@ -105,7 +104,7 @@ run it while workers run.`,
 				if err != nil {
 					return err
 				}
-				inputs, err = ingest.KafkaRange(ctx, []kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, topic, lo, hi, log)
+				inputs, err = ingest.KafkaRange(ctx, cfg.kafkaOpts(), topic, lo, hi, log)
 				if err != nil {
 					return err
 				}

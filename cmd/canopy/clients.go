@@ -23,12 +23,22 @@ func patiently(ctx context.Context, log *slog.Logger) context.Context {
 }
 
 // await runs try until it succeeds or, unless ctx is patient, fails. A
-// usage error (a bad DSN) and the end of ctx always end it.
+// usage error (a bad DSN), a server that refuses this client's TLS or
+// credentials (refusal: waiting cannot help) and the end of ctx always end
+// it.
 func await(ctx context.Context, service string, try func() error) error {
 	log, patient := ctx.Value(patienceKey{}).(*slog.Logger)
 	backoff := time.Second
 	for {
 		err := try()
+		if err != nil {
+			var ce connectionError
+			if cause := refusal(err); cause != "" && !errors.As(err, &ce) {
+				return connectionError{service: service, cause: cause, err: err}
+			} else if cause != "" {
+				return err
+			}
+		}
 		var usage usageError
 		if err == nil || !patient || errors.As(err, &usage) || ctx.Err() != nil {
 			return err
@@ -43,15 +53,21 @@ func await(ctx context.Context, service string, try func() error) error {
 	}
 }
 
-// openPostgres connects and pings, so a bad DSN fails at once with a clear
-// error; a patient ctx waits for the server.
-func openPostgres(ctx context.Context, dsn string) (pool *pgxpool.Pool, err error) {
+// openPostgres connects to postgres.dsn and pings, so a bad DSN fails at
+// once with a clear error; a patient ctx waits for the server. TLS is the
+// DSN's (sslmode=verify-full&sslrootcert=…); postgres.password, if given,
+// replaces the DSN's password.
+func openPostgres(ctx context.Context, cfg *config) (pool *pgxpool.Pool, err error) {
+	dsn := cfg.get("postgres.dsn")
 	pcfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, usageError{scrub(fmt.Errorf("postgres DSN: %w", err), dsn)}
+		return nil, usageError{cfg.scrub(fmt.Errorf("postgres DSN: %w", err))}
+	}
+	if pw := cfg.get("postgres.password"); pw != "" {
+		pcfg.ConnConfig.Password = pw
 	}
 	err = await(ctx, "postgres", func() (err error) {
-		defer func() { err = scrub(err, dsn) }()
+		defer func() { err = cfg.scrub(err) }()
 		p, err := pgxpool.NewWithConfig(ctx, pcfg)
 		if err != nil {
 			return fmt.Errorf("postgres: %w", err)
@@ -68,15 +84,35 @@ func openPostgres(ctx context.Context, dsn string) (pool *pgxpool.Pool, err erro
 	return pool, err
 }
 
-// openClickHouse connects over the native protocol (the only one ClickHouse
-// 18.16 speaks with clickhouse-go) and pings.
-func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
+// openClickHouse connects to clickhouse.dsn over the native protocol (the
+// only one ClickHouse 18.16 speaks with clickhouse-go) and pings. TLS comes
+// from clickhouse.tls.* (or the DSN's secure=true); clickhouse.password, if
+// given, replaces the DSN's password.
+func openClickHouse(ctx context.Context, cfg *config) (driver.Conn, error) {
+	return openClickHouseAs(ctx, cfg, "", "")
+}
+
+// openClickHouseAs is openClickHouse as another user (user and password
+// replace the DSN's when user is not empty).
+func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (driver.Conn, error) {
+	dsn := cfg.get("clickhouse.dsn")
 	opts, err := clickhouse.ParseDSN(dsn)
 	if err != nil {
-		return nil, usageError{scrub(fmt.Errorf("clickhouse DSN: %w", err), dsn)}
+		return nil, usageError{cfg.scrub(fmt.Errorf("clickhouse DSN: %w", err))}
 	}
 	if opts.Protocol != clickhouse.Native {
 		return nil, usageError{fmt.Errorf("clickhouse DSN: only the native protocol (clickhouse://) is supported")}
+	}
+	if pw := cfg.get("clickhouse.password"); pw != "" {
+		opts.Auth.Password = pw
+	}
+	if user != "" {
+		opts.Auth.Username, opts.Auth.Password = user, password
+	}
+	if t := cfg.sec.chTLS; t != nil {
+		skip := opts.TLS != nil && opts.TLS.InsecureSkipVerify // the DSN's skip_verify=true
+		opts.TLS = t.Clone()
+		opts.TLS.InsecureSkipVerify = opts.TLS.InsecureSkipVerify || skip
 	}
 	// The database in the DSN may not exist yet (before migrate); every
 	// statement names its database explicitly. No database in the hello:
@@ -90,7 +126,7 @@ func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 	opts.MaxOpenConns = 16
 	var conn driver.Conn
 	err = await(ctx, "clickhouse", func() (err error) {
-		defer func() { err = scrub(err, dsn) }()
+		defer func() { err = cfg.scrub(err) }()
 		c, err := clickhouse.Open(opts)
 		if err != nil {
 			return fmt.Errorf("clickhouse: %w", err)
@@ -99,6 +135,13 @@ func openClickHouse(ctx context.Context, dsn string) (driver.Conn, error) {
 		defer cancel()
 		if err := c.Ping(pctx); err != nil {
 			_ = c.Close()
+			if opts.TLS == nil && closedEarly(err) {
+				for _, a := range opts.Addr {
+					if speaksTLS(ctx, a) {
+						return connectionError{"clickhouse", a, "the server speaks TLS on this port but clickhouse.tls.enabled is false", err}
+					}
+				}
+			}
 			return fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
 		}
 		conn = c

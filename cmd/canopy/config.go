@@ -189,6 +189,7 @@ type config struct {
 	byKey       map[string]*setting
 	measures    schema.Measures
 	measuresSrc string
+	sec         security // built by resolve from the TLS and SASL settings
 }
 
 // The settings. Environment names are derived from keys: kafka.brokers →
@@ -209,9 +210,28 @@ func newConfig() *config {
 	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic").required()
 	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)").required()
 	add("kafka.group", "canopy", "consumer group of the workers").required()
-	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string").required()
+	// Connections (docs/security.md): one place builds every client's TLS and
+	// authentication from these (secure.go).
+	add("kafka.tls.enabled", "false", "connect to the brokers over TLS (SSL and SASL_SSL listeners)").boolean()
+	add("kafka.tls.ca_file", "", "PEM file of the CA certificates that sign the brokers' certificates (empty: the system's)")
+	add("kafka.tls.cert_file", "", "PEM client certificate, for brokers that require one (with kafka.tls.key_file)")
+	add("kafka.tls.key_file", "", "PEM private key of kafka.tls.cert_file")
+	add("kafka.tls.server_name", "", "name the brokers' certificates must carry (empty: each broker's host)")
+	add("kafka.tls.insecure_skip_verify", "false", "do not verify the brokers' certificates (tests only; logs a warning)").boolean()
+	add("kafka.sasl.mechanism", "none", "none|plain|scram-sha-256|scram-sha-512").oneOf("none", "plain", "scram-sha-256", "scram-sha-512")
+	add("kafka.sasl.username", "", "SASL user (with kafka.sasl.mechanism)")
+	add("kafka.sasl.password", "", "SASL password").password()
+	add("postgres.dsn", "postgres://canopy:canopy@127.0.0.1:5432/canopy?sslmode=disable", "PostgreSQL connection string (TLS: sslmode=verify-full&sslrootcert=/path/ca.pem)").required()
+	add("postgres.password", "", "password of postgres.dsn's user, replacing the DSN's").password()
 	add("clickhouse.dsn", "clickhouse://default@127.0.0.1:9000/canopy", "ClickHouse native-protocol DSN").required()
 	add("clickhouse.database", "canopy", "ClickHouse database").ident()
+	add("clickhouse.password", "", "password of clickhouse.dsn's user, replacing the DSN's").password()
+	add("clickhouse.tls.enabled", "false", "connect over TLS, to the server's secure native port (tcp_port_secure, usually 9440); the DSN's secure=true does too").boolean()
+	add("clickhouse.tls.ca_file", "", "PEM file of the CA certificates that sign the server's certificate (empty: the system's)")
+	add("clickhouse.tls.cert_file", "", "PEM client certificate, for servers that require one (with clickhouse.tls.key_file)")
+	add("clickhouse.tls.key_file", "", "PEM private key of clickhouse.tls.cert_file")
+	add("clickhouse.tls.server_name", "", "name the server's certificate must carry (empty: the DSN's host)")
+	add("clickhouse.tls.insecure_skip_verify", "false", "do not verify the server's certificate (tests only; logs a warning)").boolean()
 	add("clickhouse.writer_user", "canopy_writer", "ClickHouse user of the workers: INSERT and SELECT on clickhouse.database only (created by migrate, which runs as clickhouse.dsn's admin; docs/security.md)").ident()
 	add("clickhouse.writer_password", "", "its password; migrate creates the writer only when it is set").password()
 	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)").ident()
@@ -236,6 +256,7 @@ func newConfig() *config {
 	add("http.pprof", "false", "serve /debug/pprof/ on http.addr (profiles expose internals: keep http.addr on loopback or a trusted network)").boolean()
 	add("log.level", "info", "debug|info|warn|error").oneOf("debug", "info", "warn", "error")
 	add("log.format", "text", "text|json").oneOf("text", "json")
+	c.addSecretFiles()
 	return c
 }
 
@@ -305,6 +326,15 @@ func (c *config) resolve(cmd *cobra.Command) error {
 		if err := s.parse(); err != nil {
 			return err
 		}
+	}
+	if err := c.readSecretFiles(); err != nil {
+		return err
+	}
+	if err := c.buildSecurity(); err != nil {
+		return err
+	}
+	for _, w := range c.sec.warnings {
+		c.logger().Warn("INSECURE: " + w)
 	}
 	c.measures, c.measuresSrc = schema.DefaultMeasures(), "default"
 	if raw, ok := doc["measures"]; ok {
@@ -534,6 +564,31 @@ func scrub(err error, dsn string) error {
 		return err
 	}
 	return scrubbedError{msg: strings.ReplaceAll(err.Error(), pw, redacted), err: err}
+}
+
+// scrub removes from err's message every password the configuration holds:
+// the password settings and the DSNs' passwords.
+func (c *config) scrub(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, s := range c.settings {
+		switch {
+		case s.secret:
+			err = scrubSecret(err, s.val)
+		case strings.HasSuffix(s.key, ".dsn"):
+			err = scrub(err, s.val)
+		}
+	}
+	return err
+}
+
+// scrubSecret removes secret from err's message.
+func scrubSecret(err error, secret string) error {
+	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
+		return err
+	}
+	return scrubbedError{msg: strings.ReplaceAll(err.Error(), secret, redacted), err: err}
 }
 
 // scrubbedError is an error whose message had a password removed; it still

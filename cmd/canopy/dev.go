@@ -76,7 +76,7 @@ func runDev(ctx context.Context, cfg *config, o devOptions) error {
 	if err := runMigrate(ctx, cfg); err != nil {
 		return err
 	}
-	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	pool, err := openPostgres(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -92,7 +92,7 @@ func runDev(ctx context.Context, cfg *config, o devOptions) error {
 		}
 		entities = int64(o.entities)
 	}
-	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	ch, err := openClickHouse(ctx, cfg)
 	if err != nil {
 		return err
 	}

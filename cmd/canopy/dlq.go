@@ -143,7 +143,7 @@ func runReplay(ctx context.Context, cfg *config, f *dlqFilter) error {
 	log := cfg.logger()
 	topic := cfg.get("kafka.retry_topic")
 	ensureRetryTopic(ctx, log, cfg)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...), kgo.ProducerBatchMaxBytes(16<<20))
+	cl, err := kgo.NewClient(cfg.kafkaOpts(kgo.ProducerBatchMaxBytes(16 << 20))...)
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
 	}
@@ -209,7 +209,7 @@ func scanDeadLetters(ctx context.Context, cfg *config, f *dlqFilter, withResolut
 		return 0, err
 	}
 	topic := cfg.get("kafka.dlq_topic")
-	meta, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))
+	meta, err := kgo.NewClient(cfg.kafkaOpts()...)
 	if err != nil {
 		return 0, fmt.Errorf("kafka: %w", err)
 	}
@@ -243,9 +243,9 @@ func scanDeadLetters(ctx context.Context, cfg *config, f *dlqFilter, withResolut
 	if len(remaining) == 0 {
 		return 0, nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...),
+	cl, err := kgo.NewClient(cfg.kafkaOpts(
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}),
-		kgo.FetchMaxBytes(1<<20), kgo.FetchMaxPartitionBytes(256<<10))
+		kgo.FetchMaxBytes(1<<20), kgo.FetchMaxPartitionBytes(256<<10))...)
 	if err != nil {
 		return 0, fmt.Errorf("kafka: %w", err)
 	}
@@ -370,7 +370,7 @@ func openResolver(ctx context.Context, cfg *config) (*resolver, error) {
 	if err := schema.CheckIdentifier("clickhouse.database", db); err != nil {
 		return nil, usageError{err} // it is written into the query
 	}
-	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	ch, err := openClickHouse(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,7 @@ func runGen(ctx context.Context, cfg *config, o genOptions) error {
 			}
 			log.Info("hierarchy written", "file", o.hierarchyCSV, "entities", o.entities)
 		} else {
-			pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+			pool, err := openPostgres(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -90,7 +90,7 @@ func runGen(ctx context.Context, cfg *config, o genOptions) error {
 		return nil
 	}
 	if entities == 0 {
-		pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+		pool, err := openPostgres(ctx, cfg)
 		if err != nil {
 			return err
 		}
@@ -135,12 +135,11 @@ func writeEventsFile(path string, gen synth.Events) error {
 // not nil, counts acknowledged records there.
 func produceEvents(ctx context.Context, cfg *config, gen synth.Events, rate float64, acked *atomic.Int64, extra []kgo.Opt) error {
 	log := cfg.logger()
-	cl, err := kgo.NewClient(append([]kgo.Opt{
-		kgo.SeedBrokers(cfg.brokers()...),
+	cl, err := kgo.NewClient(cfg.kafkaOpts(append([]kgo.Opt{
 		kgo.AllowAutoTopicCreation(),
 		kgo.ProducerLinger(5 * time.Millisecond),
 		kgo.ProducerBatchMaxBytes(1 << 20),
-	}, extra...)...)
+	}, extra...)...)...)
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
 	}

@@ -30,7 +30,7 @@ func newHierarchy(cfg *config) *cobra.Command {
 		return &t, nil
 	}
 	withStore := func(ctx context.Context, fn func(*hierarchy.Store) error) error {
-		pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+		pool, err := openPostgres(ctx, cfg)
 		if err != nil {
 			return err
 		}
@@ -87,7 +87,7 @@ an import writes only what differs.`,
 				defer func() { _ = f.Close() }()
 				r = f
 			}
-			pool, err := openPostgres(cmd.Context(), cfg.get("postgres.dsn"))
+			pool, err := openPostgres(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}

@@ -45,7 +45,7 @@ func runMigrate(ctx context.Context, cfg *config) error {
 			return usageError{fmt.Errorf("setting %s_password: equal to %s_user; choose a password that is not the user's name", u.key, u.key)}
 		}
 	}
-	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	pool, err := openPostgres(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -54,7 +54,7 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	log.Info("postgres schema up to date")
-	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	ch, err := openClickHouse(ctx, cfg)
 	if err != nil {
 		return err
 	}

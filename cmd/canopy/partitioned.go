@@ -75,7 +75,7 @@ func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir str
 	if err != nil {
 		return nil, err
 	}
-	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)
+	opts := cfg.kafkaOpts(extra...)
 	if err := await(ctx, "kafka", func() error {
 		if err := ensureByIDTopic(ctx, cfg, horizon, opts); err != nil {
 			return err
@@ -208,16 +208,16 @@ func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest
 	if err != nil {
 		return ingest.BackfillStats{}, usageError{err}
 	}
-	opts := []kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}
+	opts := cfg.kafkaOpts()
 	if err := ensureByIDTopic(ctx, cfg, cfg.duration("ingest.dedup_horizon"), opts); err != nil {
 		return ingest.BackfillStats{}, err
 	}
-	pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+	pool, err := openPostgres(ctx, cfg)
 	if err != nil {
 		return ingest.BackfillStats{}, err
 	}
 	defer pool.Close()
-	ch, err := openClickHouse(ctx, cfg.get("clickhouse.dsn"))
+	ch, err := openClickHouse(ctx, cfg)
 	if err != nil {
 		return ingest.BackfillStats{}, err
 	}

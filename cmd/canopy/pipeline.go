@@ -44,10 +44,13 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		return nil, usageError{err}
 	}
 	p.policy, _ = cfg.suspendedPolicy()
-	if p.pool, err = openPostgres(ctx, cfg.get("postgres.dsn")); err != nil {
+	if p.pool, err = openPostgres(ctx, cfg); err != nil {
 		return nil, err
 	}
-	if p.ch, err = openClickHouse(ctx, cfg.get("clickhouse.dsn")); err != nil {
+	if p.ch, err = openClickHouse(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err = awaitKafka(ctx, cfg, extra...); err != nil {
 		return nil, err
 	}
 	p.store = hierarchy.NewStore(p.pool)
@@ -62,8 +65,8 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 	log.Info("hierarchy loaded", "entities", tree.Len(), "version", tree.Version(), "took", time.Since(start).Round(time.Millisecond),
 		"heap_bytes_per_entity", heapPerEntity(tree.Len()))
 	// Dead letters carry the original bytes, oversize records included.
-	p.producer, err = kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...), kgo.AllowAutoTopicCreation(),
-		kgo.ProducerBatchMaxBytes(16 << 20)}, extra...)...)
+	p.producer, err = kgo.NewClient(cfg.kafkaOpts(append([]kgo.Opt{kgo.AllowAutoTopicCreation(),
+		kgo.ProducerBatchMaxBytes(16 << 20)}, extra...)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}

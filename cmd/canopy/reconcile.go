@@ -86,7 +86,7 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 		defer func() { _ = local.Close() }()
 		topic = cfg.get("kafka.byid_topic")
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.brokers()...))
+	cl, err := kgo.NewClient(cfg.kafkaOpts()...)
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
 	}

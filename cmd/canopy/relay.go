@@ -35,11 +35,17 @@ rows not yet on the topic are never deleted.`,
 			if retention == 0 {
 				retention = -1 // keep forever; hierarchy.Relay reads 0 as its default
 			}
-			pool, err := openPostgres(patiently(ctx, cfg.logger()), cfg.get("postgres.dsn"))
+			pctx := patiently(ctx, cfg.logger())
+			pool, err := openPostgres(pctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
+			// A refused login or certificate ends the relay here, instead of
+			// in its retry loop.
+			if err := awaitKafka(pctx, cfg); err != nil {
+				return err
+			}
 			host, _ := os.Hostname()
 			r := &hierarchy.Relay{
 				Pool:    pool,
@@ -47,6 +53,7 @@ rows not yet on the topic are never deleted.`,
 				Topic:   cfg.get("kafka.hierarchy_topic"),
 				Name:    fmt.Sprintf("%s-%d", host, os.Getpid()),
 				Log:     cfg.logger(),
+				Opts:    cfg.kafkaOpts(),
 
 				OutboxRetention: retention,
 			}

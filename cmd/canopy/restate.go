@@ -38,7 +38,7 @@ resolved ones too, with RESOLVED_AT).`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			pool, err := openPostgres(ctx, cfg.get("postgres.dsn"))
+			pool, err := openPostgres(ctx, cfg)
 			if err != nil {
 				return err
 			}

@@ -64,7 +64,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		var ferr error
-		if follow, ferr = hierarchy.EndOffsets(ectx, cfg.brokers(), cfg.get("kafka.hierarchy_topic"), extra...); ferr != nil {
+		if follow, ferr = hierarchy.EndOffsets(ectx, cfg.brokers(), cfg.get("kafka.hierarchy_topic"), cfg.kafkaOpts(extra...)...); ferr != nil {
 			log.Info("hierarchy topic not readable yet; following it from its start", "topic", cfg.get("kafka.hierarchy_topic"), "err", ferr)
 			follow = nil
 		}
@@ -94,7 +94,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 			Topic: cfg.get("kafka.events_topic"), RetryTopic: cfg.get("kafka.retry_topic"), Target: topic,
 			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
 			MaxRetryDelay: cfg.duration("ingest.retry_max_backoff"),
-		}, log.With("component", "router"), metrics, append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
+		}, log.With("component", "router"), metrics, cfg.kafkaOpts(extra...)...)
 		if err != nil {
 			return err
 		}
@@ -112,7 +112,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		TrustHeaders:       cfg.partitioned(),
 		MaxBufferedRecords: cfg.int("ingest.max_buffered_records"),
 		MaxBufferedBytes:   cfg.int("ingest.max_buffered_mb") << 20,
-	}, proc, log, extra...)
+	}, proc, log, cfg.kafkaOpts(extra...)...)
 	if err != nil {
 		return usageError{err}
 	}
@@ -135,7 +135,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	})
 	g.Go(func() error {
 		f := &hierarchy.Follower{
-			Brokers: cfg.brokers(), Topic: cfg.get("kafka.hierarchy_topic"), Tree: tree, Log: log, Opts: extra,
+			Brokers: cfg.brokers(), Topic: cfg.get("kafka.hierarchy_topic"), Tree: tree, Log: log, Opts: cfg.kafkaOpts(extra...),
 			Applied: func(d time.Duration) { propagation.Observe(d.Seconds()) },
 		}
 		return f.Run(gctx, follow)
@@ -344,7 +344,7 @@ func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []inges
 // events topic, if it does not exist: a consumer only learns of a topic
 // created later at its next metadata refresh, minutes away.
 func ensureRetryTopic(ctx context.Context, log *slog.Logger, cfg *config, extra ...kgo.Opt) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.brokers()...)}, extra...)...)
+	cl, err := kgo.NewClient(cfg.kafkaOpts(extra...)...)
 	if err != nil {
 		return
 	}
