@@ -25,7 +25,11 @@ COPY --from=build /out/canopy /usr/local/bin/canopy
 USER canopy:canopy
 # canopy.yaml is read from the working directory if present (or CANOPY_CONFIG).
 WORKDIR /home/canopy
-# /metrics, /healthz and /readyz of `canopy worker`.
+# /metrics, /healthz and /readyz of `canopy worker`. The binary listens on
+# 127.0.0.1:9464 unless told otherwise, which no other container reaches:
+# this port is only served with CANOPY_HTTP_ADDR=0.0.0.0:9464 (as
+# docker-compose.yml sets for the worker). /debug/pprof/ stays off unless
+# CANOPY_HTTP_PPROF=true.
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/canopy"]
 CMD ["worker"]
