@@ -118,6 +118,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	}
 
 	var healthy atomic.Bool
+	rejected := hierarchy.NewRejectedCounter(reg)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.Run(gctx) })
 	if router != nil {
@@ -137,6 +138,8 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		f := &hierarchy.Follower{
 			Brokers: cfg.brokers(), Topic: cfg.get("kafka.hierarchy_topic"), Tree: tree, Log: log, Opts: cfg.kafkaOpts(extra...),
 			Applied: func(d time.Duration) { propagation.Observe(d.Seconds()) },
+			// Only changes that match PostgreSQL's history are applied.
+			History: store, Rejected: rejected,
 		}
 		return f.Run(gctx, follow)
 	})
