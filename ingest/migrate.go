@@ -171,7 +171,7 @@ func quote(s string) string {
 // user must be declared in users.xml (readonly = 0, allow_ddl = 0,
 // allow_databases), and EnsureWriter checks that it logs in to db, may
 // insert and may not run DDL. user must be a plain identifier.
-func EnsureWriter(ctx context.Context, conn driver.Conn, dsn, db, user, password string) (UserStatus, error) {
+func EnsureWriter(ctx context.Context, conn driver.Conn, login *clickhouse.Options, db, user, password string) (UserStatus, error) {
 	rbac, err := hasRBAC(ctx, conn)
 	if err != nil {
 		return "", err
@@ -188,7 +188,7 @@ func EnsureWriter(ctx context.Context, conn driver.Conn, dsn, db, user, password
 		}
 		return UserCreated, nil
 	}
-	settings, err := loginSettings(ctx, dsn, db, user, password)
+	settings, err := loginSettings(ctx, login, db, user, password)
 	if err != nil {
 		return "", fmt.Errorf("writer user %s: this ClickHouse has no CREATE USER; declare it in users.xml with a profile of readonly 0 and allow_ddl 0 and allow_databases %s (docs/security.md): %w", user, db, err)
 	}
@@ -209,7 +209,7 @@ func EnsureWriter(ctx context.Context, conn driver.Conn, dsn, db, user, password
 // 18.16 has none of this: the user must be declared in users.xml with a
 // readonly profile and allow_databases, and EnsureReader checks that it logs
 // in to db and is read-only. r.User must be a plain identifier.
-func EnsureReader(ctx context.Context, conn driver.Conn, dsn string, s schema.ClickHouse, r Reader) (UserStatus, error) {
+func EnsureReader(ctx context.Context, conn driver.Conn, login *clickhouse.Options, s schema.ClickHouse, r Reader) (UserStatus, error) {
 	rbac, err := hasRBAC(ctx, conn)
 	if err != nil {
 		return "", err
@@ -254,7 +254,7 @@ func EnsureReader(ctx context.Context, conn driver.Conn, dsn string, s schema.Cl
 		}
 		return UserCreated, nil
 	}
-	settings, err := loginSettings(ctx, dsn, db, user, r.Password)
+	settings, err := loginSettings(ctx, login, db, user, r.Password)
 	if err != nil {
 		return "", fmt.Errorf("read-only user %s: this ClickHouse has no CREATE USER; declare the user in users.xml with a readonly profile and allow_databases %s (scripts/services does): %w", user, db, err)
 	}
@@ -264,15 +264,13 @@ func EnsureReader(ctx context.Context, conn driver.Conn, dsn string, s schema.Cl
 	return UserConfigured, nil
 }
 
-// loginSettings logs in as user to db, as the worker or Grafana would, and
-// returns the values of readonly and allow_ddl it gets.
-func loginSettings(ctx context.Context, dsn, db, user, password string) (map[string]string, error) {
-	o, err := clickhouse.ParseDSN(dsn)
-	if err != nil {
-		return nil, err
-	}
+// loginSettings logs in as user to db, as the worker or Grafana would
+// (login's addresses and TLS, its user replaced), and returns the values of
+// readonly and allow_ddl it gets.
+func loginSettings(ctx context.Context, login *clickhouse.Options, db, user, password string) (map[string]string, error) {
+	o := *login
 	o.Auth = clickhouse.Auth{Database: db, Username: user, Password: password}
-	c, err := clickhouse.Open(o)
+	c, err := clickhouse.Open(&o)
 	if err != nil {
 		return nil, scrubSecret(err, password)
 	}

@@ -95,8 +95,41 @@ func openClickHouse(ctx context.Context, cfg *config) (driver.Conn, error) {
 // openClickHouseAs is openClickHouse as another user (user and password
 // replace the DSN's when user is not empty).
 func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (driver.Conn, error) {
-	dsn := cfg.get("clickhouse.dsn")
-	opts, err := clickhouse.ParseDSN(dsn)
+	opts, err := clickHouseOptions(cfg, user, password)
+	if err != nil {
+		return nil, err
+	}
+	var conn driver.Conn
+	err = await(ctx, "clickhouse", func() (err error) {
+		defer func() { err = cfg.scrub(err) }()
+		c, err := clickhouse.Open(opts)
+		if err != nil {
+			return fmt.Errorf("clickhouse: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := c.Ping(pctx); err != nil {
+			_ = c.Close()
+			if opts.TLS == nil && closedEarly(err) {
+				for _, a := range opts.Addr {
+					if speaksTLS(ctx, a) {
+						return connectionError{"clickhouse", a, "the server speaks TLS on this port but clickhouse.tls.enabled is false", err}
+					}
+				}
+			}
+			return fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
+		}
+		conn = c
+		return nil
+	})
+	return conn, err
+}
+
+// clickHouseOptions are the connection options of clickhouse.dsn with
+// clickhouse.password and clickhouse.tls.* applied, as user (with password)
+// when user is not empty. Every ClickHouse login of canopy starts from them.
+func clickHouseOptions(cfg *config, user, password string) (*clickhouse.Options, error) {
+	opts, err := clickhouse.ParseDSN(cfg.get("clickhouse.dsn"))
 	if err != nil {
 		return nil, usageError{cfg.scrub(fmt.Errorf("clickhouse DSN: %w", err))}
 	}
@@ -124,28 +157,5 @@ func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (
 		opts.DialTimeout = 5 * time.Second
 	}
 	opts.MaxOpenConns = 16
-	var conn driver.Conn
-	err = await(ctx, "clickhouse", func() (err error) {
-		defer func() { err = cfg.scrub(err) }()
-		c, err := clickhouse.Open(opts)
-		if err != nil {
-			return fmt.Errorf("clickhouse: %w", err)
-		}
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := c.Ping(pctx); err != nil {
-			_ = c.Close()
-			if opts.TLS == nil && closedEarly(err) {
-				for _, a := range opts.Addr {
-					if speaksTLS(ctx, a) {
-						return connectionError{"clickhouse", a, "the server speaks TLS on this port but clickhouse.tls.enabled is false", err}
-					}
-				}
-			}
-			return fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
-		}
-		conn = c
-		return nil
-	})
-	return conn, err
+	return opts, nil
 }

@@ -77,11 +77,15 @@ func runMigrate(ctx context.Context, cfg *config) error {
 // rollups are ready, only that login is missing.
 func ensureUsers(ctx context.Context, cfg *config, ch driver.Conn, chs schema.ClickHouse, writer, writerPassword string, reader ingest.Reader) {
 	log := cfg.logger()
-	dsn := cfg.get("clickhouse.dsn")
+	login, err := clickHouseOptions(cfg, "", "")
+	if err != nil {
+		log.Warn("writer and read-only users not checked", "err", err)
+		return
+	}
 	if writerPassword == "" {
 		log.Warn("writer user not provided: set clickhouse.writer_password (or its _file) to have migrate create it; "+
 			"workers then log in as it (clickhouse.dsn user "+writer+", clickhouse.password) instead of an admin", "user", writer)
-	} else if status, err := ingest.EnsureWriter(ctx, ch, dsn, chs.Database, writer, writerPassword); err != nil {
+	} else if status, err := ingest.EnsureWriter(ctx, ch, login, chs.Database, writer, writerPassword); err != nil {
 		log.Warn("writer user not available", "user", writer, "err", err)
 	} else {
 		log.Info("writer user ready", "user", writer, "how", string(status), "may", "INSERT, SELECT on "+chs.Database)
@@ -90,7 +94,7 @@ func ensureUsers(ctx context.Context, cfg *config, ch driver.Conn, chs schema.Cl
 		log.Warn("read-only user not provided: set clickhouse.reader_password (or its _file) to have migrate create it", "user", reader.User)
 		return
 	}
-	status, err := ingest.EnsureReader(ctx, ch, dsn, chs, reader)
+	status, err := ingest.EnsureReader(ctx, ch, login, chs, reader)
 	if err != nil {
 		log.Warn("read-only user not available", "user", reader.User, "err", err)
 		return
