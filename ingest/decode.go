@@ -65,7 +65,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	if !utf8.Valid(raw) {
 		return poison(ClassInvalidUTF8, "record is not valid UTF-8")
 	}
-	if !json.Valid(raw) {
+	if !validJSON(raw) {
 		return poison(ClassInvalidJSON, "record is not valid JSON")
 	}
 	s := scanner{b: raw}
@@ -92,7 +92,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 			break
 		}
 		dup := false
-		switch key {
+		switch string(key) { // compared, not allocated
 		case "event_id":
 			dup, have.id = have.id, true
 			if !dup {
@@ -122,7 +122,7 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 				}
 			}
 		default:
-			if mi, ok := d.index[key]; ok && mi < schema.MaxMeasures { // Validate allows no more
+			if mi, ok := d.index[string(key)]; ok && mi < schema.MaxMeasures { // Validate allows no more
 				dup = seenMeasure&(1<<mi) != 0
 				seenMeasure |= 1 << mi
 				if !dup {
@@ -138,8 +138,8 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 				if seenOther == nil {
 					seenOther = map[string]bool{}
 				}
-				dup = seenOther[key]
-				seenOther[key] = true
+				dup = seenOther[string(key)]
+				seenOther[string(key)] = true
 			}
 		}
 		if dup {
@@ -212,13 +212,13 @@ func decodeTime(val []byte, dst *time.Time) error {
 	if val[0] != '"' {
 		return poison(ClassWrongType, "occurred_at must be an RFC 3339 string")
 	}
-	s, err := unquote(val)
+	s, err := unquoteBytes(val)
 	if err != nil {
 		return poison(ClassBadTimestamp, "occurred_at: %v", err)
 	}
 	// time.RFC3339 requires an offset ("Z" or ±hh:mm); a time without a zone
 	// is ambiguous and refused.
-	t, err := time.Parse(time.RFC3339Nano, s)
+	t, err := parseTime(s)
 	if err != nil {
 		return poison(ClassBadTimestamp, "occurred_at %q is not RFC 3339 with an offset", s)
 	}
@@ -239,11 +239,11 @@ func decodeMeasure(val []byte, m schema.Measure) (int64, error) {
 		if m.Kind != schema.KindDecimal {
 			return 0, poison(ClassWrongType, "%s must be a JSON integer", m.Name)
 		}
-		s, err := unquote(val)
+		s, err := unquoteBytes(val)
 		if err != nil {
 			return 0, poison(ClassBadDecimal, "%s: %v", m.Name, err)
 		}
-		lit = []byte(s)
+		lit = s
 	} else if !isNumber(val) {
 		return 0, poison(ClassWrongType, "%s must be a number", m.Name)
 	}
@@ -286,7 +286,32 @@ func unquote(val []byte) (string, error) {
 	return s, err
 }
 
-// scanner walks JSON that json.Valid has already accepted, so it checks
+// unquoteBytes is unquote for a value read only in place: without escapes
+// it is val's own bytes, not a copy.
+func unquoteBytes(val []byte) ([]byte, error) {
+	inner := val[1 : len(val)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return inner, nil
+	}
+	s, err := unquote(val)
+	return []byte(s), err
+}
+
+// parseTime is time.Parse(time.RFC3339Nano, string(b)) without the copy
+// to a string: Time.UnmarshalText reads RFC 3339 from bytes, and where it
+// accepts b, time.Parse gives the same instant (both take the same fast
+// path first, and its fallback is time.Parse(RFC3339), which accepts
+// fractional seconds as RFC3339Nano does). Where it refuses b, time.Parse
+// decides, so no time is refused that time.Parse accepts.
+func parseTime(b []byte) (time.Time, error) {
+	var t time.Time
+	if t.UnmarshalText(b) == nil {
+		return t, nil
+	}
+	return time.Parse(time.RFC3339Nano, string(b))
+}
+
+// scanner walks JSON that validJSON has already accepted, so it checks
 // nothing and cannot run past the end.
 type scanner struct {
 	b []byte
@@ -304,12 +329,13 @@ func (s *scanner) space() {
 	}
 }
 
-// field returns the next key and raw value of the object the cursor is in,
-// or more = false at its closing brace.
-func (s *scanner) field() (key string, val []byte, more bool) {
+// field returns the next key (decoded, valid until the next call) and raw
+// value of the object the cursor is in, or more = false at its closing
+// brace.
+func (s *scanner) field() (key []byte, val []byte, more bool) {
 	s.space()
 	if s.b[s.i] == '}' {
-		return "", nil, false
+		return nil, nil, false
 	}
 	if s.b[s.i] == ',' {
 		s.i++
@@ -322,10 +348,10 @@ func (s *scanner) field() (key string, val []byte, more bool) {
 	return key, s.value(), true
 }
 
-// str returns the decoded string at the cursor (a key).
-func (s *scanner) str() string {
-	v := s.value()
-	k, _ := unquote(v)
+// str returns the decoded string at the cursor (a key), in place unless
+// it has escapes.
+func (s *scanner) str() []byte {
+	k, _ := unquoteBytes(s.value())
 	return k
 }
 
@@ -374,7 +400,7 @@ func (s *scanner) value() []byte {
 // EventIDOf returns the event_id of raw without decoding the rest, for
 // routing by id; ok is false when raw has none that Decode would accept.
 func EventIDOf(raw []byte) (id string, ok bool) {
-	if len(raw) > DefaultMaxRecordBytes || !json.Valid(raw) {
+	if len(raw) > DefaultMaxRecordBytes || !validJSON(raw) {
 		return "", false
 	}
 	s := scanner{b: raw}
@@ -388,7 +414,7 @@ func EventIDOf(raw []byte) (id string, ok bool) {
 		if !more {
 			return "", false
 		}
-		if key == "event_id" {
+		if string(key) == "event_id" {
 			return id, decodeString(val, "event_id", maxEventIDBytes, &id) == nil
 		}
 	}

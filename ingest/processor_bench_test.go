@@ -210,3 +210,19 @@ func TestBlocksStayTheSame(t *testing.T) {
 		t.Errorf("blocks of a fixed batch: digest %s, want %s", got, want)
 	}
 }
+
+// BenchmarkDecode is the decoder alone over synth records.
+func BenchmarkDecode(b *testing.B) {
+	recs := benchRecords(b, 10_000, 1_000_000)
+	d := NewDecoder(schema.DefaultMeasures(), 0)
+	var ev Event
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, r := range recs {
+			if err := d.Decode(r.Value, &ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(recs)), "ns/event")
+}
