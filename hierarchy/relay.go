@@ -1,11 +1,13 @@
 package hierarchy
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -158,9 +160,13 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err := fence(ctx, cl); err != nil {
 		return err
 	}
-	last, err := LastRelayed(ctx, r.Brokers, r.Topic, r.Opts...)
+	last, skipped, err := lastRelayed(ctx, r.Brokers, r.Topic, r.Opts, r.outboxCheck(ctx))
 	if err != nil {
 		return err
+	}
+	if skipped > 0 {
+		r.Log.Warn("relay: records on the hierarchy topic that no outbox row vouches for were not taken as relayed (forged, or from another database)",
+			"records", skipped, "topic", r.Topic)
 	}
 	r.Log.Info("relay resumes", "after_outbox_seq", last)
 	nextPurge := time.Now()
@@ -319,53 +325,124 @@ func ensureTopic(ctx context.Context, cl *kgo.Client, topic string) error {
 
 // LastRelayed returns the highest outbox seq committed to the topic, 0 for
 // an empty topic. It reads the tail of every partition read_committed, so a
-// transaction a crashed relay left open or aborted does not count.
+// transaction a crashed relay left open or aborted does not count. It
+// trusts the topic's headers; the relay itself resumes only from records
+// its outbox vouches for (Relay.outboxCheck).
 func LastRelayed(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (int64, error) {
+	last, _, err := lastRelayed(ctx, brokers, topic, opts, nil)
+	return last, err
+}
+
+// relayed is one record of the hierarchy topic's tail: its outbox seq
+// header and its value.
+type relayed struct {
+	seq   int64
+	value []byte
+}
+
+// lastRelayed is LastRelayed keeping only records check accepts (all when
+// check is nil); skipped counts the others. check sees a partition's
+// candidates from the highest seq down and stops at the first it accepts.
+func lastRelayed(ctx context.Context, brokers []string, topic string, opts []kgo.Opt, check func(relayed) (bool, error)) (last int64, skipped int, err error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
 	ends, err := adm.ListCommittedOffsets(ctx, topic)
 	if err != nil {
-		return 0, fmt.Errorf("relay: end offsets of %s: %w", topic, err)
+		return 0, 0, fmt.Errorf("relay: end offsets of %s: %w", topic, err)
 	}
 	starts, err := adm.ListStartOffsets(ctx, topic)
 	if err != nil {
-		return 0, fmt.Errorf("relay: start offsets of %s: %w", topic, err)
+		return 0, 0, fmt.Errorf("relay: start offsets of %s: %w", topic, err)
 	}
-	var last int64
 	for _, parts := range ends {
 		for p, end := range parts {
 			if end.Err != nil {
-				return 0, fmt.Errorf("relay: end offset of %s/%d: %w", topic, p, end.Err)
+				return 0, 0, fmt.Errorf("relay: end offset of %s/%d: %w", topic, p, end.Err)
 			}
 			start, _ := starts.Lookup(topic, p)
 			// Read backwards in growing windows until one holds a committed
-			// record (a window may hold only transaction markers).
+			// record that check accepts (a window may hold only transaction
+			// markers, or forged records).
 			for window := int64(64); ; window *= 4 {
 				from := max(end.Offset-window, start.Offset)
 				if from >= end.Offset {
 					break
 				}
-				seq, found, err := maxSeqFrom(ctx, brokers, opts, topic, p, from)
+				recs, err := tailFrom(ctx, brokers, opts, topic, p, from)
 				if err != nil {
-					return 0, err
+					return 0, 0, err
+				}
+				slices.SortStableFunc(recs, func(a, b relayed) int { return cmp.Compare(b.seq, a.seq) })
+				found, rejected := false, 0
+				for _, rec := range recs {
+					ok := true
+					if check != nil {
+						if ok, err = check(rec); err != nil {
+							return 0, 0, err
+						}
+					}
+					if ok {
+						last, found = max(last, rec.seq), true
+						break
+					}
+					rejected++
 				}
 				if found || from == start.Offset {
-					last = max(last, seq)
+					skipped += rejected
 					break
 				}
 			}
 		}
 	}
-	return last, nil
+	return last, skipped, nil
 }
 
-// maxSeqFrom reads a partition from an offset to its committed end and
-// returns the highest outbox seq seen.
-func maxSeqFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic string, p int32, from int64) (int64, bool, error) {
+// outboxCheck accepts a record of the topic as relayed only if the outbox
+// vouches for it: its seq was handed out by the outbox's sequence, and
+// either the outbox row with that seq has the record's entity and history
+// seq, or the row is gone because it was purged (a seq below every row
+// kept: the relay purges only relayed rows, oldest first). A seq in a gap
+// the outbox never filled (a rolled-back change), one above every seq
+// handed out, or a record that does not match its row is forged or comes
+// from another database, and must not move the point the relay resumes
+// from: that would skip real changes for good.
+func (r *Relay) outboxCheck(ctx context.Context) func(relayed) (bool, error) {
+	return func(rec relayed) (bool, error) {
+		var (
+			handedOut, minKept   *int64
+			rowEntity, rowHistor *int64
+		)
+		err := r.Pool.QueryRow(ctx, `
+			select (select case when is_called then last_value else last_value - 1 end
+			          from canopy.outbox_seq_seq),
+			       (select min(seq) from canopy.outbox),
+			       o.entity_id, o.history_seq
+			  from (select 1) one left join canopy.outbox o on o.seq = $1`, rec.seq).
+			Scan(&handedOut, &minKept, &rowEntity, &rowHistor)
+		if err != nil {
+			return false, fmt.Errorf("relay: check a relayed record against the outbox: %w", err)
+		}
+		if rec.seq <= 0 || handedOut == nil || rec.seq > *handedOut {
+			return false, nil
+		}
+		if rowEntity == nil {
+			return minKept == nil || rec.seq < *minKept, nil
+		}
+		var m Message
+		if err := json.Unmarshal(rec.value, &m); err != nil {
+			return false, nil
+		}
+		return m.OutboxSeq == rec.seq && m.EntityID == *rowEntity && m.HistorySeq == *rowHistor, nil
+	}
+}
+
+// tailFrom reads a partition from an offset to its committed end and
+// returns the records that carry an outbox seq.
+func tailFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic string, p int32, from int64) ([]relayed, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
@@ -373,13 +450,10 @@ func maxSeqFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic str
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(from)}}),
 	}, opts...)...)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	defer cl.Close()
-	var (
-		best  int64
-		found bool
-	)
+	var out []relayed
 	for {
 		// Nothing new is produced while we hold the relay lock, so a poll
 		// that brings no record within a few fetch waits is the end.
@@ -387,21 +461,21 @@ func maxSeqFrom(ctx context.Context, brokers []string, opts []kgo.Opt, topic str
 		fs := cl.PollFetches(pctx)
 		cancel()
 		if ctx.Err() != nil {
-			return 0, false, ctx.Err()
+			return nil, ctx.Err()
 		}
 		for _, fe := range fs.Errors() {
 			if !errors.Is(fe.Err, context.DeadlineExceeded) {
-				return 0, false, fmt.Errorf("relay: read tail of %s/%d: %w", topic, p, fe.Err)
+				return nil, fmt.Errorf("relay: read tail of %s/%d: %w", topic, p, fe.Err)
 			}
 		}
 		if fs.NumRecords() == 0 {
-			return best, found, nil
+			return out, nil
 		}
 		fs.EachRecord(func(rec *kgo.Record) {
 			for _, h := range rec.Headers {
 				if h.Key == HeaderOutboxSeq {
 					if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
-						best, found = max(best, v), true
+						out = append(out, relayed{seq: v, value: rec.Value})
 					}
 				}
 			}
