@@ -335,27 +335,8 @@ func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
 	if skip {
 		e.vars = append(e.vars, "CANOPY_INGEST_SUSPENDED_ANCESTORS=skip")
 	}
-	rng := rand.New(rand.NewPCG(uint64(seed), 11))
-	forest := hierarchy.Synthesize(nEntities, seed)
-	var csv bytes.Buffer
-	if err := hierarchy.WriteCSV(&csv, forest); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "hierarchy.csv")
-	if err := os.WriteFile(file, csv.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.run("hierarchy", "import", file)
-	l := &living{t: t, e: e, rng: rng, h: history{}, nextID: int64(nEntities) + 1}
-	for _, f := range forest {
-		l.h[f.ID] = []version{{parent: f.ParentID, status: f.Status.String()}}
-		l.ids = append(l.ids, f.ID)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("seed %d; hierarchy changes:\n%s", seed, strings.Join(l.log, "\n"))
-		}
-	})
+	l := newLiving(t, e, nEntities, seed, 11)
+	rng := l.rng
 
 	_ = e.startRelay(0)
 	for i := 1; i <= 3; i++ {
@@ -520,4 +501,33 @@ func (e *env) compareEntities(l *living) {
 		sort.Strings(bad)
 		e.t.Errorf("entities differ (%d problems):\n%s", len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
 	}
+}
+
+// newLiving imports a synthesized hierarchy of nEntities (seed) into e and
+// returns the model of its history that the test's changes update; stream
+// separates the random sequences of tests sharing a seed.
+func newLiving(t *testing.T, e *env, nEntities int, seed int64, stream uint64) *living {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(uint64(seed), stream))
+	forest := hierarchy.Synthesize(nEntities, seed)
+	var csv bytes.Buffer
+	if err := hierarchy.WriteCSV(&csv, forest); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "hierarchy.csv")
+	if err := os.WriteFile(file, csv.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.run("hierarchy", "import", file)
+	l := &living{t: t, e: e, rng: rng, h: history{}, nextID: int64(nEntities) + 1}
+	for _, f := range forest {
+		l.h[f.ID] = []version{{parent: f.ParentID, status: f.Status.String()}}
+		l.ids = append(l.ids, f.ID)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("seed %d; hierarchy changes:\n%s", seed, strings.Join(l.log, "\n"))
+		}
+	})
+	return l
 }
