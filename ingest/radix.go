@@ -10,12 +10,35 @@ func radixSort(a, buf []fanoutLink, keyBits int) []fanoutLink {
 	if len(a) < 2 || passes == 0 {
 		return a
 	}
-	// One read of the keys counts every byte.
+	// One read of the keys counts every byte (unrolled: the loop over the
+	// passes cost more than the counting).
 	var counts [8][256]int
 	for _, it := range a {
 		k := it.key
-		for p := range passes {
-			counts[p][byte(k>>(8*p))]++
+		switch passes {
+		case 8:
+			counts[7][byte(k>>56)]++
+			fallthrough
+		case 7:
+			counts[6][byte(k>>48)]++
+			fallthrough
+		case 6:
+			counts[5][byte(k>>40)]++
+			fallthrough
+		case 5:
+			counts[4][byte(k>>32)]++
+			fallthrough
+		case 4:
+			counts[3][byte(k>>24)]++
+			fallthrough
+		case 3:
+			counts[2][byte(k>>16)]++
+			fallthrough
+		case 2:
+			counts[1][byte(k>>8)]++
+			fallthrough
+		default:
+			counts[0][byte(k)]++
 		}
 	}
 	src, dst := a, buf[:len(a)]
