@@ -249,7 +249,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		failedAt []int64 // offset of each failure's record
 		valid    = make([]decoded, 0, len(recs))
 		claims   = make([]Claim, 0, len(recs))
-		seen     = make(map[string]bool, len(recs))
+		seen     map[string]bool // the ids of this batch, unless every decoded record is claimed
 		types    = map[string]bool{}
 		maxTypes = p.maxTypes()
 		counts   = Counts{Records: uint32(len(recs))}
@@ -264,6 +264,14 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		*bufp = chainBuf[:0]
 		ancestorBufs.Put(bufp)
 	}()
+	if want := len(recs) * 8; cap(chainBuf) < want {
+		// The pool loses its buffers at every garbage collection, and a
+		// batch collects: room for chains of 8 at once, not by doubling.
+		chainBuf = make([]Ancestor, 0, want)
+	}
+	if !every {
+		seen = make(map[string]bool, len(recs))
+	}
 	for i, r := range recs {
 		if every {
 			if c, ok := releaseOf(r); ok {
@@ -367,7 +375,10 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	for i := range valid {
 		links += len(valid[i].chain)
 	}
-	hourly, daily := newFanoutBuilder(nm, false, links), newFanoutBuilder(nm, true, links)
+	// The daily rollup is summed from the hourly one (dailyOf), not from a
+	// second fan-out of every link.
+	hourly := newFanoutBuilder(nm, false, links)
+	hourly.reserve(len(valid))
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range valid {
 		d := &valid[i]
@@ -377,7 +388,6 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		}
 		b.Events = append(b.Events, Accepted{Event: d.ev, Offset: d.offset})
 		hourly.add(&d.ev, d.chain)
-		daily.add(&d.ev, d.chain)
 		if d.current != nil {
 			if moved == nil {
 				moved = NewRollup(nm)
@@ -386,7 +396,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 			addDaily(moved, &d.ev, d.current, 1)
 		}
 	}
-	b.Hourly, b.Daily = hourly.rollup(), daily.rollup()
+	b.Hourly, b.Daily = hourly.rollups()
 	b.AsIs = b.Daily
 	if moved != nil {
 		b.AsIs = Merge(b.Daily, moved)

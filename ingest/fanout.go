@@ -75,6 +75,12 @@ func newFanoutBuilder(measures int, day bool, links int) *fanoutBuilder {
 		minEntity: math.MaxInt64, maxEntity: math.MinInt64, minBucket: math.MaxInt64, maxBucket: math.MinInt64}
 }
 
+// reserve makes room for the given number of events more.
+func (f *fanoutBuilder) reserve(events int) {
+	f.events = slices.Grow(f.events, events)
+	f.values = slices.Grow(f.values, events*f.measures)
+}
+
 // add adds ev once per link of chain.
 func (f *fanoutBuilder) add(ev *Event, chain []Ancestor) {
 	t, ok := f.types[ev.Type]
@@ -155,6 +161,21 @@ func (f *fanoutBuilder) layout() (keyLayout, bool) {
 
 // rollup returns the sorted sums.
 func (f *fanoutBuilder) rollup() *Rollup {
+	r, _ := f.rollupOrdered(false)
+	return r
+}
+
+// rollups returns the sorted sums, and for an hourly builder also the
+// daily ones summed from them (dailyOf).
+func (f *fanoutBuilder) rollups() (hourly, daily *Rollup) {
+	r, order := f.rollupOrdered(true)
+	return r, dailyOf(r, order)
+}
+
+// rollupOrdered returns the sorted sums and, if withOrder, the rank of each
+// row's depth and type among the batch's (depth, type) pairs, in the order
+// of Rollup.Sort.
+func (f *fanoutBuilder) rollupOrdered(withOrder bool) (*Rollup, []uint32) {
 	// Types sort by name: renumber them by rank.
 	rank := make([]uint16, len(f.names))
 	order := make([]int, len(f.names))
@@ -170,13 +191,13 @@ func (f *fanoutBuilder) rollup() *Rollup {
 		names[rank[i]] = n
 	}
 	if l, ok := f.layout(); ok {
-		return f.rollupPacked(l, rank, names)
+		return f.rollupPacked(l, rank, names, withOrder)
 	}
-	return f.rollupCompared(rank, names)
+	return f.rollupComparedOrdered(rank, names, withOrder)
 }
 
 // rollupPacked sorts the links by packed key.
-func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string) *Rollup {
+func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string, withOrder bool) (*Rollup, []uint32) {
 	// The bucket and type part of the key is the event's: pack it once per
 	// event.
 	evKey := make([]uint64, len(f.events))
@@ -202,6 +223,10 @@ func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string)
 		}
 	}
 	r := newSortedRollup(f.measures, rows)
+	var order []uint32
+	if withOrder {
+		order = make([]uint32, rows)
+	}
 	row := -1
 	for i, it := range items {
 		if i == 0 || it.key != items[i-1].key {
@@ -212,11 +237,14 @@ func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string)
 				Depth:    uint8(it.key >> l.depthShift & l.depthMask),                              //nolint:gosec // masked to its bits
 				Type:     names[it.key&l.typeMask],
 			}
+			if order != nil {
+				order[row] = uint32(it.key & (1<<l.bucketShift - 1)) //nolint:gosec // depth and type rank: < 2^24
+			}
 		}
 		r.Events[row]++
 		r.addValues(row, f.values[int(it.event)*f.measures:][:f.measures])
 	}
-	return r
+	return r, order
 }
 
 // fanoutEntry is one chain link with its full key: the comparison sort's
@@ -232,6 +260,13 @@ type fanoutEntry struct {
 // rollupCompared sorts the links with a comparison sort: keys that do not
 // pack into 64 bits (ids or times spread over most of their range).
 func (f *fanoutBuilder) rollupCompared(rank []uint16, names []string) *Rollup {
+	r, _ := f.rollupComparedOrdered(rank, names, false)
+	return r
+}
+
+// rollupComparedOrdered is rollupCompared, with the rows' order of depth and
+// type if withOrder (see rollupOrdered).
+func (f *fanoutBuilder) rollupComparedOrdered(rank []uint16, names []string, withOrder bool) (*Rollup, []uint32) {
 	entries := make([]fanoutEntry, len(f.links))
 	for i, k := range f.links {
 		entries[i] = fanoutEntry{entity: int64(k.key), //nolint:gosec // two's complement back
@@ -252,16 +287,23 @@ func (f *fanoutBuilder) rollupCompared(rank []uint16, names []string) *Rollup {
 		}
 	}
 	r := newSortedRollup(f.measures, rows)
+	var order []uint32
+	if withOrder {
+		order = make([]uint32, rows)
+	}
 	row := -1
 	for i, e := range entries {
 		if i == 0 || !sameKey(e, entries[i-1]) {
 			row++
 			r.Keys[row] = RollupKey{EntityID: e.entity, Bucket: e.bucket, Depth: e.depth, Type: names[e.typ]}
+			if order != nil {
+				order[row] = uint32(e.depth)<<16 | uint32(e.typ)
+			}
 		}
 		r.Events[row]++
 		r.addValues(row, f.values[int(e.event)*f.measures:][:f.measures])
 	}
-	return r
+	return r, order
 }
 
 // newSortedRollup returns a rollup of n zero rows, to be filled in order.
@@ -276,3 +318,66 @@ func newSortedRollup(measures, n int) *Rollup {
 func sameKey(a, b fanoutEntry) bool {
 	return a.entity == b.entity && a.bucket == b.bucket && a.depth == b.depth && a.typ == b.typ
 }
+
+// dailyOf returns the daily rollup of h, a sorted hourly rollup, given
+// order, the rank of each of its rows' (depth, type) in the order of
+// Rollup.Sort (see rollupOrdered): the rows of Rollup.Add for every event
+// and link followed by Sort, as a daily fanoutBuilder would give, without
+// fanning the batch out a second time. An hour lies in one day, and the
+// hours of a day are consecutive, so among the hourly rows sorted by
+// entity and hour those of one entity and day are adjacent: ordering each
+// such run by depth and type (a run is a handful of rows, often in order
+// already) puts the rows in daily order, where equal keys are adjacent and
+// sum to one row.
+func dailyOf(h *Rollup, order []uint32) *Rollup {
+	n := h.Len()
+	d := newSortedRollup(len(h.Sums), n) // at most as many rows; trimmed below
+	var run []int32                      // the rows of a run in daily order
+	row := -1
+	for start := 0; start < n; {
+		first := &h.Keys[start]
+		day := dayOf(first.Bucket)
+		end, ordered := start+1, true
+		for ; end < n; end++ {
+			k := &h.Keys[end]
+			if k.EntityID != first.EntityID || k.Bucket != h.Keys[end-1].Bucket && dayOf(k.Bucket) != day {
+				break
+			}
+			ordered = ordered && order[end-1] <= order[end]
+		}
+		run = run[:0]
+		for i := start; i < end; i++ {
+			run = append(run, int32(i)) //nolint:gosec // rows < 2^31
+		}
+		if !ordered {
+			// Insertion sort: runs are short.
+			for i := 1; i < len(run); i++ {
+				for j := i; j > 0 && order[run[j-1]] > order[run[j]]; j-- {
+					run[j-1], run[j] = run[j], run[j-1]
+				}
+			}
+		}
+		for i, p := range run {
+			if i == 0 || order[run[i-1]] != order[p] {
+				k := &h.Keys[p]
+				row++
+				d.Keys[row] = RollupKey{EntityID: k.EntityID, Bucket: day, Depth: k.Depth, Type: k.Type}
+			}
+			d.Events[row] += h.Events[p]
+			for m := range d.Sums {
+				d.Sums[m][row].AddSum(h.Sums[m][p])
+			}
+		}
+		start = end
+	}
+	rows := row + 1
+	d.Keys, d.Events = d.Keys[:rows:rows], d.Events[:rows:rows]
+	for m := range d.Sums {
+		d.Sums[m] = d.Sums[m][:rows:rows]
+	}
+	return d
+}
+
+// dayOf is the day bucket of an hour bucket (or of any time): truncated
+// as fanout truncates, so the day of an event's hour is the event's day.
+func dayOf(unix int64) int64 { return unix - unix%secondsPerDay }
