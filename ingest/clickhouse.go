@@ -138,38 +138,21 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 	}
 	ms := s.Schema.Measures
 	n := r.Len()
-	entities := make([]uint64, n)
-	buckets := make(bucketColumn, n)
-	depths := make([]uint8, n)
-	types := make([]string, n)
-	for i, k := range r.Keys {
-		entities[i] = uint64(k.EntityID) //nolint:gosec // ids are >= 1
-		buckets[i] = k.Bucket
-		depths[i] = k.Depth
-		types[i] = k.Type
-	}
-	units := unitColumn(buckets, unit)
+	// The columns are encoded from the rollup as they are read (keyColumn,
+	// int64Sums, constUint64, unitColumn): no copy of the rows in between.
 	vals := make([]any, 0, 7+len(ms))
-	vals = append(vals, entities, buckets, depths, types, r.Events)
+	vals = append(vals, keyColumn{r.Keys, keyEntity}, keyColumn{r.Keys, keyBucket}, keyColumn{r.Keys, keyDepth}, keyColumn{r.Keys, keyType}, r.Events)
 	for m, meas := range ms {
 		if meas.Kind == schema.KindDecimal {
 			vals = append(vals, decimalColumn{scale: meas.Scale, sums: r.Sums[m]})
 		} else {
-			col := make([]int64, n)
-			for i, sum := range r.Sums[m] {
-				col[i] = int64(sum.Lo) //nolint:gosec // Int64 sums wrap as ClickHouse's do
-			}
-			vals = append(vals, col)
+			vals = append(vals, int64Sums(r.Sums[m]))
 		}
 	}
 	if table == schema.TableRollupAsIs {
-		tags := make([]uint64, n)
-		for i := range tags {
-			tags[i] = uint64(pending) //nolint:gosec // versions are >= 0
-		}
-		vals = append(vals, tags)
+		vals = append(vals, constUint64{v: uint64(pending), n: n}) //nolint:gosec // versions are >= 0
 	}
-	vals = append(vals, units)
+	vals = append(vals, unitColumn{r.Keys, unit})
 	batch, err := s.prepare(ctx, into, cols)
 	if err != nil {
 		return err
@@ -180,6 +163,148 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 // bucketColumn is a rollup's bucket column in Unix seconds (UTC), for a
 // DateTime or a Date column.
 type bucketColumn []int64
+
+// keyColumn is one field of a rollup's keys as a column: the entity
+// (UInt64), the bucket (a bucketColumn) or the depth (UInt8).
+type keyColumn struct {
+	keys  []RollupKey
+	field keyField
+}
+
+type keyField int
+
+const (
+	keyEntity keyField = iota
+	keyBucket
+	keyDepth
+	keyType // a String column
+)
+
+// values returns the column as the slice appendColumn takes for it.
+func (c keyColumn) values() any {
+	switch c.field {
+	case keyEntity:
+		v := make([]uint64, len(c.keys))
+		for i := range c.keys {
+			v[i] = uint64(c.keys[i].EntityID) //nolint:gosec // ids are >= 1
+		}
+		return v
+	case keyBucket:
+		v := make(bucketColumn, len(c.keys))
+		for i := range c.keys {
+			v[i] = c.keys[i].Bucket
+		}
+		return v
+	case keyDepth:
+		v := make([]uint8, len(c.keys))
+		for i := range c.keys {
+			v[i] = c.keys[i].Depth
+		}
+		return v
+	default:
+		v := make([]string, len(c.keys))
+		for i := range c.keys {
+			v[i] = c.keys[i].Type
+		}
+		return v
+	}
+}
+
+// unitColumn is the ingest_unit column of a rollup block: the unit on the
+// first row of each month and "" elsewhere. ClickHouse splits an INSERT by
+// partition (toYYYYMM(bucket)) and hashes each part for deduplication, so
+// one row per month is what makes every part of the block unique to its
+// batch; repeating the unit on every row only made the block larger (it was
+// the largest column of the rollups).
+type unitColumn struct {
+	keys []RollupKey
+	unit string
+}
+
+// marked calls mark for each row that carries the unit, in order.
+func (c unitColumn) marked(mark func(row int)) {
+	var months []struct{ lo, hi int64 } // seconds [lo, hi) of the months seen
+	last := -1                          // the month of the row before
+next:
+	for i := range c.keys {
+		b := c.keys[i].Bucket
+		if last >= 0 && b >= months[last].lo && b < months[last].hi {
+			continue
+		}
+		for m, r := range months { // a batch spans a month or two
+			if b >= r.lo && b < r.hi {
+				last = m
+				continue next
+			}
+		}
+		t := time.Unix(b, 0).UTC()
+		first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		months = append(months, struct{ lo, hi int64 }{first.Unix(), first.AddDate(0, 1, 0).Unix()})
+		last = len(months) - 1
+		mark(i)
+	}
+}
+
+// values returns the column as strings.
+func (c unitColumn) values() []string {
+	units := make([]string, len(c.keys))
+	c.marked(func(row int) { units[row] = c.unit })
+	return units
+}
+
+// appendStrings appends the rows of a String column col one by one, each
+// a pointer to the string (an interface holding a pointer allocates
+// nothing; one holding a string copies it to the heap). row(i) returns row
+// i or nil for "".
+func appendStrings(col *column.String, rows, size int, row func(i int) *string) error {
+	presize(col, rows, size)
+	for i := range rows {
+		var err error
+		if p := row(i); p != nil {
+			err = col.AppendRow(p)
+		} else {
+			err = col.AppendRow("")
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rows returns the column in col's Native format when it has a fixed width
+// the column's type encodes (see appendColumn), else nil.
+func (c keyColumn) rows(col column.Interface) fixedRows {
+	switch col.(type) {
+	case *column.UInt64:
+		if c.field == keyEntity {
+			return entityRows(c.keys)
+		}
+	case *column.UInt8:
+		if c.field == keyDepth {
+			return depthRows(c.keys)
+		}
+	case *column.DateTime:
+		if c.field == keyBucket {
+			return bucketRows{keys: c.keys, w: 4}
+		}
+	case *column.Date:
+		if c.field == keyBucket {
+			return bucketRows{keys: c.keys, w: 2}
+		}
+	}
+	return nil
+}
+
+// int64Sums is an Int64 measure's sums as its column: each sum's low 64
+// bits, which wrap as ClickHouse's Int64 sums do.
+type int64Sums []schema.Sum128
+
+// constUint64 is a column of n rows of v.
+type constUint64 struct {
+	v uint64
+	n int
+}
 
 // decimalColumn is a decimal measure's column as counts of 10^-scale
 // units: units (events) or sums (rollups), one of them set.
@@ -263,6 +388,49 @@ func appendColumn(bc driver.BatchColumn, col column.Interface, v any) error {
 		if s, ok := col.(*column.String); ok {
 			presizeStrings(s, v)
 		}
+	case keyColumn:
+		if s, ok := col.(*column.String); ok && v.field == keyType {
+			size := 0
+			for i := range v.keys {
+				size += len(v.keys[i].Type)
+			}
+			return appendStrings(s, len(v.keys), size, func(i int) *string { return &v.keys[i].Type })
+		}
+		if rows = v.rows(col); rows == nil {
+			return appendColumn(bc, col, v.values())
+		}
+	case unitColumn:
+		s, ok := col.(*column.String)
+		if !ok {
+			return bc.Append(v.values())
+		}
+		marks := make([]bool, len(v.keys))
+		size := 0
+		v.marked(func(row int) { marks[row], size = true, size+len(v.unit) })
+		return appendStrings(s, len(v.keys), size, func(i int) *string {
+			if marks[i] {
+				return &v.unit
+			}
+			return nil
+		})
+	case int64Sums:
+		if _, ok := col.(*column.Int64); !ok {
+			lo := make([]int64, len(v))
+			for i, sum := range v {
+				lo[i] = int64(sum.Lo) //nolint:gosec // wraps as ClickHouse's sums do
+			}
+			return bc.Append(lo)
+		}
+		rows = int64SumRows(v)
+	case constUint64:
+		if _, ok := col.(*column.UInt64); !ok {
+			vals := make([]uint64, v.n)
+			for i := range vals {
+				vals[i] = v.v
+			}
+			return bc.Append(vals)
+		}
+		rows = v
 	}
 	if rows == nil {
 		return bc.Append(v)
@@ -289,18 +457,23 @@ func appendColumn(bc driver.BatchColumn, col column.Interface, v any) error {
 // Whatever the driver's decoder does, col is empty afterwards and Append
 // writes the same rows.
 func presizeStrings(col *column.String, vals []string) {
-	if col.Rows() != 0 || len(vals) == 0 {
-		return
-	}
 	size := 0
 	for _, v := range vals {
 		size += len(v)
+	}
+	presize(col, len(vals), size)
+}
+
+// presize is presizeStrings for rows strings of size bytes in all.
+func presize(col *column.String, rows, size int) {
+	if col.Rows() != 0 || rows == 0 {
+		return
 	}
 	// Below 128 bytes the decoder sizes for every row at the first row's
 	// length: announce 128.
 	var hdr [binary.MaxVarintLen64]byte
 	n := binary.PutUvarint(hdr[:], uint64(max(size, 128))) //nolint:gosec // a length
-	_ = col.Decode(proto.NewReader(bytes.NewReader(hdr[:n])), len(vals))
+	_ = col.Decode(proto.NewReader(bytes.NewReader(hdr[:n])), rows)
 	col.Reset()
 }
 
@@ -378,6 +551,76 @@ func (r int32Rows) len() int    { return len(r) }
 func (r uint8Rows) len() int    { return len(r) }
 
 func (r decimalRows) len() int { return r.d.len() }
+
+type (
+	entityRows   []RollupKey
+	depthRows    []RollupKey
+	int64SumRows []schema.Sum128
+	bucketRows   struct {
+		keys []RollupKey
+		w    int // 4: DateTime, 2: Date
+	}
+)
+
+func (r entityRows) len() int   { return len(r) }
+func (r depthRows) len() int    { return len(r) }
+func (r int64SumRows) len() int { return len(r) }
+func (r bucketRows) len() int   { return len(r.keys) }
+func (r constUint64) len() int  { return r.n }
+func (entityRows) width() int   { return 8 }
+func (depthRows) width() int    { return 1 }
+func (int64SumRows) width() int { return 8 }
+func (r bucketRows) width() int { return r.w }
+func (constUint64) width() int  { return 8 }
+
+func (r entityRows) encode(p []byte, from int) int {
+	k := min(len(p)/8, len(r)-from)
+	for i := range r[from : from+k] {
+		binary.LittleEndian.PutUint64(p[8*i:], uint64(r[from+i].EntityID)) //nolint:gosec // ids are >= 1
+	}
+	return k
+}
+
+func (r depthRows) encode(p []byte, from int) int {
+	k := min(len(p), len(r)-from)
+	for i := range r[from : from+k] {
+		p[i] = r[from+i].Depth
+	}
+	return k
+}
+
+func (r int64SumRows) encode(p []byte, from int) int {
+	k := min(len(p)/8, len(r)-from)
+	for i := range r[from : from+k] {
+		binary.LittleEndian.PutUint64(p[8*i:], r[from+i].Lo)
+	}
+	return k
+}
+
+func (r constUint64) encode(p []byte, from int) int {
+	k := min(len(p)/8, r.n-from)
+	for i := range k {
+		binary.LittleEndian.PutUint64(p[8*i:], r.v)
+	}
+	return k
+}
+
+// encode writes the buckets as dateTimeRows or dateRows do.
+func (r bucketRows) encode(p []byte, from int) int {
+	k := min(len(p)/r.w, len(r.keys)-from)
+	for i := range k {
+		v := r.keys[from+i].Bucket
+		if v == zeroTimeUnix {
+			v = 0
+		}
+		if r.w == 4 {
+			binary.LittleEndian.PutUint32(p[4*i:], uint32(v)) //nolint:gosec // wraps as the driver's
+		} else {
+			binary.LittleEndian.PutUint16(p[2*i:], uint16(v/secondsPerDay)) //nolint:gosec // wraps as the driver's
+		}
+	}
+	return k
+}
 
 func (dateTimeRows) width() int { return 4 }
 func (dateRows) width() int     { return 2 }
@@ -497,30 +740,6 @@ func (r *nativeReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
-}
-
-// unitColumn is the ingest_unit column of a rollup block: the unit on the
-// first row of each month and "" elsewhere. ClickHouse splits an INSERT by
-// partition (toYYYYMM(bucket)) and hashes each part for deduplication, so
-// one row per month is what makes every part of the block unique to its
-// batch; repeating the unit on every row only made the block larger (it was
-// the largest column of the rollups).
-func unitColumn(buckets []int64, unit string) []string {
-	units := make([]string, len(buckets))
-	var months []struct{ lo, hi int64 } // seconds [lo, hi) of the months seen
-next:
-	for i, b := range buckets {
-		for _, m := range months { // a batch spans a month or two
-			if b >= m.lo && b < m.hi {
-				continue next
-			}
-		}
-		t := time.Unix(b, 0).UTC()
-		first := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
-		months = append(months, struct{ lo, hi int64 }{first.Unix(), first.AddDate(0, 1, 0).Unix()})
-		units[i] = unit
-	}
-	return units
 }
 
 func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {

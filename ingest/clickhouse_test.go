@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -22,11 +23,11 @@ import (
 func TestUnitColumnMarksEveryMonth(t *testing.T) {
 	day := func(s string) time.Time { d, _ := time.Parse(time.DateOnly, s); return d }
 	buckets := []time.Time{day("2026-10-30"), day("2026-11-01"), day("2026-10-31"), day("2026-11-02"), day("2026-12-01"), day("2026-10-30")}
-	secs := make([]int64, len(buckets))
+	keys := make([]RollupKey, len(buckets))
 	for i, b := range buckets {
-		secs[i] = b.Unix()
+		keys[i].Bucket = b.Unix()
 	}
-	got := unitColumn(secs, "t/0/5")
+	got := unitColumn{keys, "t/0/5"}.values()
 	perMonth := map[time.Month]int{}
 	for i, u := range got {
 		switch u {
@@ -42,7 +43,7 @@ func TestUnitColumnMarksEveryMonth(t *testing.T) {
 			t.Errorf("%s carries the unit on %d rows, want 1 (%q)", m, perMonth[m], got)
 		}
 	}
-	if len(unitColumn(nil, "x")) != 0 {
+	if len(unitColumn{nil, "x"}.values()) != 0 {
 		t.Error("an empty block has units")
 	}
 }
@@ -80,6 +81,12 @@ func TestAppendColumnEncodesAsDriver(t *testing.T) {
 		strs = append(strs, strings.Repeat("z", rng.IntN(200)))
 	}
 	small := []int64{0, 1, -1, math.MaxInt32, math.MinInt32, 12345678}
+	keys := []RollupKey{{EntityID: 1, Bucket: 0, Depth: 0}, {EntityID: math.MaxInt64, Bucket: 1_790_000_000 - 1_790_000_000%86400, Depth: 255},
+		{EntityID: 42, Bucket: -86400, Depth: 7}, {EntityID: 7, Bucket: 1 << 33, Depth: 1}, {EntityID: 8, Bucket: zeroTimeUnix, Depth: 2}}
+	typedKeys := slices.Clone(keys)
+	for i := range typedKeys {
+		typedKeys[i].Type = []string{"sale", "", strings.Repeat("t", 200), "refund", "é"}[i%5]
+	}
 	for _, c := range []struct {
 		name    string
 		typ     column.Type
@@ -108,6 +115,23 @@ func TestAppendColumnEncodesAsDriver(t *testing.T) {
 		{"String, every row empty", "String", []string{"", "", ""}, false},
 		{"String, no rows", "String", []string{}, false},
 		{"a wrapper type: the driver converts", "Nullable(Int64)", units, false},
+		{"rollup entities", "UInt64", keyColumn{keys, keyEntity}, false},
+		{"rollup depths", "UInt8", keyColumn{keys, keyDepth}, false},
+		{"rollup hours", "DateTime('UTC')", keyColumn{keys, keyBucket}, false},
+		{"rollup days", "Date", keyColumn{keys, keyBucket}, false},
+		{"rollup entities, another type: the driver converts", "Nullable(UInt64)", keyColumn{keys, keyEntity}, false},
+		{"rollup depths, another type: the driver converts", "Nullable(UInt8)", keyColumn{keys, keyDepth}, false},
+		{"rollup buckets, another type: the driver converts", "DateTime64(3, 'UTC')", keyColumn{keys, keyBucket}, false},
+		{"Int64 sums", "Int64", int64Sums(sums), false},
+		{"Int64 sums, another type: the driver converts", "Nullable(Int64)", int64Sums(sums), false},
+		{"a constant", "UInt64", constUint64{v: 1 << 40, n: 3}, false},
+		{"a constant, another type: the driver converts", "Nullable(UInt64)", constUint64{v: 5, n: 2}, false},
+		{"no keys", "UInt64", keyColumn{nil, keyEntity}, false},
+		{"rollup types", "String", keyColumn{typedKeys, keyType}, false},
+		{"rollup types, another type: the driver converts", "Nullable(String)", keyColumn{typedKeys, keyType}, false},
+		{"ingest units", "String", unitColumn{keys, "t/0/5@1790000000"}, false},
+		{"ingest units, another type: the driver converts", "Nullable(String)", unitColumn{keys, "u"}, false},
+		{"no units", "String", unitColumn{nil, "u"}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sc := &column.ServerContext{Timezone: time.FixedZone("server", 3*3600)}
@@ -126,6 +150,33 @@ func TestAppendColumnEncodesAsDriver(t *testing.T) {
 					times[i] = time.Unix(b, 0).UTC()
 				}
 				v = times
+			case keyColumn:
+				var entities []uint64
+				var depths []uint8
+				var times []time.Time
+				for _, k := range x.keys {
+					entities, depths = append(entities, uint64(k.EntityID)), append(depths, k.Depth)
+					times = append(times, time.Unix(k.Bucket, 0).UTC())
+				}
+				var types []string
+				for _, k := range x.keys {
+					types = append(types, k.Type)
+				}
+				v = map[keyField]any{keyEntity: entities, keyDepth: depths, keyBucket: times, keyType: types}[x.field]
+			case unitColumn:
+				v = x.values()
+			case int64Sums:
+				var lo []int64
+				for _, sum := range x {
+					lo = append(lo, int64(sum.Lo))
+				}
+				v = lo
+			case constUint64:
+				var vals []uint64
+				for range x.n {
+					vals = append(vals, x.v)
+				}
+				v = vals
 			}
 			_, wantErr := want.Append(v)
 			gotErr := appendColumn(batchColumn{got}, got, c.v)
@@ -251,7 +302,7 @@ func TestAppendStringsPresized(t *testing.T) {
 		})
 		if n == 1000 {
 			few = allocs
-		} else if allocs > few+2 {
+		} else if allocs > few+10 { // by doubling it would take some 30 more
 			t.Errorf("%d rows take %.0f allocations, 1000 rows %.0f: the column grew row by row", n, allocs, few)
 		}
 	}
