@@ -84,82 +84,33 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 }
 
 // Begin implements ingest.Ledger.
+//
+// The lease check, the restate lock and the intent go to PostgreSQL in one
+// pipeline (beginBatch): one round trip for a batch that claims nothing
+// (ingest.dedup=partitioned), where the pipeline is an implicit transaction
+// of its own; with claims (ingest.dedup=postgres) it opens an explicit
+// transaction that then claims the ids or reads the replay's claims.
 func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claims []ingest.Claim) (ingest.Intent, map[int64]bool, error) {
+	if len(claims) == 0 {
+		got, _, err := l.begin(ctx, l.Pool, epoch, in)
+		if err != nil {
+			return in, nil, err
+		}
+		return got, map[int64]bool{}, nil
+	}
 	var owned map[int64]bool
 	err := pgx.BeginFunc(ctx, l.Pool, func(tx pgx.Tx) error {
-		// FOR SHARE: a concurrent Acquire (an UPDATE) waits for this batch
-		// to commit, and this batch sees any Acquire that committed first.
-		// Epoch 0 is a batch below the group's committed offset, which no
-		// live owner reads again (canopy reconcile): no lease to check.
-		if epoch != 0 {
-			var current int64
-			err := tx.QueryRow(ctx, `select epoch from canopy.partition_leases
-				where src_topic = $1 and src_partition = $2 for share`, key(in.Source), in.Partition).Scan(&current)
-			if errors.Is(err, pgx.ErrNoRows) || (err == nil && current != epoch) {
-				return fmt.Errorf("%w (epoch %d, current %d)", ingest.ErrFenced, epoch, current)
-			}
-			if err != nil {
-				return err
-			}
-		}
-		// The restater's fence and progress, read under the lock it takes
-		// exclusively to move the fence (docs/hierarchy.md): once the fence
-		// is up, no new batch resolves with an older version.
-		// The lock must be held before the state is read, in its own
-		// statement: a statement's snapshot is taken when it starts, so one
-		// that waited for the lock inside would read the fence as it was
-		// before the restater moved it.
-		if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock_shared($1)`, RestateLockKey); err != nil {
-			return fmt.Errorf("restate lock: %w", err)
-		}
-		var (
-			fence, restated int64
-			paused          bool // canopy rebuild is swapping rollups: no new batch
-		)
-		if err := tx.QueryRow(ctx, `select fence, restated_through, coalesce(paused_until > now(), false)
-			from canopy.restate_state`).Scan(&fence, &restated, &paused); err != nil {
-			return fmt.Errorf("read restate state: %w", err)
-		}
-		pending := in.HierarchyVersion
-		if pending <= restated {
-			pending = 0
-		}
-		tag, err := tx.Exec(ctx, `
-			insert into canopy.ingest_intents
-			       (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at, fingerprint)
-			select $1, $2, $3, $4, $5, $6::bigint, $7, $8, nullif($11, '') where $6::bigint >= $9::bigint and not $10::boolean
-			on conflict do nothing`,
-			key(in.Source), in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, pending, in.CreatedAt, fence, paused, in.Fingerprint)
+		got, inserted, err := l.begin(ctx, tx, epoch, in)
 		if err != nil {
-			return fmt.Errorf("record intent: %w", err)
+			return err
 		}
-		if tag.RowsAffected() == 0 {
-			// An earlier attempt recorded this batch: replay it as it was,
-			// claiming nothing new.
-			var done *time.Time
-			err := tx.QueryRow(ctx, `
-				select last_offset, hierarchy_version, asis_tag, created_at, coalesce(fingerprint, ''), done_at from canopy.ingest_intents
-				 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
-				key(in.Source), in.Partition, in.First).Scan(&in.Last, &in.HierarchyVersion, &in.PendingVersion, &in.CreatedAt, &in.Fingerprint, &done)
-			if errors.Is(err, pgx.ErrNoRows) && paused {
-				return ingest.ErrPaused
-			}
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("%w: batch resolved with version %d, the restater's fence is %d",
-					ingest.ErrHierarchyBehind, in.HierarchyVersion, fence)
-			}
-			if err != nil {
-				return fmt.Errorf("read intent: %w", err)
-			}
-			in.CreatedAt = in.CreatedAt.UTC()
-			in.Replay, in.Done = true, done != nil
-		} else {
+		in = got
+		if inserted {
 			// A new batch owns exactly the ids it claims now. Claims that
 			// name its offsets but exist already were made by an earlier
 			// batch over the same offsets whose intent has been purged
 			// since (the range read again much later): those events are
 			// counted, and are duplicates here.
-			in.PendingVersion = pending
 			owned, err = insertClaims(ctx, tx, in, claims)
 			return err
 		}
@@ -202,6 +153,127 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		return in, nil, err
 	}
 	return in, owned, nil
+}
+
+// sender is a pool (its batches run as implicit transactions) or a
+// transaction.
+type sender interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// begin checks the lease, takes the restate lock and records the intent
+// unless one exists, in one round trip: three statements pipelined, run in
+// one transaction (db's, or the implicit one of the pipeline), each with
+// its own snapshot. It returns the intent to attempt — the recorded one on
+// a replay — and whether this call recorded it.
+func (l *Ledger) begin(ctx context.Context, db sender, epoch int64, in ingest.Intent) (ingest.Intent, bool, error) {
+	topic := key(in.Source)
+	b := &pgx.Batch{}
+	// FOR SHARE: a concurrent Acquire (an UPDATE) waits for this batch to
+	// commit, and this batch sees any Acquire that committed first.
+	// Epoch 0 is a batch below the group's committed offset, which no live
+	// owner reads again (canopy reconcile): no lease to check.
+	if epoch != 0 {
+		b.Queue(`select epoch from canopy.partition_leases
+			where src_topic = $1 and src_partition = $2 for share`, topic, in.Partition)
+	}
+	// The restater's fence and progress are read under the lock it takes
+	// exclusively to move the fence (docs/hierarchy.md): once the fence is
+	// up, no new batch resolves with an older version. The lock is taken by
+	// a statement of its own, before the one reading the state: a
+	// statement's snapshot is taken when it starts, so one that waited for
+	// the lock inside would read the fence as it was before the restater
+	// moved it. The pipeline keeps that order; it only saves the round
+	// trips between the statements.
+	b.Queue(`select pg_advisory_xact_lock_shared($1)`, RestateLockKey)
+	// The intent is recorded only if the lease is still this batch's (the
+	// row is locked since the first statement, so the check sees what that
+	// one saw), the batch's version is not below the fence and canopy
+	// rebuild does not pause writers. The statement also returns the
+	// intent recorded earlier for the same first offset, if its snapshot
+	// holds one.
+	b.Queue(`
+		with st as (
+		  select fence, restated_through, coalesce(paused_until > now(), false) as paused from canopy.restate_state),
+		ins as (
+		  insert into canopy.ingest_intents
+		         (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at, fingerprint)
+		  select $1, $2, $3, $4, $5, $6::bigint,
+		         case when $6::bigint <= st.restated_through then 0 else $6::bigint end, $7, nullif($8, '')
+		    from st
+		   where $6::bigint >= st.fence and not st.paused
+		     and ($5::bigint = 0 or exists (select 1 from canopy.partition_leases l
+		                                   where l.src_topic = $1 and l.src_partition = $2 and l.epoch = $5::bigint))
+		  on conflict do nothing
+		  returning asis_tag)
+		select st.fence, st.paused, (select asis_tag from ins),
+		       i.last_offset, i.hierarchy_version, i.asis_tag, i.created_at, coalesce(i.fingerprint, ''), i.done_at
+		  from st left join canopy.ingest_intents i
+		    on i.src_topic = $1 and i.src_partition = $2 and i.first_offset = $3`,
+		topic, in.Partition, in.First, in.Last, epoch, in.HierarchyVersion, in.CreatedAt, in.Fingerprint)
+	br := db.SendBatch(ctx, b)
+	defer br.Close()
+	if epoch != 0 {
+		var current int64
+		err := br.QueryRow().Scan(&current)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && current != epoch) {
+			return in, false, fmt.Errorf("%w (epoch %d, current %d)", ingest.ErrFenced, epoch, current)
+		}
+		if err != nil {
+			return in, false, err
+		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return in, false, fmt.Errorf("restate lock: %w", err)
+	}
+	var (
+		fence         int64
+		paused        bool // canopy rebuild is swapping rollups: no new batch
+		pending       *int64
+		last, hv, tag *int64
+		created, done *time.Time
+		fingerprint   string
+	)
+	err := br.QueryRow().Scan(&fence, &paused, &pending, &last, &hv, &tag, &created, &fingerprint, &done)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return in, false, errors.New("record intent: no restate state (canopy.restate_state is empty)")
+	}
+	if err != nil {
+		return in, false, fmt.Errorf("record intent: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return in, false, fmt.Errorf("record intent: %w", err)
+	}
+	if pending != nil {
+		in.PendingVersion = *pending
+		return in, true, nil
+	}
+	if last == nil {
+		// Not recorded, and no intent in the statement's snapshot: an
+		// intent committed meanwhile (the insert waited for it), or none,
+		// because the batch is fenced off or paused.
+		err := db.QueryRow(ctx, `
+			select last_offset, hierarchy_version, asis_tag, created_at, coalesce(fingerprint, ''), done_at from canopy.ingest_intents
+			 where src_topic = $1 and src_partition = $2 and first_offset = $3`,
+			topic, in.Partition, in.First).Scan(&last, &hv, &tag, &created, &fingerprint, &done)
+		if errors.Is(err, pgx.ErrNoRows) && paused {
+			return in, false, ingest.ErrPaused
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			return in, false, fmt.Errorf("%w: batch resolved with version %d, the restater's fence is %d",
+				ingest.ErrHierarchyBehind, in.HierarchyVersion, fence)
+		}
+		if err != nil {
+			return in, false, fmt.Errorf("read intent: %w", err)
+		}
+	}
+	// An earlier attempt recorded this batch: replay it as it was, claiming
+	// nothing new.
+	in.Last, in.HierarchyVersion, in.PendingVersion = *last, *hv, *tag
+	in.CreatedAt, in.Fingerprint = created.UTC(), fingerprint
+	in.Replay, in.Done = true, done != nil
+	return in, false, nil
 }
 
 // insertClaims claims ids in sorted order, so two batches claiming

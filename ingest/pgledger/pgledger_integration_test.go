@@ -216,3 +216,118 @@ func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
 		t.Fatalf("replay of a pre-upgrade batch = %+v, owns %v (%v); want a replay owning offset 11 only", got, owned, err)
 	}
 }
+
+// TestBeginWithoutClaims drives the claim-less Begin of partitioned
+// deduplication (one pipelined round trip) through each of its outcomes,
+// checking what PostgreSQL holds after each.
+func TestBeginWithoutClaims(t *testing.T) {
+	l := newLedger(t)
+	ctx := context.Background()
+	src := ingest.Source{Topic: "events.byid", Log: "id-2", Partition: 1}
+	created := time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC)
+	old, _ := l.Acquire(ctx, src, "a")
+	cur, err := l.Acquire(ctx, src, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(first, last, version int64) ingest.Intent {
+		return ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: src.Partition, First: first, Last: last},
+			HierarchyVersion: version, CreatedAt: created, Fingerprint: "f1"}
+	}
+	intents := func() int {
+		var n int
+		if err := l.Pool.QueryRow(ctx, "select count(*) from canopy.ingest_intents").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	setState := func(sql string) {
+		if _, err := l.Pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A stale epoch, and a partition never leased, are fenced off.
+	if _, _, err := l.Begin(ctx, old, batch(0, 9, 5), nil); !errors.Is(err, ingest.ErrFenced) {
+		t.Fatalf("Begin with a stale epoch = %v, want ErrFenced", err)
+	}
+	other := batch(0, 9, 5)
+	other.Partition = 2
+	if _, _, err := l.Begin(ctx, cur, other, nil); !errors.Is(err, ingest.ErrFenced) {
+		t.Fatalf("Begin on an unleased partition = %v, want ErrFenced", err)
+	}
+	if n := intents(); n != 0 {
+		t.Fatalf("fenced Begins recorded %d intents", n)
+	}
+
+	// A new batch is recorded as given; restated through 3, its version 5
+	// is pending.
+	setState("update canopy.restate_state set fence = 2, restated_through = 3")
+	in, owned, err := l.Begin(ctx, cur, batch(0, 9, 5), nil)
+	if err != nil || in.Replay || in.Done || in.Last != 9 || in.HierarchyVersion != 5 || in.PendingVersion != 5 || len(owned) != 0 {
+		t.Fatalf("new Begin = %+v, %v, %v", in, owned, err)
+	}
+	var (
+		epoch, tag int64
+		fp         string
+	)
+	if err := l.Pool.QueryRow(ctx, `select epoch, asis_tag, fingerprint from canopy.ingest_intents
+		where src_topic = 'events.byid@id-2' and src_partition = 1 and first_offset = 0`).Scan(&epoch, &tag, &fp); err != nil {
+		t.Fatal(err)
+	}
+	if epoch != cur || tag != 5 || fp != "f1" {
+		t.Fatalf("recorded intent: epoch %d, asis_tag %d, fingerprint %q; want %d, 5, f1", epoch, tag, fp, cur)
+	}
+
+	// A version the restater has restated is not pending.
+	in, _, err = l.Begin(ctx, cur, batch(10, 19, 3), nil)
+	if err != nil || in.Replay || in.PendingVersion != 0 {
+		t.Fatalf("Begin at a restated version = %+v, %v", in, err)
+	}
+
+	// A second Begin at the same first offset replays the recorded intent.
+	retry := batch(0, 30, 8)
+	retry.CreatedAt, retry.Fingerprint = created.Add(time.Hour), "f2"
+	in, _, err = l.Begin(ctx, cur, retry, nil)
+	if err != nil || !in.Replay || in.Done || in.Last != 9 || in.HierarchyVersion != 5 || in.PendingVersion != 5 ||
+		!in.CreatedAt.Equal(created) || in.Fingerprint != "f1" {
+		t.Fatalf("replayed Begin = %+v, %v", in, err)
+	}
+	if err := l.Done(ctx, in.Source); err != nil {
+		t.Fatal(err)
+	}
+	if in, _, err = l.Begin(ctx, cur, retry, nil); err != nil || !in.Replay || !in.Done {
+		t.Fatalf("Begin of a done batch = %+v, %v", in, err)
+	}
+
+	// Below the fence a new batch is refused; a recorded one still replays.
+	setState("update canopy.restate_state set fence = 7")
+	if _, _, err := l.Begin(ctx, cur, batch(20, 29, 6), nil); !errors.Is(err, ingest.ErrHierarchyBehind) {
+		t.Fatalf("Begin below the fence = %v, want ErrHierarchyBehind", err)
+	}
+	if in, _, err = l.Begin(ctx, cur, batch(10, 19, 6), nil); err != nil || !in.Replay || in.HierarchyVersion != 3 {
+		t.Fatalf("replay below the fence = %+v, %v", in, err)
+	}
+
+	// While canopy rebuild pauses writers, a new batch waits.
+	setState("update canopy.restate_state set paused_until = now() + interval '1 minute'")
+	if _, _, err := l.Begin(ctx, cur, batch(20, 29, 7), nil); !errors.Is(err, ingest.ErrPaused) {
+		t.Fatalf("Begin while paused = %v, want ErrPaused", err)
+	}
+	setState("update canopy.restate_state set paused_until = null")
+	if n := intents(); n != 2 {
+		t.Fatalf("%d intents recorded, want 2", n)
+	}
+
+	// Epoch 0 (canopy reconcile) checks no lease.
+	if in, _, err = l.Begin(ctx, 0, other, nil); !errors.Is(err, ingest.ErrHierarchyBehind) {
+		t.Fatalf("reconcile Begin below the fence = %+v, %v", in, err)
+	}
+	other.HierarchyVersion = 7
+	if in, _, err = l.Begin(ctx, 0, other, nil); err != nil || in.Replay {
+		t.Fatalf("reconcile Begin = %+v, %v", in, err)
+	}
+	if n := intents(); n != 3 {
+		t.Fatalf("%d intents recorded, want 3", n)
+	}
+}

@@ -68,6 +68,7 @@ type Restater struct {
 	sink       *ingest.ClickHouseSink
 	progressed bool          // a step succeeded since Run last waited
 	gaugedAt   time.Time     // when Metrics.Parked was last set
+	seen       int64         // the latest change committed when the last round began
 	retryWait  time.Duration // between attempts at an unrestatable change (default 1 s)
 }
 
@@ -157,10 +158,36 @@ func (r *Restater) lead(ctx context.Context) error {
 		if err := conn.Ping(ctx); err != nil {
 			return fmt.Errorf("leader session: %w", err)
 		}
-		if !busy && !wait.Sleep(ctx, 100*time.Millisecond) {
+		if !busy && !r.idle(ctx) {
 			return ctx.Err()
 		}
 	}
+}
+
+// An idle restater asks PostgreSQL for new changes every idlePoll. In
+// between it looks at the in-memory tree every idleCheck: the worker's
+// hierarchy follower applies a change within milliseconds of its commit
+// (its PostgreSQL poll within a second when the relay is down), so a round
+// starts as soon as the tree is ahead of what the last round saw, without a
+// query per look.
+const (
+	idleCheck = 100 * time.Millisecond
+	idlePoll  = time.Second
+)
+
+// idle waits until the tree moves past the latest change the last round
+// saw, or idlePoll has passed; false when ctx ends.
+func (r *Restater) idle(ctx context.Context) bool {
+	until := time.Now().Add(idlePoll)
+	for time.Now().Before(until) {
+		if !wait.Sleep(ctx, idleCheck) {
+			return false
+		}
+		if r.Tree != nil && r.Tree.Version() > r.seen {
+			return true
+		}
+	}
+	return true
 }
 
 // Step restates the changes committed since the last round (up to a bound)
@@ -180,14 +207,14 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 	if r.sink == nil {
 		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema}
 	}
-	var fence, done int64
-	if err := r.PG.QueryRow(ctx, "select fence, restated_through from canopy.restate_state").Scan(&fence, &done); err != nil {
+	// The state and the latest change committed, in one round trip: an idle
+	// restater asks this every idlePoll.
+	var fence, done, latest int64
+	if err := r.PG.QueryRow(ctx, `select fence, restated_through,
+		(select coalesce(max(seq), 0) from canopy.entity_history) from canopy.restate_state`).Scan(&fence, &done, &latest); err != nil {
 		return false, fmt.Errorf("read restate state: %w", err)
 	}
-	latest, err := r.Store.LatestSeq(ctx)
-	if err != nil {
-		return false, err
-	}
+	r.seen = latest
 	if r.Metrics != nil {
 		r.Metrics.Pending.Set(float64(latest - done))
 	}
