@@ -3,9 +3,16 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -177,11 +184,30 @@ func TestSecureConnectionsRefused(t *testing.T) {
 	if err := os.WriteFile(wrong, []byte("not-the-password\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// PostgreSQL's DSN with a root certificate that did not sign the server's.
+	var pgDSN string
+	for _, v := range e.vars {
+		if d, ok := strings.CutPrefix(v, "CANOPY_POSTGRES_DSN="); ok {
+			pgDSN = d
+		}
+	}
+	otherCA := filepath.Join(t.TempDir(), "other-ca.pem")
+	if err := os.WriteFile(otherCA, selfSignedCA(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	untrustedPG := strings.Replace(pgDSN, "sslrootcert="+url.QueryEscape(sec.ca), "sslrootcert="+url.QueryEscape(otherCA), 1)
+	if untrustedPG == pgDSN {
+		t.Fatalf("no sslrootcert=%s in %s", sec.ca, pgDSN)
+	}
 	tests := []struct {
 		name string
 		vars []string
 		want []string
 	}{
+		{"postgres certificate untrusted", []string{"CANOPY_POSTGRES_DSN=" + untrustedPG},
+			[]string{"postgres", "certificate"}},
+		{"wrong PostgreSQL password", []string{"CANOPY_POSTGRES_PASSWORD_FILE=" + wrong},
+			[]string{"postgres", "password authentication failed"}},
 		{"wrong SASL password", []string{"CANOPY_KAFKA_SASL_PASSWORD_FILE=" + wrong},
 			[]string{"kafka", "SASL authentication failed"}},
 		{"kafka certificate untrusted", []string{"CANOPY_KAFKA_TLS_CA_FILE="},
@@ -265,4 +291,23 @@ func get(t *testing.T, u string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// selfSignedCA is the PEM of a new CA certificate that signed nothing.
+func selfSignedCA(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "not the services' CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(cryptorand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
