@@ -282,13 +282,15 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		var d decoded
 		d.offset = r.Offset
 		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
-		if size, sum, cut := truncatedOf(r); cut {
-			// The router kept only a prefix of a record too large to be an
-			// event: it is dead-lettered as it came.
-			f := p.failure(r, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", size))
-			f.RawBytes, f.RawSHA256 = size, sum
-			failures, failedAt = append(failures, f), append(failedAt, r.Offset)
-			continue
+		if len(r.Headers) > 0 { // truncatedOf parses (and fails on) a missing header
+			if size, sum, cut := truncatedOf(r); cut {
+				// The router kept only a prefix of a record too large to be
+				// an event: it is dead-lettered as it came.
+				f := p.failure(r, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", size))
+				f.RawBytes, f.RawSHA256 = size, sum
+				failures, failedAt = append(failures, f), append(failedAt, r.Offset)
+				continue
+			}
 		}
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
 			pe, _ := IsPoison(err)
