@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/ch-go/proto"
@@ -438,10 +440,43 @@ func appendColumn(bc driver.BatchColumn, col column.Interface, v any) error {
 	if rows.len() == 0 {
 		return nil
 	}
-	if err := col.Decode(proto.NewReader(&nativeReader{rows: rows}), rows.len()); err != nil {
+	r := nativeReaderOf(&nativeReader{rows: rows})
+	defer putNativeReader(r)
+	if err := col.Decode(r.proto, rows.len()); err != nil {
 		return fmt.Errorf("encode %s: %w", col.Type(), err)
 	}
 	return nil
+}
+
+// nativeBufSize is the read buffer of proto.NewReader, which wraps a
+// bufio.Reader at least this large as it is rather than allocating one.
+const nativeBufSize = 128 << 10
+
+// pooledReader is a proto.Reader over a reused read buffer: a new one
+// costs 128 KiB for each column of each block, the most of a small
+// batch's garbage.
+type pooledReader struct {
+	buf   *bufio.Reader
+	proto *proto.Reader
+}
+
+var nativeReaders sync.Pool // of *pooledReader
+
+// nativeReaderOf returns a proto.Reader reading src.
+func nativeReaderOf(src io.Reader) *pooledReader {
+	r, ok := nativeReaders.Get().(*pooledReader)
+	if !ok {
+		r = &pooledReader{buf: bufio.NewReaderSize(nil, nativeBufSize)}
+	}
+	r.buf.Reset(src)
+	r.proto = proto.NewReader(r.buf)
+	return r
+}
+
+func putNativeReader(r *pooledReader) {
+	r.buf.Reset(nil)
+	r.proto = nil
+	nativeReaders.Put(r)
 }
 
 // presizeStrings gives col, an empty String column, room for vals in one
@@ -466,14 +501,16 @@ func presizeStrings(col *column.String, vals []string) {
 
 // presize is presizeStrings for rows strings of size bytes in all.
 func presize(col *column.String, rows, size int) {
-	if col.Rows() != 0 || rows == 0 {
+	if col.Rows() != 0 || rows < 256 { // doubling a few times costs less
 		return
 	}
 	// Below 128 bytes the decoder sizes for every row at the first row's
 	// length: announce 128.
 	var hdr [binary.MaxVarintLen64]byte
 	n := binary.PutUvarint(hdr[:], uint64(max(size, 128))) //nolint:gosec // a length
-	_ = col.Decode(proto.NewReader(bytes.NewReader(hdr[:n])), rows)
+	r := nativeReaderOf(bytes.NewReader(hdr[:n]))
+	_ = col.Decode(r.proto, rows)
+	putNativeReader(r)
 	col.Reset()
 }
 

@@ -211,6 +211,27 @@ func TestBlocksStayTheSame(t *testing.T) {
 	}
 }
 
+// BenchmarkProcessorSmallBatches is BenchmarkProcessorBatch's records in
+// batches of 1,000, as a partition that keeps up sees them.
+func BenchmarkProcessorSmallBatches(b *testing.B) {
+	const n, batch, entities = 100_000, 1000, 1_000_000
+	recs := benchRecords(b, n, entities)
+	conn := newEncodingConn(schema.ClickHouse{Database: "canopy", Measures: schema.DefaultMeasures()})
+	p := benchProcessor(conn, entities)
+	b.ReportAllocs()
+	var cpu time.Duration
+	for b.Loop() {
+		c0 := cpuTime(b)
+		for i := 0; i < n; i += batch {
+			if got, err := p.Process(context.Background(), 1, recs[i:i+batch]); err != nil || got != batch {
+				b.Fatalf("processed %d of %d: %v", got, batch, err)
+			}
+		}
+		cpu += cpuTime(b) - c0
+	}
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/n, "cpu-ns/event")
+}
+
 // BenchmarkDecode is the decoder alone over synth records.
 func BenchmarkDecode(b *testing.B) {
 	recs := benchRecords(b, 10_000, 1_000_000)
