@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,8 +56,11 @@ func TestRelayResumesPastForgedRecords(t *testing.T) {
 	}
 	relayedBefore := e.maxOutboxSeq()
 	e.waitRelayed(topic, relayedBefore)
+	// startRelay's goroutine reaps it; wait for that (Wait here would race).
 	_ = relay.Process.Kill()
-	_ = relay.Wait()
+	for relay.Process.Signal(syscall.Signal(0)) == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// A rolled-back change consumes an outbox seq that no row will hold.
 	tx, err := e.pg.Begin(ctx)
