@@ -32,11 +32,11 @@ func await(ctx context.Context, service string, try func() error) error {
 	for {
 		err := try()
 		if err != nil {
-			var ce connectionError
-			if cause := refusal(err); cause != "" && !errors.As(err, &ce) {
+			if cause := refusal(err); cause != "" {
+				if ce := (connectionError{}); errors.As(err, &ce) {
+					return err // already names service and cause
+				}
 				return connectionError{service: service, cause: cause, err: err}
-			} else if cause != "" {
-				return err
 			}
 		}
 		var usage usageError

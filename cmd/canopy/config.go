@@ -558,13 +558,7 @@ func dsnPassword(s string) string {
 
 // scrub removes dsn's password from an error that may quote it (a URL parse
 // error quotes the whole URL).
-func scrub(err error, dsn string) error {
-	pw := dsnPassword(dsn)
-	if err == nil || pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return scrubbedError{msg: strings.ReplaceAll(err.Error(), pw, redacted), err: err}
-}
+func scrub(err error, dsn string) error { return scrubSecret(err, dsnPassword(dsn)) }
 
 // scrub removes from err's message every password the configuration holds:
 // the password settings and the DSNs' passwords.
