@@ -17,6 +17,7 @@ import (
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/idstate"
 	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // keepIntents is how long finished batch intents are kept: a replay of a
@@ -272,9 +273,19 @@ func (s *standIn) alone(ctx context.Context) (bool, error) {
 	group := s.cfg.get("kafka.group")
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	groups, err := kadm.NewClient(cl).DescribeGroups(dctx, group)
-	if err == nil {
-		err = groups.Error()
+	adm := kadm.NewClient(cl)
+	var groups kadm.DescribedGroups
+	// A coordinator that is loading or moving (COORDINATOR_NOT_AVAILABLE on a
+	// fresh cluster, while __consumer_offsets is created) answers again
+	// shortly: only a lasting or permanent error is reported.
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		groups, err = adm.DescribeGroups(dctx, group)
+		if err == nil {
+			err = groups.Error()
+		}
+		if !kerr.IsRetriable(err) || !wait.Sleep(dctx, delay) {
+			break
+		}
 	}
 	if errors.Is(err, kerr.GroupIDNotFound) {
 		return true, nil // never joined: no members
