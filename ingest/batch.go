@@ -152,7 +152,7 @@ func (p *Processor) batchLen(recs []Record) int {
 	maxDelay := p.Retry.withDefaults().MaxBackoff
 	size := 0
 	for i, r := range recs {
-		if at := originOf(r).retryAt; !at.IsZero() {
+		if at := retryAtOf(r); !at.IsZero() {
 			if !r.Time.IsZero() && at.After(r.Time.Add(maxDelay)) {
 				at = r.Time.Add(maxDelay) // a due time past the policy is not Canopy's
 			}

@@ -150,45 +150,89 @@ func header(hs []kgo.RecordHeader, key string) (string, bool) {
 	return "", false
 }
 
-// originOf reads the canopy headers of a record. Malformed headers are
+// originOf reads the canopy headers of a record, in one pass over them;
+// where a header repeats, its first value counts. Malformed headers are
 // ignored: the record is then treated as new.
 func originOf(r Record) origin {
 	o := origin{retryOf: -1}
 	if len(r.Headers) == 0 {
 		return o
 	}
-	topic, ok1 := header(r.Headers, HeaderSourceTopic)
-	part, ok2 := header(r.Headers, HeaderSourcePartition)
-	off, ok3 := header(r.Headers, HeaderSourceOffset)
-	if ok1 && ok2 && ok3 {
-		p, err1 := strconv.ParseInt(part, 10, 32)
-		o2, err2 := strconv.ParseInt(off, 10, 64)
+	var seen uint16 // a bit per header below, once read
+	first := func(bit uint16) bool {
+		if seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		return true
+	}
+	var topic, part, off []byte
+	for _, h := range r.Headers {
+		switch h.Key {
+		case HeaderSourceTopic:
+			if first(1 << 0) {
+				topic = h.Value
+			}
+		case HeaderSourcePartition:
+			if first(1 << 1) {
+				part = h.Value
+			}
+		case HeaderSourceOffset:
+			if first(1 << 2) {
+				off = h.Value
+			}
+		case HeaderAttempts:
+			if first(1 << 3) {
+				if n, err := strconv.ParseUint(string(h.Value), 10, 32); err == nil {
+					o.attempts = uint32(n)
+				}
+			}
+		case HeaderFirstFailure:
+			if first(1 << 4) {
+				o.first, _ = time.Parse(time.RFC3339, string(h.Value))
+			}
+		case HeaderRetryAt:
+			if first(1 << 5) {
+				o.retryAt, _ = time.Parse(time.RFC3339Nano, string(h.Value))
+			}
+		case HeaderErrorClass:
+			if first(1 << 6) {
+				o.class = Class(h.Value)
+			}
+		case HeaderErrorMessage:
+			if first(1 << 7) {
+				o.message = string(h.Value)
+			}
+		case HeaderReplay:
+			o.replay = true
+		case HeaderBackfill:
+			o.backfill = true
+		case HeaderRetryOf:
+			if first(1 << 8) {
+				if n, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil && n >= 0 {
+					o.retryOf = n
+				}
+			}
+		}
+	}
+	if seen&0b111 == 0b111 {
+		p, err1 := strconv.ParseInt(string(part), 10, 32)
+		o2, err2 := strconv.ParseInt(string(off), 10, 64)
 		if err1 == nil && err2 == nil {
 			o.known = true
-			o.source = Source{Topic: topic, Partition: int32(p), First: o2, Last: o2}
-		}
-	}
-	if s, ok := header(r.Headers, HeaderAttempts); ok {
-		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-			o.attempts = uint32(n)
-		}
-	}
-	if s, ok := header(r.Headers, HeaderFirstFailure); ok {
-		o.first, _ = time.Parse(time.RFC3339, s)
-	}
-	if s, ok := header(r.Headers, HeaderRetryAt); ok {
-		o.retryAt, _ = time.Parse(time.RFC3339Nano, s)
-	}
-	if s, ok := header(r.Headers, HeaderErrorClass); ok {
-		o.class = Class(s)
-	}
-	o.message, _ = header(r.Headers, HeaderErrorMessage)
-	_, o.replay = header(r.Headers, HeaderReplay)
-	_, o.backfill = header(r.Headers, HeaderBackfill)
-	if s, ok := header(r.Headers, HeaderRetryOf); ok {
-		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n >= 0 {
-			o.retryOf = n
+			o.source = Source{Topic: string(topic), Partition: int32(p), First: o2, Last: o2}
 		}
 	}
 	return o
+}
+
+// retryAtOf is originOf(r).retryAt, reading only that header.
+func retryAtOf(r Record) time.Time {
+	for _, h := range r.Headers {
+		if h.Key == HeaderRetryAt {
+			at, _ := time.Parse(time.RFC3339Nano, string(h.Value))
+			return at
+		}
+	}
+	return time.Time{}
 }

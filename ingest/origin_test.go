@@ -1,0 +1,82 @@
+package ingest
+
+import (
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TestOriginOfReadsEveryHeaderFirstValueWins writes the headers by hand,
+// each canopy header twice (a producer's copy after Canopy's), and checks
+// that originOf reads the first of each.
+func TestOriginOfReadsEveryHeaderFirstValueWins(t *testing.T) {
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	first := []kgo.RecordHeader{
+		h("user.header", "x"),
+		h(HeaderSourceTopic, "events"),
+		h(HeaderSourcePartition, "7"),
+		h(HeaderSourceOffset, "123456789012"),
+		h(HeaderAttempts, "3"),
+		h(HeaderFirstFailure, "2026-11-01T10:00:00Z"),
+		h(HeaderRetryAt, "2026-11-01T10:00:05.25Z"),
+		h(HeaderErrorClass, "unknown_entity"),
+		h(HeaderErrorMessage, "entity 9 is not in the hierarchy"),
+		h(HeaderReplay, ""),
+		h(HeaderRetryOf, "42"),
+	}
+	second := []kgo.RecordHeader{
+		h(HeaderSourceTopic, "other"),
+		h(HeaderSourcePartition, "1"),
+		h(HeaderSourceOffset, "5"),
+		h(HeaderAttempts, "9"),
+		h(HeaderFirstFailure, "2020-01-01T00:00:00Z"),
+		h(HeaderRetryAt, "2020-01-01T00:00:00Z"),
+		h(HeaderErrorClass, "malformed"),
+		h(HeaderErrorMessage, "later"),
+		h(HeaderRetryOf, "7"),
+	}
+	o := originOf(Record{Headers: append(first, second...)})
+	want := origin{
+		known:    true,
+		source:   Source{Topic: "events", Partition: 7, First: 123456789012, Last: 123456789012},
+		attempts: 3,
+		first:    time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC),
+		retryAt:  time.Date(2026, 11, 1, 10, 0, 5, 250_000_000, time.UTC),
+		replay:   true,
+		retryOf:  42,
+		class:    "unknown_entity",
+		message:  "entity 9 is not in the hierarchy",
+	}
+	if !o.first.Equal(want.first) || !o.retryAt.Equal(want.retryAt) {
+		t.Fatalf("times: got first %v retryAt %v, want %v %v", o.first, o.retryAt, want.first, want.retryAt)
+	}
+	o.first, o.retryAt, want.first, want.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	if o != want {
+		t.Fatalf("originOf:\n got %+v\nwant %+v", o, want)
+	}
+	if at := retryAtOf(Record{Headers: append(first, second...)}); !at.Equal(time.Date(2026, 11, 1, 10, 0, 5, 250_000_000, time.UTC)) {
+		t.Fatalf("retryAtOf = %v", at)
+	}
+
+	// A source missing one of its three headers, or with a malformed
+	// number, is no source; nothing else depends on it.
+	for _, drop := range []string{HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset} {
+		var hs []kgo.RecordHeader
+		for _, x := range first {
+			if x.Key != drop {
+				hs = append(hs, x)
+			}
+		}
+		if o := originOf(Record{Headers: hs}); o.known || o.attempts != 3 || o.retryOf != 42 {
+			t.Errorf("without %s: %+v", drop, o)
+		}
+	}
+	bad := []kgo.RecordHeader{h(HeaderSourceTopic, "t"), h(HeaderSourcePartition, "x"), h(HeaderSourceOffset, "1"), h(HeaderRetryOf, "-3")}
+	if o := originOf(Record{Headers: bad}); o.known || o.retryOf != -1 {
+		t.Errorf("malformed: %+v", o)
+	}
+	if o := originOf(Record{}); o != (origin{retryOf: -1}) {
+		t.Errorf("no headers: %+v", o)
+	}
+}
