@@ -422,42 +422,27 @@ LIMIT 200`, db, lit("__searchFilter")))
 	bd.variable(customVar("view", "View", viewOptions))
 	ms := measureNames(o.Measures)
 
-	// Who the entity is.
-	bd.sql(sdk.NewTable("Entity"), 24, 4, fmt.Sprintf(`
-SELECT id, name, status, level, parent_id, arrayStringConcat(arrayMap(x -> toString(x), path), ' › ') AS path
-FROM %s.entities FINAL
-WHERE id = %s`, db, num("entity")), false, panelExtra{})
+	// Who the entity is. The queries are OverviewSQL's, shared with
+	// `canopy show`, filled with the dashboard's variables and macros.
+	q := OverviewSQL{Database: db, Measures: o.Measures, EntityID: num("entity"), View: lit("view"),
+		DateFilter: "$__dateFilter(bucket)", TimeFilter: "$__timeFilter(bucket)",
+		Hourly: "toUInt32($__toTime) - toUInt32($__fromTime) <= 259200"}
+	bd.sql(sdk.NewTable("Entity"), 24, 4, q.Entity(), false, panelExtra{})
 
 	// Own vs downline, one stat per measure.
-	entityRows := viewRows(db, ms, "entity_id = "+num("entity")+" AND $__dateFilter(bucket)")
 	for _, m := range ms {
-		bd.sql(sdk.NewStat(fmt.Sprintf("%s: own vs downline", title(m))), 24/len(ms), 5, fmt.Sprintf(`
-SELECT sumIf(%[1]s, depth = 0) AS own, sumIf(%[1]s, depth > 0) AS downline
-FROM %[2]s`, m, entityRows), false, panelExtra{unit: unitOf(m), options: statOptions()})
+		bd.sql(sdk.NewStat(fmt.Sprintf("%s: own vs downline", title(m))), 24/len(ms), 5, q.OwnDownline(m),
+			false, panelExtra{unit: unitOf(m), options: statOptions()})
 	}
 
 	// Time series per measure: hourly for as-was ranges of up to 3 days,
 	// daily otherwise (the as-is view is daily only).
 	for _, m := range ms {
-		bd.sql(sdk.NewTimeseries(fmt.Sprintf("%s over time: own and downline", title(m))), 12, 8, fmt.Sprintf(`
-SELECT t AS time, sumIf(v, depth = 0) AS own, sumIf(v, depth > 0) AS downline
-FROM (
-    SELECT bucket AS t, depth, %[1]s AS v FROM %[2]s.rollup_hourly
-    WHERE %[3]s = 'rollup_daily' AND toUInt32($__toTime) - toUInt32($__fromTime) <= 259200
-      AND entity_id = %[4]s AND $__timeFilter(bucket)
-    UNION ALL
-    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily
-    WHERE %[3]s = 'rollup_daily' AND NOT toUInt32($__toTime) - toUInt32($__fromTime) <= 259200
-      AND entity_id = %[4]s AND $__dateFilter(bucket)
-    UNION ALL
-    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily_current
-    WHERE %[3]s = 'rollup_daily_current'
-      AND entity_id = %[4]s AND $__dateFilter(bucket)
-)
-GROUP BY time
-ORDER BY time`, m, db, lit("view"), num("entity")), true, panelExtra{unit: unitOf(m)})
+		bd.sql(sdk.NewTimeseries(fmt.Sprintf("%s over time: own and downline", title(m))), 12, 8, q.Series(m),
+			true, panelExtra{unit: unitOf(m)})
 	}
 
+	entityRows := viewRows(db, ms, "entity_id = "+num("entity")+" AND $__dateFilter(bucket)")
 	sums := make([]string, len(ms))
 	for i, m := range ms {
 		sums[i] = fmt.Sprintf("sum(%[1]s) AS %[1]s", m)
@@ -479,26 +464,10 @@ SELECT * FROM (
 )
 ORDER BY type`, strings.Join(sums, ", "), entityRows), false, panelExtra{})
 
-	rank := rankMeasure(o.Measures)
 	// Children through entities_by_parent (a key lookup, not a scan of the
 	// hierarchy), kept only if their newest version still has this parent.
-	bd.sql(sdk.NewTable(fmt.Sprintf("Direct children by downline %s (click to drill down)", rank)), 24, 10, fmt.Sprintf(`
-SELECT id, name, own, downline, own + downline AS total, events
-FROM (
-    SELECT id, argMax(name, version) AS name
-    FROM %[2]s.entities
-    WHERE id IN (SELECT id FROM %[2]s.entities_by_parent WHERE parent_id = %[3]s)
-    GROUP BY id
-    HAVING argMax(parent_id, version) = %[3]s
-) AS c
-ANY INNER JOIN (
-    SELECT entity_id AS id, sumIf(%[1]s, depth = 0) AS own, sumIf(%[1]s, depth > 0) AS downline, sum(events) AS events
-    FROM %[4]s
-    GROUP BY entity_id
-) AS r USING id
-ORDER BY downline DESC, id
-LIMIT 100`, rank, db, num("entity"),
-		viewRows(db, ms, fmt.Sprintf("entity_id IN (SELECT id FROM %s.entities_by_parent WHERE parent_id = %s) AND $__dateFilter(bucket)", db, num("entity")))), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true, "frameIndex": 0}})
+	bd.sql(sdk.NewTable(fmt.Sprintf("Direct children by downline %s (click to drill down)", q.RankMeasure())), 24, 10,
+		q.Children("downline DESC, id", 100), false, panelExtra{fieldLink: drill("id"), options: map[string]any{"showHeader": true, "frameIndex": 0}})
 	return bd
 }
 
