@@ -42,8 +42,10 @@ type Message struct {
 const HeaderOutboxSeq = "canopy.outbox.seq"
 
 // relayLockKey is the session advisory lock the active relay holds
-// ('canopy' || 0x0002).
-const relayLockKey = 0x63616e6f70790002
+// ('canopy' || 0x0006). It must differ from every other key: 0x0002, which
+// it once shared with migrate, made migrate wait forever beside a running
+// relay.
+const relayLockKey = 0x63616e6f70790006
 
 // Relay publishes the outbox to the hierarchy topic in commit (seq) order,
 // exactly once per change:
