@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/canopyhq/canopy/ingest/restate"
+	"github.com/canopyhq/canopy/restate"
 	"github.com/canopyhq/canopy/schema"
 )
 

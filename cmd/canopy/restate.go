@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/canopyhq/canopy/ingest/restate"
+	"github.com/canopyhq/canopy/restate"
 )
 
 func newRestate(cfg *config) *cobra.Command {

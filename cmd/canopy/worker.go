@@ -27,7 +27,7 @@ import (
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/pgledger"
-	"github.com/canopyhq/canopy/ingest/restate"
+	"github.com/canopyhq/canopy/restate"
 )
 
 func newWorker(cfg *config) *cobra.Command {
