@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/canopyhq/canopy/internal/backoff"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -173,7 +174,7 @@ func (b *Backfill) process(ctx context.Context, s stride) error {
 		retryFor = 10 * time.Minute
 	}
 	recs := s.recs
-	backoff := 100 * time.Millisecond
+	pace := backoff.New(100*time.Millisecond, 30*time.Second)
 	var failing time.Time
 	for len(recs) > 0 {
 		n, err := b.Processor.Process(ctx, 0, recs)
@@ -190,17 +191,18 @@ func (b *Backfill) process(ctx context.Context, s stride) error {
 			} else if time.Since(failing) > retryFor {
 				return fmt.Errorf("gave up after retrying for %s: %w", retryFor, err)
 			}
+			d := pace.Next()
 			if b.Log != nil {
-				b.Log.Warn("backfill batch failed, retrying", "err", err, "backoff", backoff)
+				b.Log.Warn("backfill batch failed, retrying", "err", err, "backoff", d)
 			}
-			if !wait.Sleep(ctx, backoff) {
+			if !wait.Sleep(ctx, d) {
 				return errors.Join(ctx.Err(), err)
 			}
-			backoff = min(2*backoff, 30*time.Second)
 			continue
 		}
 		recs = recs[n:]
-		failing, backoff = time.Time{}, 100*time.Millisecond
+		failing = time.Time{}
+		pace.Reset()
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/internal/backoff"
 )
 
 // WorkerConfig configures a consumer-group worker.
@@ -98,9 +98,10 @@ type held struct {
 	// paused for holding too much.
 	waiting bool
 	// After a failed attempt the partition rests until notBefore, the rest
-	// doubling up to RetryBackoffMax; other partitions go on meanwhile.
+	// doubling up to RetryBackoffMax (pace, nil until the first failure);
+	// other partitions go on meanwhile.
 	notBefore time.Time
-	backoff   time.Duration
+	pace      *backoff.Backoff
 }
 
 type partitionKey struct {
@@ -190,7 +191,7 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 	for topic, parts := range m {
 		log := topicID(ctx, cl, topic, w.log, w.cfg.RetryBackoffMax)
 		for _, p := range parts {
-			backoff := 100 * time.Millisecond
+			pace := backoff.New(100*time.Millisecond, w.cfg.RetryBackoffMax)
 			for {
 				epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: topic, Log: log, Partition: p}, w.cfg.Owner)
 				if err == nil {
@@ -201,10 +202,9 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 					break
 				}
 				w.log.Warn("acquire lease failed, retrying", "topic", topic, "partition", p, "err", err)
-				if !wait.Sleep(ctx, backoff) {
+				if !pace.Wait(ctx) {
 					return
 				}
-				backoff = min(2*backoff, w.cfg.RetryBackoffMax)
 			}
 		}
 	}
@@ -218,7 +218,7 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 // topicID returns the topic's id, retrying until the broker answers or ctx
 // ends. Brokers too old to have topic ids give "".
 func topicID(ctx context.Context, cl *kgo.Client, topic string, log *slog.Logger, maxBackoff time.Duration) string {
-	backoff := 100 * time.Millisecond
+	pace := backoff.New(100*time.Millisecond, maxBackoff)
 	for {
 		details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
 		if err == nil {
@@ -232,10 +232,9 @@ func topicID(ctx context.Context, cl *kgo.Client, topic string, log *slog.Logger
 			return ""
 		}
 		log.Warn("topic metadata failed, retrying", "topic", topic, "err", err)
-		if !wait.Sleep(ctx, backoff) {
+		if !pace.Wait(ctx) {
 			return ""
 		}
-		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
@@ -425,13 +424,19 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 			h.waiting = out.needMore
 			switch {
 			case out.failed:
-				h.backoff = min(max(2*h.backoff, 100*time.Millisecond), w.cfg.RetryBackoffMax)
-				if out.rest > 0 {
-					h.backoff = out.rest
+				if h.pace == nil {
+					h.pace = backoff.New(100*time.Millisecond, w.cfg.RetryBackoffMax)
 				}
-				h.notBefore = time.Now().Add(h.backoff)
+				rest := h.pace.Next()
+				if out.rest > 0 {
+					rest = out.rest
+				}
+				h.notBefore = time.Now().Add(rest)
 			case out.done > 0:
-				h.backoff, h.notBefore = 0, time.Time{}
+				h.notBefore = time.Time{}
+				if h.pace != nil {
+					h.pace.Reset()
+				}
 			}
 		}()
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/canopyhq/canopy/internal/backoff"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -229,7 +230,7 @@ func (f *Forward) produce(ctx context.Context, recs []*kgo.Record) error {
 // the first failure, backing off between calls.
 func (f *Forward) retry(ctx context.Context, what string, fn func() error) error {
 	retryFor := cmp.Or(f.RetryFor, 10*time.Minute)
-	backoff := 100 * time.Millisecond
+	pace := backoff.New(100*time.Millisecond, 30*time.Second)
 	var failing time.Time
 	for {
 		err := fn()
@@ -244,11 +245,11 @@ func (f *Forward) retry(ctx context.Context, what string, fn func() error) error
 		} else if time.Since(failing) > retryFor {
 			return fmt.Errorf("%s: gave up after retrying for %s: %w", what, retryFor, err)
 		}
-		f.log().Warn("backfill: "+what+" failed, retrying", "err", err, "backoff", backoff)
-		if !wait.Sleep(ctx, backoff) {
+		d := pace.Next()
+		f.log().Warn("backfill: "+what+" failed, retrying", "err", err, "backoff", d)
+		if !wait.Sleep(ctx, d) {
 			return errors.Join(ctx.Err(), err)
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/canopyhq/canopy/internal/backoff"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -282,7 +283,7 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 // large for it) is sent again truncated (see truncated), so the by-id stage
 // dead-letters it rather than the partition stopping.
 func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
-	backoff := 100 * time.Millisecond
+	pace := backoff.New(100*time.Millisecond, r.cfg.RetryBackoffMax)
 	for {
 		var failed []*kgo.Record
 		var err error
@@ -317,11 +318,11 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(failed), "err", err, "backoff", backoff)
-		if !wait.Sleep(ctx, backoff) {
+		d := pace.Next()
+		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(failed), "err", err, "backoff", d)
+		if !wait.Sleep(ctx, d) {
 			return false
 		}
-		backoff = min(2*backoff, r.cfg.RetryBackoffMax)
 		recs = failed
 	}
 }

@@ -10,6 +10,9 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/canopyhq/canopy/internal/backoff"
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 type patienceKey struct{}
@@ -28,7 +31,7 @@ func patiently(ctx context.Context, log *slog.Logger) context.Context {
 // it.
 func await(ctx context.Context, service string, try func() error) error {
 	log, patient := ctx.Value(patienceKey{}).(*slog.Logger)
-	backoff := time.Second
+	pace := backoff.New(time.Second, 30*time.Second)
 	for {
 		err := try()
 		if err != nil {
@@ -43,13 +46,11 @@ func await(ctx context.Context, service string, try func() error) error {
 		if err == nil || !patient || errors.As(err, &usage) || ctx.Err() != nil {
 			return err
 		}
-		log.Warn("waiting for "+service, "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		d := pace.Next()
+		log.Warn("waiting for "+service, "err", err, "retry_in", d)
+		if !wait.Sleep(ctx, d) {
 			return err
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 

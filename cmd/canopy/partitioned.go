@@ -17,7 +17,7 @@ import (
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/idstate"
 	"github.com/canopyhq/canopy/ingest/pgledger"
-	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/internal/backoff"
 )
 
 // keepIntents is how long finished batch intents are kept: a replay of a
@@ -278,12 +278,12 @@ func (s *standIn) alone(ctx context.Context) (bool, error) {
 	// A coordinator that is loading or moving (COORDINATOR_NOT_AVAILABLE on a
 	// fresh cluster, while __consumer_offsets is created) answers again
 	// shortly: only a lasting or permanent error is reported.
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+	for pace := backoff.New(100*time.Millisecond, 2*time.Second); ; {
 		groups, err = adm.DescribeGroups(dctx, group)
 		if err == nil {
 			err = groups.Error()
 		}
-		if !kerr.IsRetriable(err) || !wait.Sleep(dctx, delay) {
+		if !kerr.IsRetriable(err) || !pace.Wait(dctx) {
 			break
 		}
 	}
