@@ -30,6 +30,7 @@ func newRoot() *cobra.Command {
 		newRebuild(cfg),
 		newRestate(cfg),
 		newDashboards(cfg),
+		newShow(cfg),
 		newConfigCmd(cfg),
 	)
 	return root
