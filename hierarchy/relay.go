@@ -17,6 +17,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/canopyhq/canopy/internal/backoff"
+	"github.com/canopyhq/canopy/internal/pglock"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -42,10 +44,8 @@ type Message struct {
 const HeaderOutboxSeq = "canopy.outbox.seq"
 
 // relayLockKey is the session advisory lock the active relay holds
-// ('canopy' || 0x0006). It must differ from every other key: 0x0002, which
-// it once shared with migrate, made migrate wait forever beside a running
-// relay.
-const relayLockKey = 0x63616e6f70790006
+// (internal/pglock/keys.go).
+const relayLockKey = pglock.Relay
 
 // Relay publishes the outbox to the hierarchy topic in commit (seq) order,
 // exactly once per change:
@@ -102,47 +102,24 @@ func (r *Relay) Run(ctx context.Context) error {
 	if r.PurgeEvery <= 0 {
 		r.PurgeEvery = 10 * time.Minute
 	}
-	backoff := 200 * time.Millisecond
+	pace := backoff.New(200*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
-		err := r.lead(ctx)
+		err := pglock.Lead(ctx, r.Pool, relayLockKey, time.Second, r.lead)
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.Log.Warn("relay interrupted, retrying", "err", err, "backoff", backoff)
-		if !wait.Sleep(ctx, backoff) {
+		d := pace.Next()
+		r.Log.Warn("relay interrupted, retrying", "err", err, "backoff", d)
+		if !wait.Sleep(ctx, d) {
 			return nil
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
 	return nil
 }
 
-// lead waits for the relay lock, then publishes until an error or ctx ends.
+// lead publishes, while this relay holds the relay lock (pglock.Lead:
+// ctx ends when the lock's connection is lost), until an error or ctx ends.
 func (r *Relay) lead(ctx context.Context) error {
-	conn, err := r.Pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("relay: %w", err)
-	}
-	defer conn.Release()
-	for {
-		var got bool
-		if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", int64(relayLockKey)).Scan(&got); err != nil {
-			return fmt.Errorf("relay lock: %w", err)
-		}
-		if got {
-			break
-		}
-		if !wait.Sleep(ctx, time.Second) {
-			return ctx.Err()
-		}
-	}
-	defer func() {
-		// Unlock on a fresh context; if the connection is broken the session
-		// ends and PostgreSQL drops the lock anyway.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_, _ = conn.Exec(uctx, "select pg_advisory_unlock($1)", int64(relayLockKey))
-	}()
 	r.Log.Info("relay is active", "topic", r.Topic)
 
 	cl, err := kgo.NewClient(append([]kgo.Opt{
@@ -173,10 +150,6 @@ func (r *Relay) lead(ctx context.Context) error {
 	r.Log.Info("relay resumes", "after_outbox_seq", last)
 	nextPurge := time.Now()
 	for {
-		// The lock connection doubles as a liveness check of our lease.
-		if _, err := conn.Exec(ctx, "select 1"); err != nil {
-			return fmt.Errorf("relay lock connection: %w", err)
-		}
 		if r.OutboxRetention > 0 && !time.Now().Before(nextPurge) {
 			// Only the lock holder purges, and only what the topic holds
 			// (seq <= last, read from the topic or published by us).

@@ -10,16 +10,17 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/canopyhq/canopy/internal/pglock"
 	"github.com/canopyhq/canopy/schema"
 )
 
-// Advisory lock keys ('canopy' followed by a two-byte purpose).
+// Advisory lock keys; internal/pglock/keys.go lists every key of Canopy.
 const (
 	// lockKey serializes every change that writes history; the triggers in
 	// schema/postgres/0001_hierarchy.sql take the same key. See there why.
-	lockKey int64 = 0x63616e6f70790001
+	lockKey = pglock.HierarchyWrite
 	// migrateLockKey serializes concurrent Migrate runs.
-	migrateLockKey int64 = 0x63616e6f70790002
+	migrateLockKey = pglock.Migrate
 )
 
 // Store is the hierarchy's system of record in PostgreSQL (schema canopy).
