@@ -528,8 +528,8 @@ func leaderboards(o Options) *board {
 	bd.sql(sdk.NewTable("Top entities at level ${level} by downline ${measure}"), 24, 14, fmt.Sprintf(`
 SELECT id, name, downline, own, own + downline AS total
 FROM (
-%[2]s)
-ANY LEFT JOIN (SELECT id, name FROM %[1]s.entities FINAL) USING id
+%[2]s) AS r
+ANY LEFT JOIN (SELECT id, name FROM %[1]s.entities FINAL) AS e USING id
 ORDER BY downline DESC, id`, db, strings.Join(top, "    UNION ALL\n")), false, panelExtra{fieldLink: drill("id")})
 	bd.sql(sdk.NewTable("Volume by level"), 24, 8, fmt.Sprintf(`
 SELECT e.level AS level, count() AS entities_with_events, sum(r.own) AS own
