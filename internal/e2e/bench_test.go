@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -15,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/canopyhq/canopy/internal/synth"
 )
 
 // BenchmarkPipeline measures the worker end to end on real services: events
@@ -142,24 +146,84 @@ func logInt(t testing.TB, path, pattern string) int {
 }
 
 // TestDevModeCountsEverything runs the README's demo command, canopy dev on
-// its embedded broker, to completion and checks that every event it
-// produced is in the events table and, once, at depth 0 of the rollups.
+// its embedded broker, with small sizes (and 5% repeated event ids) as a
+// subprocess: it must end by itself with exit 0, print progress lines only
+// when something changed, and its summary must equal what ClickHouse holds,
+// counted here with the test's own SQL, and what the generated data implies
+// (distinct event ids rebuilt from the same seed with internal/synth).
 func TestDevModeCountsEverything(t *testing.T) {
 	e := newEnv(t, 1)
-	const n = 5000
-	out := e.run("dev", "--data-dir", t.TempDir(), "--entities", "500", "--events", strconv.Itoa(n), "--rate", "0", "--exit-when-done")
-	if !strings.Contains(out, "all events counted") {
-		t.Fatalf("dev did not finish:\n%s", out)
+	const n, entities, seed, dupes = 5000, 500, 42, 0.05
+	start := time.Now()
+	out := e.run("dev", "--data-dir", t.TempDir(), "--entities", strconv.Itoa(entities), "--events", strconv.Itoa(n),
+		"--rate", "0", "--duplicates", strconv.FormatFloat(dupes, 'f', -1, 64), "--seed", strconv.Itoa(seed), "--timeout", "4m")
+	t.Logf("canopy dev exited 0 by itself after %s", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(out, "\ndone in ") || !strings.Contains(out, "What to try next") {
+		t.Fatalf("no summary:\n%s", out)
 	}
-	var stored, own uint64
-	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s.events", e.chDB)).Scan(&stored); err != nil {
-		t.Fatal(err)
+	// The summary's numbers, "  name    N".
+	got := map[string]uint64{}
+	for _, m := range regexp.MustCompile(`(?m)^  (\S+(?: letters)?) +(\d+)`).FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseUint(m[2], 10, 64)
+		got[m[1]] = v
 	}
-	if err := e.ch.QueryRow(context.Background(), fmt.Sprintf("SELECT toUInt64(sum(events)) FROM %s.rollup_daily WHERE depth = 0", e.chDB)).Scan(&own); err != nil {
-		t.Fatal(err)
+	ids := map[string]bool{}
+	gen := synth.Events{Seed: seed, Count: n, Entities: entities, Span: 24 * time.Hour, Duplicates: dupes}
+	_ = gen.Each(func(_ int, ev synth.Event) error { ids[ev.ID] = true; return nil })
+	ctx := context.Background()
+	count := func(sql string) uint64 {
+		t.Helper()
+		var v uint64
+		if err := e.ch.QueryRow(ctx, fmt.Sprintf(sql, e.chDB)).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return v
 	}
-	if stored != n || own != n {
-		t.Fatalf("events table has %d, depth-0 rollups count %d; produced %d", stored, own, n)
+	want := map[string]uint64{
+		"produced":     n,
+		"accepted":     uint64(len(ids)),
+		"duplicates":   uint64(n - len(ids)),
+		"dead letters": 0,
+		"events":       count("SELECT count() FROM %s.events"),
+		// No moves: no rollup row sums to zero, each key is one row once merged.
+		"rollup_hourly":        count("SELECT uniqExact(entity_id, bucket, depth, type) FROM %s.rollup_hourly"),
+		"rollup_daily":         count("SELECT uniqExact(entity_id, bucket, depth, type) FROM %s.rollup_daily"),
+		"rollup_daily_current": count("SELECT uniqExact(entity_id, bucket, depth, type) FROM %s.rollup_daily_current"),
+		"entities":             count("SELECT uniqExact(id) FROM %s.entities"),
+		"ingest_acks":          count("SELECT uniqExact(topic, partition, first_offset) FROM %s.ingest_acks"),
+		"ingest_failures":      count("SELECT uniqExact(source_topic, source_partition, source_offset) FROM %s.ingest_failures"),
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("summary %q = %d (printed: %v), want %d", k, g, ok, v)
+		}
+	}
+	if want["events"] != uint64(len(ids)) || want["entities"] != entities {
+		t.Errorf("ClickHouse holds %d events and %d entities; want %d distinct events over %d entities", want["events"], want["entities"], len(ids), entities)
+	}
+	if own := count("SELECT toUInt64(sum(events)) FROM %s.rollup_daily WHERE depth = 0"); own != uint64(len(ids)) {
+		t.Errorf("depth-0 rollups count %d events, want %d", own, len(ids))
+	}
+	// Progress lines only when something changed: no two in a row alike
+	// once their time and rate are cut off.
+	progress := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d  (produced .*)  \(\d+ accepted/s\)$`).FindAllStringSubmatch(out, -1)
+	for i := 1; i < len(progress); i++ {
+		if progress[i][1] == progress[i-1][1] {
+			t.Errorf("progress line repeated unchanged: %q", progress[i][1])
+		}
+	}
+	for _, want := range []string{" show ", " hierarchy move ", "clickhouse-client --host ", "psql "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("next steps lack %q:\n%s", want, out)
+		}
+	}
+	// Bad sizes are usage errors naming the flag.
+	for _, bad := range [][]string{{"--duplicates", "1.5"}, {"--events", "-1"}, {"--entities", "0"}, {"--rate", "-3"}} {
+		msg, err := e.runErr(append([]string{"dev", "--data-dir", t.TempDir()}, bad...)...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(msg, bad[0]) {
+			t.Errorf("dev %s: %v, want exit 2 naming the flag:\n%s", strings.Join(bad, " "), err, msg)
+		}
 	}
 }
 
