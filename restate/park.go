@@ -15,6 +15,8 @@ import (
 
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/internal/backoff"
 )
 
 // Errors of the restater. A change that fails with ErrUnrestatable cannot
@@ -84,15 +86,9 @@ func waitingFor(err error) string {
 	}
 }
 
-// backoff is the wait before the n-th consecutive retry (n >= 1): 1 s,
-// doubling, at most 30 s.
-func backoff(n int) time.Duration {
-	d := time.Second
-	for i := 1; i < n && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
-}
+// newPace is the restater's pacing of rounds that keep failing: about
+// 1 s, doubling, at most about 30 s (internal/backoff's jitter apart).
+func newPace() *backoff.Backoff { return backoff.New(time.Second, 30*time.Second) }
 
 // maxAttempts is how often a change failing with ErrUnrestatable is tried,
 // a refresh of the tree apart, before it is parked.
@@ -317,19 +313,12 @@ func ReadStatus(ctx context.Context, pg interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, all bool) (Status, error) {
-	var (
-		st     Status
-		paused *time.Time
-	)
-	err := pg.QueryRow(ctx, `select restated_through, fence, paused_until,
-		(select coalesce(max(seq), 0) from canopy.entity_history) from canopy.restate_state`).
-		Scan(&st.RestatedThrough, &st.Fence, &paused, &st.Latest)
+	var st Status
+	fs, err := pgledger.ReadFence(ctx, pg)
 	if err != nil {
-		return st, fmt.Errorf("read restate state (run canopy migrate?): %w", err)
+		return st, fmt.Errorf("%w (run canopy migrate?)", err)
 	}
-	if paused != nil && paused.After(time.Now()) {
-		st.PausedUntil = *paused
-	}
+	st.RestatedThrough, st.Fence, st.PausedUntil, st.Latest = fs.RestatedThrough, fs.Fence, fs.PausedUntil, fs.Latest
 	rows, err := pg.Query(ctx, `select seq, entity_id, error, coalesce(depends_on, 0), cardinality(reach), attempts,
 		parked_at, resolved_at from canopy.restate_parked where $1 or resolved_at is null order by seq`, all)
 	if err != nil {

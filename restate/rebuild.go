@@ -6,31 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/pgledger"
-	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/internal/pglock"
 	"github.com/canopyhq/canopy/schema"
-)
-
-// rebuildLockKey is the session-level advisory lock of the one running
-// canopy rebuild ('canopy' || 0x0005).
-const rebuildLockKey int64 = 0x63616e6f70790005
-
-// pauseFor is how long a pause lasts unless renewed; rebuild renews it
-// every pauseRenew and never swaps a partition unless it renewed within
-// pauseSafe, so the pause cannot lapse during a swap.
-const (
-	pauseFor   = 30 * time.Second
-	pauseRenew = 3 * time.Second
-	pauseSafe  = 15 * time.Second
 )
 
 // Rebuild recomputes the three rollup tables for a range of days from the
@@ -91,45 +76,51 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 		}
 		sortingKeys[t] = sk
 	}
-	conn, err := rb.PG.Acquire(ctx)
-	if err != nil {
-		return st, err
-	}
-	defer conn.Release()
-	var got bool
-	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", rebuildLockKey).Scan(&got); err != nil {
-		return st, err
-	}
-	if !got {
+	// One canopy rebuild at a time (pglock.Rebuild): ctx ends if the
+	// lock's connection is lost, before a second one could swap too.
+	err := pglock.TryHold(ctx, rb.PG, pglock.Rebuild, func(ctx context.Context) error {
+		return rb.run(ctx, from, to, sortingKeys, &st)
+	})
+	if errors.Is(err, pglock.ErrBusy) {
 		return st, errors.New("rebuild: another canopy rebuild is running")
 	}
-	defer func() { _, _ = conn.Exec(context.Background(), "select pg_advisory_unlock($1)", rebuildLockKey) }()
+	return st, err
+}
 
-	pause, err := rb.pause(ctx)
+// run rebuilds [from, to) holding the rebuild lock.
+func (rb *Rebuild) run(ctx context.Context, from, to time.Time, sortingKeys map[string]string, st *RebuildStats) error {
+	fence := &pgledger.Fence{Pool: rb.PG}
+	pause, err := fence.Pause(ctx, rb.log())
 	if err != nil {
-		return st, err
+		return fmt.Errorf("rebuild: %w", err)
 	}
-	defer pause.lift()
-	if st.Version, err = rb.quiesce(ctx); err != nil {
-		return st, err
+	defer pause.Lift()
+	limit := rb.Wait
+	if limit <= 0 {
+		limit = 2 * time.Minute
+	}
+	// Under the pause no batch begins and the fence stands still: wait for
+	// the batches begun and the restater's current changes.
+	if st.Version, err = fence.AwaitQuiet(ctx, limit); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
 	}
 	if v, err := rb.Refresh(ctx); err != nil {
-		return st, err
+		return err
 	} else if v < st.Version {
-		return st, fmt.Errorf("rebuild: hierarchy at version %d, restated through %d", v, st.Version)
+		return fmt.Errorf("rebuild: hierarchy at version %d, restated through %d", v, st.Version)
 	}
 	rb.log().Info("rebuild: writers paused", "hierarchy_version", st.Version)
 	for m := monthOf(from); m.Before(to); m = m.AddDate(0, 1, 0) {
 		lo, hi := maxTime(from, m), minTime(to, m.AddDate(0, 1, 0))
-		if err := rb.month(ctx, pause, sortingKeys, m, lo, hi, &st); err != nil {
-			return st, fmt.Errorf("rebuild %s: %w", m.Format("2006-01"), err)
+		if err := rb.month(ctx, pause, sortingKeys, m, lo, hi, st); err != nil {
+			return fmt.Errorf("rebuild %s: %w", m.Format("2006-01"), err)
 		}
 		st.Partitions = append(st.Partitions, m.Format("200601"))
 	}
-	if err := rb.resolveParked(ctx, from, to, &st); err != nil {
-		return st, fmt.Errorf("rebuild done, but resolving parked hierarchy changes failed (run it again): %w", err)
+	if err := rb.resolveParked(ctx, from, to, st); err != nil {
+		return fmt.Errorf("rebuild done, but resolving parked hierarchy changes failed (run it again): %w", err)
 	}
-	return st, nil
+	return nil
 }
 
 // resolveParked marks resolved the parked hierarchy changes up to the
@@ -181,7 +172,7 @@ func (rb *Rebuild) checkTable(ctx context.Context, t string) (string, error) {
 }
 
 // month recomputes [lo, hi) of month m into staging tables and swaps them in.
-func (rb *Rebuild) month(ctx context.Context, p *pauser, sortingKeys map[string]string, m, lo, hi time.Time, st *RebuildStats) error {
+func (rb *Rebuild) month(ctx context.Context, p *pgledger.Paused, sortingKeys map[string]string, m, lo, hi time.Time, st *RebuildStats) error {
 	part := m.Format("200601")
 	defer func() {
 		for _, t := range rebuildTables {
@@ -198,7 +189,7 @@ func (rb *Rebuild) month(ctx context.Context, p *pauser, sortingKeys map[string]
 		return err
 	}
 	st.Events += n
-	if !p.safe() {
+	if !p.Held() {
 		return errors.New("the pause on writers could not be renewed; nothing swapped")
 	}
 	for _, t := range rebuildTables {
@@ -312,14 +303,10 @@ func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildSta
 			}
 		}
 		ev.EntityID = int64(entity) //nolint:gosec // ids < 2^63
-		was, ok1 := ingest.Chain(rb.Resolver, ev.EntityID, ev.OccurredAt, max(st.Version, hv), rb.Policy, b1[:0])
-		now, ok2 := ingest.Chain(rb.Resolver, ev.EntityID, ingest.EndOfTime, st.Version, rb.Policy, b2[:0])
-		if !ok1 || !ok2 {
+		if !attribute(rb.Resolver, &ev, hv, st.Version, rb.Policy, hourly, daily, asIs, &b1, &b2) {
 			return n, fmt.Errorf("event of entity %d at %s: entity not in the hierarchy (version %d), or its ancestor chain is longer than %d entities: move it (or an ancestor) under a shorter chain first",
 				ev.EntityID, ev.OccurredAt, asOf, hierarchy.MaxDepth)
 		}
-		ingest.AddFanout(hourly, daily, &ev, was, 1)
-		ingest.AddFanout(nil, asIs, &ev, now, 1)
 		n++
 	}
 	if err := rows.Err(); err != nil {
@@ -328,97 +315,22 @@ func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildSta
 	return n, flush()
 }
 
-// pauser holds the pause on new batches and renews it.
-type pauser struct {
-	pg      *pgxpool.Pool
-	log     *slog.Logger
-	mu      sync.Mutex
-	renewed time.Time
-	stop    context.CancelFunc
-	done    chan struct{}
-}
-
-// pause stops new batches (and new restater steps) from beginning, under
-// the lock batches take shared when they begin.
-func (rb *Rebuild) pause(ctx context.Context) (*pauser, error) {
-	err := pgx.BeginFunc(ctx, rb.PG, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", pgledger.RestateLockKey); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, "update canopy.restate_state set paused_until = now() + make_interval(secs => $1)", pauseFor.Seconds())
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("rebuild: pause writers: %w", err)
+// attribute adds ev, stored by a batch resolved with version hv, to the
+// rollups as the live path attributes it once the restater has restated
+// through version: as-was (hourly, daily) with the chain at the event's
+// time as of the later of the two versions, as-is with the current chain
+// as of version. False if either chain does not resolve. b1 and b2 are
+// scratch chains.
+func attribute(tree ingest.Resolver, ev *ingest.Event, hv, version int64, policy ingest.SuspendedPolicy,
+	hourly, daily, asIs *ingest.Rollup, b1, b2 *[64]ingest.Ancestor) bool {
+	was, ok1 := ingest.Chain(tree, ev.EntityID, ev.OccurredAt, max(version, hv), policy, b1[:0])
+	now, ok2 := ingest.Chain(tree, ev.EntityID, ingest.EndOfTime, version, policy, b2[:0])
+	if !ok1 || !ok2 {
+		return false
 	}
-	rctx, stop := context.WithCancel(context.Background())
-	p := &pauser{pg: rb.PG, log: rb.log(), renewed: time.Now(), stop: stop, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for wait.Sleep(rctx, pauseRenew) {
-			at := time.Now()
-			_, err := p.pg.Exec(rctx, "update canopy.restate_state set paused_until = now() + make_interval(secs => $1)", pauseFor.Seconds())
-			if err != nil {
-				p.log.Warn("rebuild: renewing the pause failed", "err", err)
-				continue
-			}
-			p.mu.Lock()
-			p.renewed = at
-			p.mu.Unlock()
-		}
-	}()
-	return p, nil
-}
-
-func (p *pauser) safe() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return time.Since(p.renewed) < pauseSafe
-}
-
-func (p *pauser) lift() {
-	p.stop()
-	<-p.done
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := p.pg.Exec(ctx, "update canopy.restate_state set paused_until = null"); err != nil {
-		p.log.Warn("rebuild: lifting the pause failed; it lapses by itself", "err", err, "within", pauseFor)
-	}
-}
-
-// quiesce waits until no batch is unfinished and the restater has caught
-// up with its fence, and returns how far it has restated.
-func (rb *Rebuild) quiesce(ctx context.Context) (int64, error) {
-	limit := rb.Wait
-	if limit <= 0 {
-		limit = 2 * time.Minute
-	}
-	start := time.Now()
-	for {
-		var (
-			fence, done int64
-			open        string
-		)
-		err := rb.PG.QueryRow(ctx, `select fence, restated_through, coalesce((
-			select src_topic || ' partition ' || src_partition || ' offsets ' || first_offset || '…' || last_offset
-			  from canopy.ingest_intents where done_at is null limit 1), '')
-			from canopy.restate_state`).Scan(&fence, &done, &open)
-		if err != nil {
-			return 0, fmt.Errorf("rebuild: %w", err)
-		}
-		if open == "" && done >= fence {
-			return done, nil
-		}
-		if time.Since(start) > limit {
-			if open != "" {
-				return 0, fmt.Errorf("rebuild: batch %s is unfinished after %s; finish it first (run the backfill or canopy reconcile that began it again, or start a worker)", open, limit)
-			}
-			return 0, fmt.Errorf("rebuild: the restater is still applying changes up to %d (done %d) after %s", fence, done, limit)
-		}
-		if !wait.Sleep(ctx, 100*time.Millisecond) {
-			return 0, ctx.Err()
-		}
-	}
+	ingest.AddFanout(hourly, daily, ev, was, 1)
+	ingest.AddFanout(nil, asIs, ev, now, 1)
+	return true
 }
 
 func (rb *Rebuild) log() *slog.Logger {

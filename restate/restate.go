@@ -1,26 +1,40 @@
-// Package restate keeps the rollups exact when the hierarchy changes. After
-// each change it corrects, from the data the change affects and nothing
-// else:
+// Package restate keeps the rollups exact when the hierarchy changes: it
+// owns restatement — the restater, which applies each hierarchy change to
+// the rollups once committed, and canopy rebuild, which recomputes days of
+// rollups from the events — and parking, what the restater does with a
+// change it cannot apply. After each change the restater corrects, from
+// the data the change affects and nothing else:
 //
-//   - rollup_daily_current (as-is): a move of X moves X's own rows — the
+//   - rollup_daily_current (as-is): a move of X shifts X's own rows — the
 //     whole history of its subtree, by bucket, depth and type — from X's old
-//     ancestors to its new ones, at depths shifted by their distance to X;
+//     ancestors to its new ones, at depths shifted by their distance to X
+//     (asIsDelta);
 //   - rollup_hourly and rollup_daily (as-was): events that were attributed
-//     before the change was known, and whose attribution it alters (a
-//     back-dated correction, or events in flight at the moment of a move),
-//     are moved from the chain they were counted under to the right one;
+//     before the change was known (a back-dated correction, or events in
+//     flight at the moment of a move), and whose attribution it alters, are
+//     moved from the chain they were counted under to the right one
+//     (reattribute);
 //   - the ClickHouse entities table: the changed entity, and its subtree's
 //     paths and levels after a move.
 //
-// docs/hierarchy.md explains the fence that makes this exact while batches
-// are in flight. One restater is active at a time (a PostgreSQL advisory
-// lock); every worker runs one, so a stand-by takes over within seconds.
+// A change that cannot be restated is parked (park.go) until canopy
+// rebuild recomputes what it left wrong (rebuild.go). docs/hierarchy.md
+// explains the fence that makes this exact while batches are in flight;
+// the fence is ingest/pgledger's Fence, which the restater raises and
+// advances and rebuild pauses. One restater is active at a time (pglock.Lead
+// on pglock.Restater); every worker runs one, so a stand-by takes over
+// within seconds.
+//
+// Imports: hierarchy (the history and the entities), ingest's exported API
+// only (chains, rollups, the ClickHouse sink), ingest/pgledger (the
+// Fence), schema and internal/. It must not import cmd/ or reach into
+// ingest's internals, and neither ingest nor hierarchy may import it
+// (TestImports).
 package restate
 
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -28,7 +42,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shopspring/decimal"
@@ -36,13 +49,10 @@ import (
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
 	"github.com/canopyhq/canopy/ingest/pgledger"
+	"github.com/canopyhq/canopy/internal/pglock"
 	"github.com/canopyhq/canopy/internal/wait"
 	"github.com/canopyhq/canopy/schema"
 )
-
-// leaderLockKey is the session-level advisory lock held by the active
-// restater ('canopy' || 0x0004).
-const leaderLockKey int64 = 0x63616e6f70790004
 
 // Tree is what the restater needs of the in-memory hierarchy.
 type Tree interface {
@@ -66,6 +76,7 @@ type Restater struct {
 	Metrics *Metrics // may be nil
 
 	sink       *ingest.ClickHouseSink
+	fence      *pgledger.Fence
 	progressed bool          // a step succeeded since Run last waited
 	gaugedAt   time.Time     // when Metrics.Parked was last set
 	seen       int64         // the latest change committed when the last round began
@@ -100,22 +111,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // Run restates changes until ctx ends, whenever this process holds the
-// leader lock. A transient error (PostgreSQL, ClickHouse, a tree behind)
-// ends the round: Run waits — 1 s, doubling up to 30 s while rounds keep
-// failing — and tries again. A change that cannot be restated does not
-// stop it: Step parks it (see ErrUnrestatable).
+// restater's leader lock (pglock.Restater; a stand-by tries to take it
+// every leaderRetry). A transient error (PostgreSQL, ClickHouse, a tree
+// behind, the lock's connection lost) ends the round: Run waits — about
+// 1 s, doubling up to 30 s while rounds keep failing (newPace) — and tries
+// again. A change that cannot be restated does not stop it: Step parks it
+// (see ErrUnrestatable).
 func (r *Restater) Run(ctx context.Context) error {
+	pace := newPace()
 	failures := 0
 	for ctx.Err() == nil {
-		err := r.lead(ctx)
+		err := pglock.Lead(ctx, r.PG, pglock.Restater, leaderRetry, r.lead)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if r.progressed {
 			r.progressed, failures = false, 0
+			pace.Reset()
 		}
 		failures++
-		d := backoff(failures)
+		d := pace.Next()
 		r.log().Warn("restater stopped; retrying", "err", err, "waiting_for", waitingFor(err),
 			"retry_in", d, "consecutive_failures", failures)
 		if !wait.Sleep(ctx, d) {
@@ -125,38 +140,17 @@ func (r *Restater) Run(ctx context.Context) error {
 	return nil
 }
 
+// leaderRetry is how often a stand-by restater tries to take the lock.
+const leaderRetry = 2 * time.Second
+
+// lead restates while this process is the leader (pglock.Lead: ctx ends
+// when the lock's connection is lost).
 func (r *Restater) lead(ctx context.Context) error {
-	conn, err := r.PG.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	for {
-		var got bool
-		if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", leaderLockKey).Scan(&got); err != nil {
-			return err
-		}
-		if got {
-			break
-		}
-		if !wait.Sleep(ctx, 2*time.Second) {
-			return ctx.Err()
-		}
-	}
-	defer func() {
-		// Release on the same session; if the session broke, the lock went
-		// with it.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "select pg_advisory_unlock($1)", leaderLockKey)
-	}()
 	r.log().Info("restater active")
 	for {
 		busy, err := r.Step(ctx)
 		if err != nil {
 			return err
-		}
-		// The session must still be ours: a broken connection lost the lock.
-		if err := conn.Ping(ctx); err != nil {
-			return fmt.Errorf("leader session: %w", err)
 		}
 		if !busy && !r.idle(ctx) {
 			return ctx.Err()
@@ -207,13 +201,16 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 	if r.sink == nil {
 		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema}
 	}
+	if r.fence == nil {
+		r.fence = &pgledger.Fence{Pool: r.PG}
+	}
 	// The state and the latest change committed, in one round trip: an idle
 	// restater asks this every idlePoll.
-	var fence, done, latest int64
-	if err := r.PG.QueryRow(ctx, `select fence, restated_through,
-		(select coalesce(max(seq), 0) from canopy.entity_history) from canopy.restate_state`).Scan(&fence, &done, &latest); err != nil {
-		return false, fmt.Errorf("read restate state: %w", err)
+	st, err := r.fence.State(ctx)
+	if err != nil {
+		return false, err
 	}
+	fence, done, latest := st.Fence, st.RestatedThrough, st.Latest
 	r.seen = latest
 	if r.Metrics != nil {
 		r.Metrics.Pending.Set(float64(latest - done))
@@ -229,7 +226,9 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("hierarchy at version %d, restating up to %d", v, target)
 	}
 	if fence < target {
-		raised, err := r.raiseFence(ctx, target)
+		// Raise waits for the batches recording their intent under the
+		// old fence; it raises nothing while canopy rebuild pauses writers.
+		raised, err := r.fence.Raise(ctx, target)
 		if err != nil {
 			return false, err
 		}
@@ -238,7 +237,9 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 			return false, nil
 		}
 	}
-	if err := r.awaitBatches(ctx, target); err != nil {
+	// From here the rows and events attributed before the changes up to
+	// target are final.
+	if err := r.fence.AwaitBatches(ctx, target, r.log()); err != nil {
 		return false, err
 	}
 	changes, err := r.Store.Recorded(ctx, done, target)
@@ -255,7 +256,7 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 			return err
 		}
 		touched = touched[:0]
-		return r.advance(ctx, upTo)
+		return r.fence.Advance(ctx, upTo)
 	}
 	for _, c := range changes {
 		moved, attempts, err := false, 0, error(nil)
@@ -297,68 +298,6 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 	return true, flush(target)
 }
 
-// raiseFence makes every new batch resolve with version >= v. The exclusive
-// lock waits for batches recording their intent under the old fence. It
-// raises nothing, and says so, while canopy rebuild pauses writers.
-func (r *Restater) raiseFence(ctx context.Context, v int64) (bool, error) {
-	raised := false
-	err := pgx.BeginFunc(ctx, r.PG, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", pgledger.RestateLockKey); err != nil {
-			return err
-		}
-		tag, err := tx.Exec(ctx, `update canopy.restate_state set fence = greatest(fence, $1), updated_at = now()
-			where paused_until is null or paused_until <= now()`, v)
-		raised = tag.RowsAffected() == 1
-		return err
-	})
-	return raised, err
-}
-
-// awaitBatches waits until every batch resolved with a version below v has
-// written everything: from then on the rows and events attributed before
-// the changes up to v are final.
-func (r *Restater) awaitBatches(ctx context.Context, v int64) error {
-	start := time.Now()
-	warned := start
-	for {
-		var (
-			topic     string
-			partition int32
-			first, hv int64
-			found     = true
-		)
-		err := r.PG.QueryRow(ctx, `select src_topic, src_partition, first_offset, hierarchy_version
-			from canopy.ingest_intents where done_at is null and hierarchy_version < $1 limit 1`, v).
-			Scan(&topic, &partition, &first, &hv)
-		if errors.Is(err, pgx.ErrNoRows) {
-			found = false
-		} else if err != nil {
-			return fmt.Errorf("look for unfinished batches: %w", err)
-		}
-		if !found {
-			return nil
-		}
-		if time.Since(warned) > 30*time.Second {
-			warned = time.Now()
-			r.log().Warn("restater waiting for an unfinished batch resolved before the change",
-				"topic", topic, "partition", partition, "first_offset", first, "batch_version", hv,
-				"change", v, "waited", time.Since(start).Round(time.Second))
-		}
-		if !wait.Sleep(ctx, 50*time.Millisecond) {
-			return ctx.Err()
-		}
-	}
-}
-
-func (r *Restater) advance(ctx context.Context, v int64) error {
-	_, err := r.PG.Exec(ctx, `update canopy.restate_state
-		set restated_through = greatest(restated_through, $1), updated_at = now()`, v)
-	if err != nil {
-		return fmt.Errorf("record restate progress: %w", err)
-	}
-	return nil
-}
-
 // apply restates c, trying a change that fails with ErrUnrestatable up to
 // maxAttempts times with the tree refreshed in between (it may have been a
 // change behind), and reports the attempts made.
@@ -390,40 +329,67 @@ func (r *Restater) restateSafe(ctx context.Context, c hierarchy.Recorded) (moved
 	return r.restate(ctx, c)
 }
 
+// changePlan is what one change needs restated.
+type changePlan struct {
+	// before and after are the entity's current chain (with every
+	// ancestor, suspended or not) before and after the change.
+	before, after []ingest.Ancestor
+	// moved: the change alters the entity's links (its parent, or a depth
+	// through an unresolved link): its subtree's paths change too.
+	moved bool
+	// asIs: rollup_daily_current moves — on a move, or with the skip policy
+	// when the entity starts or stops receiving its downline.
+	asIs bool
+	// asWas: events attributed before the change may need re-attribution
+	// in the as-was rollups (any change that needs restating at all: a
+	// move, a back-dated correction, a status change under skip).
+	asWas bool
+}
+
+// planChange classifies change c against tree: a creation (the entity had
+// no chain before) and a change that alters neither links, nor history,
+// nor (under skip) what the entity receives, need nothing.
+func planChange(tree ingest.Resolver, c hierarchy.Recorded, policy ingest.SuspendedPolicy) (changePlan, error) {
+	var p changePlan
+	before, known := ingest.Chain(tree, c.ID, ingest.EndOfTime, c.Seq-1, ingest.SuspendedInclude, nil)
+	if !known {
+		return p, nil // a creation: nothing was attributed through it yet
+	}
+	after, ok := ingest.Chain(tree, c.ID, ingest.EndOfTime, c.Seq, ingest.SuspendedInclude, nil)
+	if !ok {
+		return p, fmt.Errorf("%w: entity %d has no ancestor chain at version %d (longer than %d entities, or a broken link)",
+			ErrUnrestatable, c.ID, c.Seq, hierarchy.MaxDepth)
+	}
+	p.before, p.after = before, after
+	p.moved = !ingest.SameLinks(before, after)
+	statusChanged := policy == ingest.SuspendedSkip && before[0].Suspended != after[0].Suspended
+	p.asIs = p.moved || statusChanged
+	p.asWas = p.asIs || c.Supersedes
+	return p, nil
+}
+
 // restate writes the corrections one change needs and reports whether the
 // entity's current parent changed (its subtree's paths did too).
 func (r *Restater) restate(ctx context.Context, c hierarchy.Recorded) (bool, error) {
-	var b1, b2 [64]ingest.Ancestor
-	before, known := ingest.Chain(r.Tree, c.ID, ingest.EndOfTime, c.Seq-1, ingest.SuspendedInclude, b1[:0])
-	if !known {
-		return false, nil // a creation: nothing was attributed through it yet
-	}
-	after, ok := ingest.Chain(r.Tree, c.ID, ingest.EndOfTime, c.Seq, ingest.SuspendedInclude, b2[:0])
-	if !ok {
-		return false, fmt.Errorf("%w: entity %d has no ancestor chain at version %d (longer than %d entities, or a broken link)",
-			ErrUnrestatable, c.ID, c.Seq, hierarchy.MaxDepth)
-	}
-	moved := !ingest.SameLinks(before, after)
-	statusChanged := before[0].Suspended != after[0].Suspended
-	skip := r.Policy == ingest.SuspendedSkip
-	if !moved && !c.Supersedes && !(skip && statusChanged) {
-		return false, nil
+	p, err := planChange(r.Tree, c, r.Policy)
+	if err != nil || !p.asWas {
+		return p.moved, err
 	}
 	start := time.Now()
-	if moved || (skip && statusChanged) {
-		if err := r.restateAsIs(ctx, c, before, after); err != nil {
-			return moved, err
+	if p.asIs {
+		if err := r.restateAsIs(ctx, c, p.before, p.after); err != nil {
+			return p.moved, err
 		}
 	}
 	if err := r.restateAsWas(ctx, c); err != nil {
-		return moved, err
+		return p.moved, err
 	}
 	if r.Metrics != nil {
 		r.Metrics.Duration.Observe(time.Since(start).Seconds())
 	}
-	r.log().Debug("restated hierarchy change", "seq", c.Seq, "entity", c.ID, "moved", moved,
+	r.log().Debug("restated hierarchy change", "seq", c.Seq, "entity", c.ID, "moved", p.moved,
 		"back_dated", c.Supersedes, "took", time.Since(start))
-	return moved, nil
+	return p.moved, nil
 }
 
 func (r *Restater) unit(c hierarchy.Recorded) string {
@@ -436,34 +402,47 @@ func (r *Restater) unit(c hierarchy.Recorded) string {
 // (suspended or closed) and restores them, from its children's rows, when it
 // starts again.
 func (r *Restater) restateAsIs(ctx context.Context, c hierarchy.Recorded, before, after []ingest.Ancestor) error {
-	skip := r.Policy == ingest.SuspendedSkip
-	received := !skip || !before[0].Suspended
+	received := r.Policy != ingest.SuspendedSkip || !before[0].Suspended
 	full, err := r.subtreeRows(ctx, c.ID, c.Seq, received, 0)
 	if err != nil {
 		return err
 	}
-	out := ingest.NewRollup(len(r.Schema.Measures))
-	receives := !skip || !after[0].Suspended
+	out := asIsDelta(full, c.ID, before, after, r.Policy, len(r.Schema.Measures))
+	if err := r.sink.WriteRollup(ctx, schema.TableRollupAsIs, out, r.unit(c), 0); err != nil {
+		return err
+	}
+	r.count(schema.TableRollupAsIs, out.Len())
+	return nil
+}
+
+// asIsDelta is the as-is correction of a change of entity id from chain
+// before to chain after (its entity first), given full, id's subtree's
+// as-is totals by bucket, depth below id and type (EntityID 0; subtreeRows):
+// each row shifted off every old ancestor and onto every new one, and,
+// with the skip policy, id's own downline rows (depth > 0) removed when it
+// stops receiving them or restored when it starts again. Sorted, zero rows
+// dropped.
+func asIsDelta(full *ingest.Rollup, id int64, before, after []ingest.Ancestor, policy ingest.SuspendedPolicy, measures int) *ingest.Rollup {
+	skip := policy == ingest.SuspendedSkip
+	received, receives := !skip || !before[0].Suspended, !skip || !after[0].Suspended
+	moved := !ingest.SameLinks(before, after)
+	out := ingest.NewRollup(measures)
 	for i, k := range full.Keys {
 		if k.Depth > 0 && received != receives {
 			sign := int64(1)
 			if received {
 				sign = -1
 			}
-			out.AddRow(ingest.RollupKey{EntityID: c.ID, Bucket: k.Bucket, Depth: k.Depth, Type: k.Type}, full.Events[i], rowSums(full, i), sign)
+			out.AddRow(ingest.RollupKey{EntityID: id, Bucket: k.Bucket, Depth: k.Depth, Type: k.Type}, full.Events[i], rowSums(full, i), sign)
 		}
-		if !ingest.SameLinks(before, after) {
-			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), before, -1, r.Policy)
-			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), after, 1, r.Policy)
+		if moved {
+			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), before, -1, policy)
+			shift(out, k, k.Depth, full.Events[i], rowSums(full, i), after, 1, policy)
 		}
 	}
 	out.Sort()
 	out.Compact()
-	if err := r.sink.WriteRollup(ctx, schema.TableRollupAsIs, out, r.unit(c), 0); err != nil {
-		return err
-	}
-	r.count(schema.TableRollupAsIs, out.Len())
-	return nil
+	return out
 }
 
 func rowSums(r *ingest.Rollup, i int) []schema.Sum128 {
@@ -622,13 +601,7 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 				return err
 			}
 			ev.EntityID = int64(entity) //nolint:gosec // ids < 2^63
-			was, ok1 := ingest.Chain(r.Tree, ev.EntityID, ev.OccurredAt, c.Seq-1, r.Policy, b1[:0])
-			now, ok2 := ingest.Chain(r.Tree, ev.EntityID, ev.OccurredAt, c.Seq, r.Policy, b2[:0])
-			if !ok1 || !ok2 || ingest.SameLinks(was, now) {
-				continue
-			}
-			ingest.AddFanout(hourly, daily, &ev, was, -1)
-			ingest.AddFanout(hourly, daily, &ev, now, 1)
+			reattribute(r.Tree, &ev, c.Seq, r.Policy, hourly, daily, &b1, &b2)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -647,6 +620,22 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 		r.count(t.table, t.r.Len())
 	}
 	return nil
+}
+
+// reattribute moves ev, attributed before change seq, from the as-was
+// chain it had at version seq-1 to the one it has at seq, in the hourly and
+// daily rollups, and reports whether it moved (not if the chain is the
+// same, or either does not resolve). b1 and b2 are scratch chains.
+func reattribute(tree ingest.Resolver, ev *ingest.Event, seq int64, policy ingest.SuspendedPolicy,
+	hourly, daily *ingest.Rollup, b1, b2 *[64]ingest.Ancestor) bool {
+	was, ok1 := ingest.Chain(tree, ev.EntityID, ev.OccurredAt, seq-1, policy, b1[:0])
+	now, ok2 := ingest.Chain(tree, ev.EntityID, ev.OccurredAt, seq, policy, b2[:0])
+	if !ok1 || !ok2 || ingest.SameLinks(was, now) {
+		return false
+	}
+	ingest.AddFanout(hourly, daily, ev, was, -1)
+	ingest.AddFanout(hourly, daily, ev, now, 1)
+	return true
 }
 
 // affectedFrom is the earliest event time whose as-was chain the change can

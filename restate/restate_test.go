@@ -15,6 +15,7 @@ import (
 
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/internal/backoff"
 )
 
 // Issue 14: a change the restater could not restate (an entity moved under
@@ -64,15 +65,28 @@ func TestWaitingFor(t *testing.T) {
 	}
 }
 
+// TestBackoff: rounds that keep failing are paced 1 s, doubling, at most
+// 30 s — each within internal/backoff's jitter (±backoff.Jitter).
 func TestBackoff(t *testing.T) {
+	within := func(got, w time.Duration) bool {
+		return got >= time.Duration(float64(w)*(1-backoff.Jitter)) && got <= time.Duration(float64(w)*(1+backoff.Jitter))
+	}
 	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	pace := newPace()
 	for i, w := range want {
-		if got := backoff(i + 1); got != w {
-			t.Errorf("backoff(%d) = %s, want %s", i+1, got, w)
+		if got := pace.Next(); !within(got, w) {
+			t.Errorf("wait %d = %s, want %s ± %.0f%%", i+1, got, w, 100*backoff.Jitter)
 		}
 	}
-	if got := backoff(1000); got != 30*time.Second {
-		t.Errorf("backoff(1000) = %s, want the cap", got)
+	for range 1000 {
+		pace.Next()
+	}
+	if got := pace.Next(); !within(got, 30*time.Second) {
+		t.Errorf("wait 1008 = %s, want the cap", got)
+	}
+	pace.Reset()
+	if got := pace.Next(); !within(got, time.Second) {
+		t.Errorf("wait after Reset = %s, want 1 s again", got)
 	}
 }
 

@@ -1,6 +1,12 @@
 // Package pgledger implements ingest.Ledger on PostgreSQL: partition leases,
-// batch intents and event-id claims in one transaction per batch. The tables
-// are created by schema/postgres/0100_ingest_ledger.sql.
+// batch intents and event-id claims in one transaction per batch, and the
+// Fence, the one owner of the protocol (canopy.restate_state under the
+// fence advisory lock) that orders the restater and canopy rebuild against
+// those batches. The tables are created by schema/postgres/0100_ingest_ledger.sql
+// and 0101_restate.sql.
+//
+// It imports ingest (the Ledger contract it implements) and internal/ only;
+// nothing of restate, hierarchy or cmd.
 package pgledger
 
 import (
@@ -15,11 +21,6 @@ import (
 
 	"github.com/canopyhq/canopy/ingest"
 )
-
-// RestateLockKey is the advisory lock that orders batch intents against the
-// restater's fence: batches take it shared, the restater exclusively
-// ('canopy' || 0x0003; schema/postgres/0101_restate.sql).
-const RestateLockKey int64 = 0x63616e6f70790003
 
 // Ledger is an ingest.Ledger over a pgx pool. Safe for concurrent use.
 type Ledger struct {
@@ -85,7 +86,7 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 
 // Begin implements ingest.Ledger.
 //
-// The lease check, the restate lock and the intent go to PostgreSQL in one
+// The lease check, the fence lock and the intent go to PostgreSQL in one
 // pipeline (beginBatch): one round trip for a batch that claims nothing
 // (ingest.dedup=partitioned), where the pipeline is an implicit transaction
 // of its own; with claims (ingest.dedup=postgres) it opens an explicit
@@ -162,7 +163,7 @@ type sender interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// begin checks the lease, takes the restate lock and records the intent
+// begin checks the lease, takes the fence lock shared and records the intent
 // unless one exists, in one round trip: three statements pipelined, run in
 // one transaction (db's, or the implicit one of the pipeline), each with
 // its own snapshot. It returns the intent to attempt — the recorded one on
@@ -178,15 +179,12 @@ func (l *Ledger) begin(ctx context.Context, db sender, epoch int64, in ingest.In
 		b.Queue(`select epoch from canopy.partition_leases
 			where src_topic = $1 and src_partition = $2 for share`, topic, in.Partition)
 	}
-	// The restater's fence and progress are read under the lock it takes
-	// exclusively to move the fence (docs/hierarchy.md): once the fence is
-	// up, no new batch resolves with an older version. The lock is taken by
-	// a statement of its own, before the one reading the state: a
-	// statement's snapshot is taken when it starts, so one that waited for
-	// the lock inside would read the fence as it was before the restater
-	// moved it. The pipeline keeps that order; it only saves the round
-	// trips between the statements.
-	b.Queue(`select pg_advisory_xact_lock_shared($1)`, RestateLockKey)
+	// The restater's fence and progress, and canopy rebuild's pause, are
+	// read under the fence lock (Fence; docs/hierarchy.md): once the fence
+	// is up, no new batch resolves with an older version. The pipeline
+	// keeps the lock's statement before the one reading the state; it only
+	// saves the round trips between them.
+	queueCheck(b)
 	// The intent is recorded only if the lease is still this batch's (the
 	// row is locked since the first statement, so the check sees what that
 	// one saw), the batch's version is not below the fence and canopy
@@ -194,8 +192,7 @@ func (l *Ledger) begin(ctx context.Context, db sender, epoch int64, in ingest.In
 	// intent recorded earlier for the same first offset, if its snapshot
 	// holds one.
 	b.Queue(`
-		with st as (
-		  select fence, restated_through, coalesce(paused_until > now(), false) as paused from canopy.restate_state),
+		with st as (`+fenceStateSQL+`),
 		ins as (
 		  insert into canopy.ingest_intents
 		         (src_topic, src_partition, first_offset, last_offset, epoch, hierarchy_version, asis_tag, created_at, fingerprint)
@@ -225,7 +222,7 @@ func (l *Ledger) begin(ctx context.Context, db sender, epoch int64, in ingest.In
 		}
 	}
 	if _, err := br.Exec(); err != nil {
-		return in, false, fmt.Errorf("restate lock: %w", err)
+		return in, false, fmt.Errorf("fence lock: %w", err)
 	}
 	var (
 		fence         int64
