@@ -45,8 +45,22 @@ func schedule(rng *rand.Rand, workers int, span time.Duration) []fault {
 	return out
 }
 
+// servicesScript runs scripts/services, e.g. "restart kafka". The name
+// "clickhouse" means the ClickHouse the tests run on: the 18.16 service, or
+// the one CANOPY_TEST_CLICKHOUSE_SERVICE names (scripts/services env
+// --clickhouse=26 sets clickhouse26). Before it stops a service the other
+// go test process of scripts/test uses too, the test waits for that
+// process's running test to end (servicelock_test.go).
 func servicesScript(t *testing.T, args ...string) {
 	t.Helper()
+	if len(args) == 2 {
+		if args[1] == "clickhouse" {
+			if s := os.Getenv("CANOPY_TEST_CLICKHOUSE_SERVICE"); s != "" {
+				args = []string{args[0], s}
+			}
+		}
+		holdServicesExclusive(t, args[1])
+	}
 	script, _ := filepath.Abs("../../scripts/services")
 	cmd := exec.Command(script, args...)
 	out, err := cmd.CombinedOutput()
