@@ -231,161 +231,263 @@ type decoded struct {
 	current []Ancestor // as-is, when it differs from chain
 }
 
-// attempt processes exactly the records of in. again is true when Begin
-// found a different intent recorded for the same first offset, or when a
-// new batch met unknown entities and the hierarchy could be refreshed (then
-// in carries the newer version).
+// replayed is a record of a batch replayed from the dead letters (canopy dlq
+// replay) that decoded and resolved: if it owns its id, its success marks
+// the failure its headers name resolved.
+type replayed struct {
+	offset   int64
+	key, raw []byte
+	origin   Origin
+}
+
+// records is one attempt's records as step 2 leaves them; the later steps
+// read it.
+type records struct {
+	every    bool      // the Ledger claims every decoded record (claimsEveryDecoded)
+	valid    []decoded // decoded, expanded and, unless every, first of their id in the batch
+	failures []Failure
+	failedAt []int64 // offset of each failure's record
+	claims   []Claim
+	replays  []replayed
+	counts   Counts
+	// chains holds every chain of valid, from a pool: the chains are read
+	// only until the batch is summed, and free gives it back unzeroed.
+	bufp   *[]Ancestor
+	chains []Ancestor
+}
+
+func (a *records) fail(f Failure, offset int64) {
+	a.failures, a.failedAt = append(a.failures, f), append(a.failedAt, offset)
+}
+
+func (a *records) free() {
+	*a.bufp = a.chains[:0]
+	ancestorBufs.Put(a.bufp)
+}
+
+// attempt processes exactly the records of in, in the steps of
+// docs/exactly-once.md (step 1, the look-up, is process's). again is true
+// when Begin found a different intent recorded for the same first offset,
+// or when a new batch met unknown entities and the hierarchy could be
+// refreshed (then in carries the newer version).
 func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []Record, mayRefresh bool) (Intent, bool, error) {
+	if err := p.replayable(in); err != nil {
+		return in, false, err
+	}
+	// 2. decode, validate, expand; duplicates within the batch; claims.
+	var a records
+	p.decode(&a, in, recs)
+	defer a.free()
+	if mayRefresh && !in.Replay && hasClass(a.failures, ClassUnknownEntity) {
+		if again, err := p.catchUp(ctx, &in); again || err != nil {
+			return in, again, err
+		}
+	}
+	// 3. begin: the intent and the claims, fenced by the lease.
+	in, owned, again, err := p.begin(ctx, epoch, in, a.claims, mayRefresh)
+	if again || err != nil {
+		return in, again, err
+	}
+	if a.every {
+		a.failures = p.ownedFailures(a.failures, a.failedAt, owned, &a.counts)
+	}
+	// 4. write: the rollups summed, the failures out, the blocks, the ack.
+	b := p.sum(in, &a, owned)
+	retries, dead, err := p.sendFailures(ctx, in, a.failures)
+	if err != nil {
+		return in, false, err
+	}
+	a.counts.Retried = uint32(len(retries))
+	a.counts.DeadLettered = uint32(len(dead))
+	b.Counts = a.counts
+	if resolved := p.resolved(a.replays, owned); len(dead)+len(resolved) > 0 {
+		if err := p.Sink.WriteFailures(ctx, append(dead, resolved...)); err != nil {
+			return in, false, fmt.Errorf("write failures: %w", err)
+		}
+	}
+	start := time.Now()
+	if err := p.write(ctx, b); err != nil {
+		return in, false, err
+	}
+	// 5. done.
+	if err := p.Ledger.Done(ctx, in.Source); err != nil {
+		return in, false, fmt.Errorf("mark batch done: %w", err)
+	}
+	p.Metrics.observeBatch(b, dead, len(retries), time.Since(start))
+	if p.Observer != nil {
+		p.Observer(b.Counts, dead)
+	}
+	if in.Replay {
+		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
+	}
+	return in, false, nil
+}
+
+// replayable refuses a replay this process cannot write as the batch's
+// first attempt did: under another fingerprint, or with an older hierarchy.
+func (p *Processor) replayable(in Intent) error {
 	if in.Replay && in.Fingerprint != "" && in.Fingerprint != p.Fingerprint() {
-		return in, false, fmt.Errorf("%w: begun with %q, this process has %q; finish it with the configuration it was begun with",
+		return fmt.Errorf("%w: begun with %q, this process has %q; finish it with the configuration it was begun with",
 			ErrReplayMismatch, in.Fingerprint, p.Fingerprint())
 	}
 	if in.Replay && p.Resolver.Version() < in.HierarchyVersion {
-		return in, false, fmt.Errorf("%w: have %d, batch needs %d", ErrHierarchyBehind, p.Resolver.Version(), in.HierarchyVersion)
+		return fmt.Errorf("%w: have %d, batch needs %d", ErrHierarchyBehind, p.Resolver.Version(), in.HierarchyVersion)
 	}
-	every := claimsEveryDecoded(p.Ledger)
+	return nil
+}
+
+// decode is step 2: it decodes and validates each record (its headers read
+// once, into an Origin), resolves each event's chains as of in's hierarchy
+// version, and fills a with the valid events, the failures and the claims.
+// Under a Ledger that does not claim every decoded record, a repeated id
+// within the batch is a duplicate here.
+func (p *Processor) decode(a *records, in Intent, recs []Record) {
+	a.every = claimsEveryDecoded(p.Ledger)
+	a.valid = make([]decoded, 0, len(recs))
+	a.claims = make([]Claim, 0, len(recs))
+	a.counts = Counts{Records: uint32(len(recs))}
+	a.bufp = ancestorBufs.Get().(*[]Ancestor)
+	a.chains = (*a.bufp)[:0]
+	if want := len(recs) * 8; cap(a.chains) < want {
+		// The pool loses its buffers at every garbage collection, and a
+		// batch collects: room for chains of 8 at once, not by doubling.
+		a.chains = make([]Ancestor, 0, want)
+	}
 	var (
-		failures []Failure
-		failedAt []int64 // offset of each failure's record
-		valid    = make([]decoded, 0, len(recs))
-		claims   = make([]Claim, 0, len(recs))
 		seen     map[string]bool // the ids of this batch, unless every decoded record is claimed
 		types    = map[string]bool{}
 		maxTypes = p.maxTypes()
-		counts   = Counts{Records: uint32(len(recs))}
-		bufp     = ancestorBufs.Get().(*[]Ancestor)
-		chainBuf = (*bufp)[:0]
 		nm       = len(p.Decoder.measures)
 		measures = make([]int64, nm*len(recs)) // every event's measures, in one allocation
 	)
-	// The chains are read only until the batch is summed: the buffer goes
-	// back to the pool when this attempt returns, unzeroed.
-	defer func() {
-		*bufp = chainBuf[:0]
-		ancestorBufs.Put(bufp)
-	}()
-	if want := len(recs) * 8; cap(chainBuf) < want {
-		// The pool loses its buffers at every garbage collection, and a
-		// batch collects: room for chains of 8 at once, not by doubling.
-		chainBuf = make([]Ancestor, 0, want)
-	}
-	if !every {
+	if !a.every {
 		seen = make(map[string]bool, len(recs))
 	}
 	for i, r := range recs {
-		if every {
-			if c, ok := releaseOf(r); ok {
-				claims = append(claims, c) // frees a dead-lettered owner's id; not an event
+		o := originOf(r)
+		if a.every {
+			if c, ok := releaseIn(r, &o); ok {
+				a.claims = append(a.claims, c) // frees a dead-lettered owner's id; not an event
 				continue
 			}
 		}
 		var d decoded
 		d.offset = r.Offset
 		d.ev.Measures = measures[i*nm : (i+1)*nm : (i+1)*nm]
-		if len(r.Headers) > 0 { // truncatedOf parses (and fails on) a missing header
-			if size, sum, cut := truncatedOf(r); cut {
-				// The router kept only a prefix of a record too large to be
-				// an event: it is dead-lettered as it came.
-				f := p.failure(r, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", size))
-				f.RawBytes, f.RawSHA256 = size, sum
-				failures, failedAt = append(failures, f), append(failedAt, r.Offset)
-				continue
-			}
+		if o.RawBytes > 0 {
+			// The router kept only a prefix of a record too large to be
+			// an event: it is dead-lettered as it came.
+			f := p.failure(r, &o, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", o.RawBytes))
+			f.RawBytes, f.RawSHA256 = o.RawBytes, o.RawSHA256
+			a.fail(f, r.Offset)
+			continue
 		}
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
-			pe, _ := IsPoison(err)
-			failures, failedAt = append(failures, p.failure(r, nil, pe.Class, pe.Msg)), append(failedAt, r.Offset)
+			pe := asPoison(err)
+			a.fail(p.failure(r, &o, nil, pe.Class, pe.Msg), r.Offset)
 			continue
 		}
 		if !types[d.ev.Type] {
 			if maxTypes >= 0 && len(types) >= maxTypes {
-				failures = append(failures, p.failure(r, &d.ev, ClassTooManyTypes,
-					fmt.Sprintf("the batch already has %d distinct event types (ingest.max_types_per_batch)", maxTypes)))
-				failedAt = append(failedAt, r.Offset)
+				a.fail(p.failure(r, &o, &d.ev, ClassTooManyTypes,
+					fmt.Sprintf("the batch already has %d distinct event types (ingest.max_types_per_batch)", maxTypes)), r.Offset)
 				continue
 			}
 			types[d.ev.Type] = true
 		}
-		if every {
+		if a.every {
 			// The owner of a repeated id is decided by the ledger alone,
 			// whether or not its entity is known yet.
-			claims = append(claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset,
-				Time: r.Time, RetryOf: originOf(r).retryOf})
+			a.claims = append(a.claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset,
+				Time: r.Time, RetryOf: o.RetryOf})
 		}
-		start := len(chainBuf)
-		chain, ok := expand(p.Resolver, &d.ev, in.HierarchyVersion, p.Suspended, chainBuf[start:])
-		if !ok {
-			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
-				fmt.Sprintf("entity %d is not in the hierarchy (version %d)", d.ev.EntityID, in.HierarchyVersion)))
-			failedAt = append(failedAt, r.Offset)
+		if !p.expand(a, &d, in.HierarchyVersion) {
+			what := "is not in the hierarchy"
+			if d.chain != nil {
+				what = "has a broken ancestor chain"
+			}
+			a.fail(p.failure(r, &o, &d.ev, ClassUnknownEntity,
+				fmt.Sprintf("entity %d %s (version %d)", d.ev.EntityID, what, in.HierarchyVersion)), r.Offset)
 			continue
 		}
-		chainBuf = append(chainBuf, chain...)
-		d.chain = chainBuf[start:len(chainBuf):len(chainBuf)]
-		start = len(chainBuf)
-		current, ok := expandCurrent(p.Resolver, &d.ev, in.HierarchyVersion, p.Suspended, chainBuf[start:])
-		if !ok {
-			failures = append(failures, p.failure(r, &d.ev, ClassUnknownEntity,
-				fmt.Sprintf("entity %d has a broken ancestor chain (version %d)", d.ev.EntityID, in.HierarchyVersion)))
-			failedAt = append(failedAt, r.Offset)
-			continue
+		if !a.every {
+			if seen[d.ev.ID] {
+				a.counts.Duplicates++ // the earlier record of this batch owns the id
+				continue
+			}
+			seen[d.ev.ID] = true
+			a.claims = append(a.claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset})
 		}
-		if !SameLinks(current, d.chain) {
-			chainBuf = append(chainBuf, current...)
-			d.current = chainBuf[start:len(chainBuf):len(chainBuf)]
-		}
-		if every {
-			valid = append(valid, d)
-			continue
-		}
-		if seen[d.ev.ID] {
-			counts.Duplicates++ // the earlier record of this batch owns the id
-			continue
-		}
-		seen[d.ev.ID] = true
-		valid = append(valid, d)
-		claims = append(claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset})
-	}
-
-	if mayRefresh && !in.Replay && hasClass(failures, ClassUnknownEntity) {
-		if again, err := p.catchUp(ctx, &in); again || err != nil {
-			return in, again, err
+		a.valid = append(a.valid, d)
+		if o.Known && o.Replay {
+			a.replays = append(a.replays, replayed{offset: r.Offset, key: r.Key, raw: r.Value, origin: o})
 		}
 	}
+}
 
+// expand resolves d's as-was chain at version v into a's chain buffer and,
+// when it differs, its as-is chain. false when the entity is unknown (then
+// d.chain is nil) or its current chain is broken.
+func (p *Processor) expand(a *records, d *decoded, v int64) bool {
+	start := len(a.chains)
+	chain, ok := expand(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
+	if !ok {
+		return false
+	}
+	a.chains = append(a.chains, chain...)
+	d.chain = a.chains[start:len(a.chains):len(a.chains)]
+	start = len(a.chains)
+	current, ok := expandCurrent(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
+	if !ok {
+		return false
+	}
+	if !SameLinks(current, d.chain) {
+		a.chains = append(a.chains, current...)
+		d.current = a.chains[start:len(a.chains):len(a.chains)]
+	}
+	return true
+}
+
+// begin is step 3: Ledger.Begin records the intent and the claims, fenced
+// by the lease, and returns the intent recorded and the offsets that own
+// their ids. again (with the intent to attempt instead) when another
+// attempt recorded the batch first, or when the restater fenced off the
+// batch's hierarchy version and the hierarchy caught up.
+func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []Claim, mayRefresh bool) (Intent, map[int64]bool, bool, error) {
 	got, owned, err := p.Ledger.Begin(ctx, epoch, in, claims)
 	if errors.Is(err, ErrHierarchyBehind) && !in.Replay && mayRefresh {
 		// The restater has fenced off older versions: catch up and resolve
 		// the batch again.
 		if again, cerr := p.catchUp(ctx, &in); again || cerr != nil {
-			return in, again, cerr
+			return in, nil, again, cerr
 		}
 	}
 	if err != nil {
-		return in, false, err
+		return in, nil, false, err
 	}
 	if got.Last != in.Last || got.HierarchyVersion != in.HierarchyVersion || !got.CreatedAt.Equal(in.CreatedAt) {
-		return got, true, nil
+		return got, nil, true, nil
 	}
-	in = got
-	if every {
-		failures = p.ownedFailures(failures, failedAt, owned, &counts)
-	}
+	return got, owned, false, nil
+}
 
-	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(valid))}
+// sum fans the events that own their ids out to the hourly rollup, sums
+// the daily rollup from it (dailyOf, not a second fan-out of every link)
+// and the as-is daily rollup from the chains that differ.
+func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
+	nm := len(p.Decoder.measures)
+	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(a.valid))}
 	links := 0
-	for i := range valid {
-		links += len(valid[i].chain)
+	for i := range a.valid {
+		links += len(a.valid[i].chain)
 	}
-	// The daily rollup is summed from the hourly one (dailyOf), not from a
-	// second fan-out of every link.
 	hourly := newFanoutBuilder(nm, false, links)
-	hourly.reserve(len(valid))
+	hourly.reserve(len(a.valid))
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
-	for i := range valid {
-		d := &valid[i]
+	for i := range a.valid {
+		d := &a.valid[i]
 		if !owned[d.offset] {
-			counts.Duplicates++ // claimed by an earlier record elsewhere
+			a.counts.Duplicates++ // claimed by an earlier record elsewhere
 			continue
 		}
 		b.Events = append(b.Events, Accepted{Event: d.ev, Offset: d.offset})
@@ -403,72 +505,63 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if moved != nil {
 		b.AsIs = Merge(b.Daily, moved)
 	}
-	counts.Accepted = uint32(len(b.Events))
+	a.counts.Accepted = uint32(len(b.Events))
+	return b
+}
 
-	// Dead letters go out before the acknowledgement, so a crash can repeat
-	// them (at-least-once, keyed by source offset) but never lose them.
-	// Transient failures go to the retry topic while attempts and age
-	// allow, so the partition goes on; the rest are dead letters.
-	retries, dead := p.route(failures)
+// sendFailures routes a batch's failures and publishes them, before the
+// acknowledgement, so a crash can repeat them (at-least-once, keyed by
+// source offset) but never lose them. Transient failures go to the retry
+// topic while attempts and age allow, so the partition goes on; the rest
+// are dead letters, whose claims the Ledger then releases.
+func (p *Processor) sendFailures(ctx context.Context, in Intent, fs []Failure) (retries, dead []Failure, _ error) {
+	retries, dead = p.route(fs)
 	if len(retries) > 0 {
 		refused, err := published(p.Retry.Publisher.PublishRetries(ctx, retries))
 		if err != nil {
-			return in, false, fmt.Errorf("retry publish: %w", err)
+			return nil, nil, fmt.Errorf("retry publish: %w", err)
 		}
 		retries, dead = p.retriesRefused(retries, dead, refused)
 	}
 	for i := range dead {
 		dead[i].fit()
 	}
-	if len(dead) > 0 {
-		refused, err := published(p.DLQ.Publish(ctx, dead))
-		if err != nil {
-			return in, false, fmt.Errorf("dead-letter publish: %w", err)
-		}
-		for i, why := range refused {
-			f := &dead[i]
-			f.Message = fmt.Sprintf("%s: %s; the dead-letter topic refused it for good: %v", f.Class, f.Message, why)
-			f.Class = ClassUnpublishable
-		}
-		if r, ok := p.Ledger.(Releaser); ok {
-			if err := r.Release(ctx, in.Partition, dead); err != nil {
-				return in, false, fmt.Errorf("release dead-lettered claims: %w", err)
-			}
-		}
+	if len(dead) == 0 {
+		return retries, dead, nil
 	}
-	counts.Retried = uint32(len(retries))
-	counts.DeadLettered = uint32(len(dead))
-	b.Counts = counts
-	if resolved := p.resolved(b, recs); len(dead)+len(resolved) > 0 {
-		if err := p.Sink.WriteFailures(ctx, append(dead, resolved...)); err != nil {
-			return in, false, fmt.Errorf("write failures: %w", err)
-		}
-	}
-	// The exactly-once step: every block of b is a function of (records,
-	// intent), so if this attempt or a zombie's already wrote it, ClickHouse
-	// drops the repeat (docs/exactly-once.md, step 4). An old replay, whose
-	// blocks ClickHouse may have forgotten, writes only the missing parts.
-	start := time.Now()
-	write, err := p.toWrite(ctx, b)
+	refused, err := published(p.DLQ.Publish(ctx, dead))
 	if err != nil {
-		return in, false, err
+		return nil, nil, fmt.Errorf("dead-letter publish: %w", err)
 	}
-	if write != nil {
-		if err := p.Sink.Write(ctx, write); err != nil {
-			return in, false, fmt.Errorf("write batch: %w", err)
+	for i, why := range refused {
+		f := &dead[i]
+		f.Message = fmt.Sprintf("%s: %s; the dead-letter topic refused it for good: %v", f.Class, f.Message, why)
+		f.Class = ClassUnpublishable
+	}
+	if r, ok := p.Ledger.(Releaser); ok {
+		if err := r.Release(ctx, in.Partition, dead); err != nil {
+			return nil, nil, fmt.Errorf("release dead-lettered claims: %w", err)
 		}
 	}
-	if err := p.Ledger.Done(ctx, in.Source); err != nil {
-		return in, false, fmt.Errorf("mark batch done: %w", err)
+	return retries, dead, nil
+}
+
+// write is the exactly-once step: every block of b is a function of
+// (records, intent), so if this attempt or a zombie's already wrote it,
+// ClickHouse drops the repeat (docs/exactly-once.md, step 4). An old
+// replay, whose blocks ClickHouse may have forgotten, writes only the
+// missing parts.
+func (p *Processor) write(ctx context.Context, b *Batch) error {
+	w, err := p.toWrite(ctx, b)
+	if err != nil {
+		return err
 	}
-	p.Metrics.observeBatch(b, dead, len(retries), time.Since(start))
-	if p.Observer != nil {
-		p.Observer(b.Counts, dead)
+	if w != nil {
+		if err := p.Sink.Write(ctx, w); err != nil {
+			return fmt.Errorf("write batch: %w", err)
+		}
 	}
-	if in.Replay {
-		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
-	}
-	return in, false, nil
+	return nil
 }
 
 // Releaser is a Ledger that frees the claims of dead-lettered records
@@ -560,12 +653,12 @@ func (p *Processor) retriesRefused(retries, dead []Failure, refused map[int]erro
 	return kept, dead
 }
 
-// route splits failures into those to retry and dead letters.
+// route splits failures into those to retry (transient, by
+// Failure.classify, while the retry policy allows) and dead letters.
 func (p *Processor) route(fs []Failure) (retry, dead []Failure) {
 	pol := p.Retry.withDefaults()
 	for _, f := range fs {
-		transient := f.Class == ClassUnknownEntity && !f.Final
-		if transient && p.Retry.Publisher != nil && f.Attempts < pol.MaxAttempts && f.At.Sub(f.First) < pol.MaxAge {
+		if f.classify() == Transient && p.Retry.Publisher != nil && f.Attempts < pol.MaxAttempts && f.At.Sub(f.First) < pol.MaxAge {
 			f.RetryAt = f.At.Add(pol.delay(f.Attempts))
 			retry = append(retry, f)
 			continue
@@ -575,23 +668,20 @@ func (p *Processor) route(fs []Failure) (retry, dead []Failure) {
 	return retry, dead
 }
 
-// resolved returns, for the accepted records of b that were replayed from
-// the dead letters, the failure rows that mark their first source resolved.
-func (p *Processor) resolved(b *Batch, recs []Record) []Failure {
+// resolved returns, for the records replayed from the dead letters that
+// were accepted (they own their ids), the failure rows that mark their
+// first source resolved.
+func (p *Processor) resolved(replays []replayed, owned map[int64]bool) []Failure {
 	var out []Failure
-	accepted := make(map[int64]bool, len(b.Events))
-	for _, e := range b.Events {
-		accepted[e.Offset] = true
-	}
-	for _, r := range recs {
-		o := originOf(r)
-		if !o.known || !o.replay || !accepted[r.Offset] {
+	for _, r := range replays {
+		if !owned[r.offset] {
 			continue
 		}
+		o := &r.origin
 		at := p.now().UTC().Truncate(time.Second)
 		out = append(out, Failure{
-			Source: o.source, Key: r.Key, Raw: r.Value, Class: o.class, Message: o.message,
-			Attempts: o.attempts, First: o.first, At: at, Resolution: "replayed",
+			Source: o.Source, Key: r.key, Raw: r.raw, Class: o.Class, Message: o.Message,
+			Attempts: o.Attempts, First: o.First, At: at, Resolution: "replayed",
 		})
 	}
 	return out
@@ -624,7 +714,8 @@ func hasClass(fs []Failure, c Class) bool {
 	return false
 }
 
-func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
+// failure is the failure of r (whose headers say o) with class c.
+func (p *Processor) failure(r Record, o *Origin, ev *Event, c Class, msg string) Failure {
 	f := Failure{
 		Source:   Source{Topic: r.Topic, Log: r.Log, Partition: r.Partition, First: r.Offset, Last: r.Offset},
 		Key:      r.Key,
@@ -635,13 +726,12 @@ func (p *Processor) failure(r Record, ev *Event, c Class, msg string) Failure {
 		At:       p.now().UTC().Truncate(time.Second),
 	}
 	// A retried or replayed record fails in the name of its first source.
-	o := originOf(r)
-	if o.known {
-		f.Source = o.source
-		f.Attempts = o.attempts + 1
-		f.First = o.first
+	if o.Known {
+		f.Source = o.Source
+		f.Attempts = o.Attempts + 1
+		f.First = o.First
 	}
-	f.Final = o.backfill
+	f.Final = o.Backfill
 	if f.First.IsZero() {
 		f.First = f.At
 	}

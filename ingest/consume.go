@@ -462,14 +462,15 @@ type outcome struct {
 }
 
 // processPartition processes as many whole batches of recs as it can. An
-// attempt that fails ends the turn: the partition rests with capped
-// exponential backoff (holding its records, fetching paused once it holds
-// too many) while the worker's other partitions go on.
+// attempt that fails ends the turn, as Classify says: a fenced partition is
+// abandoned; a parked one (and a batch that cannot succeed as it is) rests
+// RetryBackoffMax; a transient failure rests with capped exponential
+// backoff (holding its records, fetching paused once it holds too many)
+// while the worker's other partitions go on.
 func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Record) (out outcome) {
 	for out.done < len(recs) {
 		n, err := w.proc.Process(ctx, epoch, recs[out.done:])
-		switch {
-		case err == nil:
+		if err == nil {
 			if n == 0 {
 				// Not due yet (the retry topic), or a recorded batch needs
 				// more records than fetched yet.
@@ -477,31 +478,38 @@ func (w *Worker) processPartition(ctx context.Context, epoch int64, recs []Recor
 				return out
 			}
 			out.done += n
-		case errors.Is(err, ErrFenced):
+			continue
+		}
+		kind := Classify(err)
+		switch {
+		case kind == Fenced:
 			w.proc.Metrics.batchError("fenced")
 			w.log.Warn("partition taken over by another worker; abandoning batch", "err", err)
 			out.fenced = true
-			return out
 		case errors.Is(err, ErrOverlap):
 			w.proc.Metrics.batchError("overlap")
 			w.log.Error("committed offset is inside an unfinished batch; run canopy reconcile", "err", err)
 			out.failed, out.rest = true, w.cfg.RetryBackoffMax
-			return out
 		case errors.Is(err, ErrReplayMismatch):
 			// Parked until a worker with the batch's configuration (or this
 			// one, restarted with it) finishes it; nothing is written.
 			w.proc.Metrics.batchError("replay_mismatch")
 			w.log.Error("unfinished batch needs the configuration it was begun with; partition waits", "err", err)
 			out.failed, out.rest = true, w.cfg.RetryBackoffMax
-			return out
 		case ctx.Err() != nil:
-			return out
+		case kind == Poison, kind == Refused:
+			// Not reached today (a record's poison is dead-lettered, a
+			// topic's refusal routed to ingest_failures), but a batch that
+			// cannot succeed as it is waits as long as the longest rest.
+			w.proc.Metrics.batchError("permanent")
+			w.log.Error("batch cannot succeed as it is; the partition waits", "err", err)
+			out.failed, out.rest = true, w.cfg.RetryBackoffMax
 		default:
 			w.proc.Metrics.batchError("transient")
 			w.log.Warn("batch failed; the partition rests, then retries", "err", err)
 			out.failed = true
-			return out
 		}
+		return out
 	}
 	return out
 }

@@ -7,17 +7,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// Dead-letter record headers. The value is the original record's bytes.
-const (
-	HeaderErrorClass      = "canopy.error.class"
-	HeaderErrorMessage    = "canopy.error.message"
-	HeaderAttempts        = "canopy.attempts"
-	HeaderSourceTopic     = "canopy.source.topic"
-	HeaderSourcePartition = "canopy.source.partition"
-	HeaderSourceOffset    = "canopy.source.offset"
-	HeaderFailedAt        = "canopy.failed.at"
-)
-
 // KafkaDeadLetters publishes failures to a dead-letter topic. Safe for
 // concurrent use.
 type KafkaDeadLetters struct {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 // Class names a kind of failure. It is written to the dead-letter headers and
@@ -72,16 +74,91 @@ func IsPoison(err error) (*PoisonError, bool) {
 	return p, ok
 }
 
-// Retryable decides whether a failure of a batch is worth retrying with the
-// same records: everything but poison, fencing and a cancelled context is
-// treated as transient (a sink or database that is down comes back).
-func Retryable(err error) bool {
+// Kind is what an error calls for. Classify is the one classifier of
+// ingest errors: the worker's handling of a failed batch, the backfill's
+// retries (Retryable), the routing of a batch's failed records (route) and
+// the publishers' handling of Kafka's refusals (PermanentProduceError) all
+// decide by it.
+type Kind int
+
+const (
+	// Transient: the same thing may succeed later (a server down or
+	// restarting, a timeout, the hierarchy behind a replay, a pause): retry
+	// it after a backoff. A record's transient failure (its entity not in
+	// the hierarchy yet) goes to the retry topic while its attempts and age
+	// allow.
+	Transient Kind = iota
+	// Poison: the record can never succeed as it is; it is dead-lettered at
+	// once (a *PoisonError, or a record failure of any other class).
+	Poison
+	// Refused: a topic refuses the record for good (too large or invalid
+	// for it); producing it again cannot succeed.
+	Refused
+	// Fenced: another worker owns the partition (ErrFenced): abandon the
+	// batch, write nothing.
+	Fenced
+	// Parked: the batch cannot go on in this process as things are
+	// (ErrOverlap, ErrReplayMismatch): the partition waits, at the longest
+	// rest, for an operator or a process with the batch's configuration.
+	Parked
+	// Canceled: the context ended; stop.
+	Canceled
+)
+
+// Classify says what err calls for (see Kind). nil is Transient only by
+// convention: callers test for nil first.
+func Classify(err error) Kind {
 	switch {
 	case err == nil:
-		return false
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrFenced), errors.Is(err, ErrOverlap), errors.Is(err, ErrReplayMismatch):
-		return false
+		return Transient
+	case errors.Is(err, context.Canceled):
+		return Canceled
+	case errors.Is(err, ErrFenced):
+		return Fenced
+	case errors.Is(err, ErrOverlap), errors.Is(err, ErrReplayMismatch):
+		return Parked
+	case PermanentProduceError(err):
+		return Refused
 	}
-	_, p := IsPoison(err)
-	return !p
+	if _, ok := IsPoison(err); ok {
+		return Poison
+	}
+	return Transient
+}
+
+// classify is Classify for a record's failure: an entity not in the
+// hierarchy yet is transient unless the failure is final (a backfill's
+// record); every other class is poison.
+func (f *Failure) classify() Kind {
+	if f.Class == ClassUnknownEntity && !f.Final {
+		return Transient
+	}
+	return Poison
+}
+
+// Retryable reports whether a failure of a batch is worth retrying with the
+// same records: Classify says Transient (a sink or database that is down
+// comes back).
+func Retryable(err error) bool {
+	return err != nil && Classify(err) == Transient
+}
+
+// asPoison is the PoisonError of a record the Decoder refused. Every error
+// of Decode is one; anything else would be a fault of the decoder with this
+// record, which no retry changes, so it is dead-lettered as an invalid field.
+func asPoison(err error) *PoisonError {
+	if p, ok := IsPoison(err); ok {
+		return p
+	}
+	return poison(ClassInvalidField, "undecodable: %v", err)
+}
+
+// PermanentProduceError reports whether a produce error can never clear by
+// trying the same record again: the record is too large or invalid for the
+// topic. Everything else (brokers down, leadership moving, authorization an
+// operator may grant) is transient.
+func PermanentProduceError(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
+		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.CorruptMessage) ||
+		errors.Is(err, kerr.InvalidTopicException) || errors.Is(err, kerr.PolicyViolation)
 }

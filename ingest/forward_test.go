@@ -105,7 +105,7 @@ func (m *modelWorkers) read() map[int32][]modelRecord {
 		}
 		fs.EachRecord(func(r *kgo.Record) {
 			o := originOf(Record{Headers: r.Headers})
-			out[r.Partition] = append(out[r.Partition], modelRecord{key: string(r.Key), src: o.source, backfill: o.backfill, at: r.Timestamp})
+			out[r.Partition] = append(out[r.Partition], modelRecord{key: string(r.Key), src: o.Source, backfill: o.Backfill, at: r.Timestamp})
 		})
 	}
 	return out

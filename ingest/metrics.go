@@ -39,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
 		batchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "canopy_batch_errors_total", Help: "Failed batch attempts by kind (transient, fenced, overlap, paused).",
+			Name: "canopy_batch_errors_total", Help: "Failed batch attempts by kind (transient, fenced, overlap, paused, replay_mismatch, permanent).",
 		}, []string{"kind"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "canopy_consumer_lag", Help: "Records between the end of a partition and the last processed offset.",
@@ -80,10 +80,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
 		m.records.WithLabelValues(o)
 	}
-	for _, t := range []string{"events", "rollup_hourly", "rollup_daily"} {
+	for _, t := range []string{"events", "rollup_hourly", "rollup_daily", "rollup_daily_current"} {
 		m.rollupRows.WithLabelValues(t)
 	}
-	for _, k := range []string{"transient", "fenced", "overlap", "paused", "replay_mismatch"} {
+	for _, k := range []string{"transient", "fenced", "overlap", "paused", "replay_mismatch", "permanent"} {
 		m.batchErrors.WithLabelValues(k)
 	}
 	return m
@@ -103,6 +103,7 @@ func (m *Metrics) observeBatch(b *Batch, dead []Failure, retried int, d time.Dur
 	m.rollupRows.WithLabelValues("events").Add(float64(len(b.Events)))
 	m.rollupRows.WithLabelValues("rollup_hourly").Add(float64(b.Hourly.Len()))
 	m.rollupRows.WithLabelValues("rollup_daily").Add(float64(b.Daily.Len()))
+	m.rollupRows.WithLabelValues("rollup_daily_current").Add(float64(b.AsIs.Len()))
 	m.batchSeconds.Observe(d.Seconds())
 }
 

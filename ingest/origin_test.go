@@ -37,21 +37,21 @@ func TestOriginOfReadsEveryHeaderFirstValueWins(t *testing.T) {
 		h(HeaderRetryOf, "7"),
 	}
 	o := originOf(Record{Headers: append(first, second...)})
-	want := origin{
-		known:    true,
-		source:   Source{Topic: "events", Partition: 7, First: 123456789012, Last: 123456789012},
-		attempts: 3,
-		first:    time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC),
-		retryAt:  time.Date(2026, 11, 1, 10, 0, 5, 250_000_000, time.UTC),
-		replay:   true,
-		retryOf:  42,
-		class:    "unknown_entity",
-		message:  "entity 9 is not in the hierarchy",
+	want := Origin{
+		Known:    true,
+		Source:   Source{Topic: "events", Partition: 7, First: 123456789012, Last: 123456789012},
+		Attempts: 3,
+		First:    time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC),
+		RetryAt:  time.Date(2026, 11, 1, 10, 0, 5, 250_000_000, time.UTC),
+		Replay:   true,
+		RetryOf:  42,
+		Class:    "unknown_entity",
+		Message:  "entity 9 is not in the hierarchy",
 	}
-	if !o.first.Equal(want.first) || !o.retryAt.Equal(want.retryAt) {
-		t.Fatalf("times: got first %v retryAt %v, want %v %v", o.first, o.retryAt, want.first, want.retryAt)
+	if !o.First.Equal(want.First) || !o.RetryAt.Equal(want.RetryAt) {
+		t.Fatalf("times: got first %v retryAt %v, want %v %v", o.First, o.RetryAt, want.First, want.RetryAt)
 	}
-	o.first, o.retryAt, want.first, want.retryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	o.First, o.RetryAt, want.First, want.RetryAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	if o != want {
 		t.Fatalf("originOf:\n got %+v\nwant %+v", o, want)
 	}
@@ -68,15 +68,15 @@ func TestOriginOfReadsEveryHeaderFirstValueWins(t *testing.T) {
 				hs = append(hs, x)
 			}
 		}
-		if o := originOf(Record{Headers: hs}); o.known || o.attempts != 3 || o.retryOf != 42 {
+		if o := originOf(Record{Headers: hs}); o.Known || o.Attempts != 3 || o.RetryOf != 42 {
 			t.Errorf("without %s: %+v", drop, o)
 		}
 	}
 	bad := []kgo.RecordHeader{h(HeaderSourceTopic, "t"), h(HeaderSourcePartition, "x"), h(HeaderSourceOffset, "1"), h(HeaderRetryOf, "-3")}
-	if o := originOf(Record{Headers: bad}); o.known || o.retryOf != -1 {
+	if o := originOf(Record{Headers: bad}); o.Known || o.RetryOf != -1 {
 		t.Errorf("malformed: %+v", o)
 	}
-	if o := originOf(Record{}); o != (origin{retryOf: -1}) {
+	if o := originOf(Record{}); o != (Origin{RetryOf: -1}) {
 		t.Errorf("no headers: %+v", o)
 	}
 }

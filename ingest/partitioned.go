@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -132,7 +131,8 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 	err := c.Restore.Read(ctx, p, from, since, first, func(recs []Record) error {
 		claims := make([]Claim, 0, len(recs))
 		for _, r := range recs {
-			if rel, ok := releaseOf(r); ok {
+			o := originOf(r)
+			if rel, ok := releaseIn(r, &o); ok {
 				claims = append(claims, rel)
 				continue
 			}
@@ -140,7 +140,7 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 				continue // a poison record claims nothing
 			}
 			claims = append(claims, Claim{EventID: ev.ID, OccurredAt: ev.OccurredAt, Offset: r.Offset,
-				Time: r.Time, RetryOf: originOf(r).retryOf})
+				Time: r.Time, RetryOf: o.RetryOf})
 		}
 		n += len(recs)
 		_, err := c.claim(p, claims)
@@ -172,7 +172,7 @@ func (c *PartitionedClaims) Release(ctx context.Context, partition int32, dead [
 			continue
 		}
 		recs = append(recs, &kgo.Record{Topic: c.Topic, Partition: partition, Key: []byte(f.EventID),
-			Headers: []kgo.RecordHeader{{Key: HeaderReleaseOf, Value: []byte(strconv.FormatInt(f.Claim, 10))}}})
+			Headers: releaseHeaders(f.Claim)})
 	}
 	if len(recs) == 0 {
 		return nil

@@ -4,22 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-)
-
-// Headers of a record whose payload was cut short to fit a topic.
-const (
-	// HeaderRawBytes is the size of the original payload.
-	HeaderRawBytes = "canopy.raw.bytes"
-	// HeaderRawSHA256 is the hex SHA-256 of the original payload.
-	HeaderRawSHA256 = "canopy.raw.sha256"
 )
 
 // Failure payloads above DeadLetterMaxBytes are published truncated to
@@ -45,28 +33,6 @@ func (f *Failure) fit() {
 	f.RawBytes, f.RawSHA256 = len(f.Raw), hex.EncodeToString(sum[:])
 	f.Raw = f.Raw[:TruncatedBytes:TruncatedBytes]
 	f.Message += fmt.Sprintf(" (payload of %d bytes kept truncated to its first %d, sha256 %s)", f.RawBytes, TruncatedBytes, f.RawSHA256)
-}
-
-// truncated returns value cut to TruncatedBytes with the headers naming the
-// original, for a record too large to be an event (see Router).
-func truncated(value []byte) ([]byte, []kgo.RecordHeader) {
-	sum := sha256.Sum256(value)
-	n := min(len(value), TruncatedBytes)
-	return value[:n:n], []kgo.RecordHeader{
-		{Key: HeaderRawBytes, Value: []byte(strconv.Itoa(len(value)))},
-		{Key: HeaderRawSHA256, Value: []byte(hex.EncodeToString(sum[:]))},
-	}
-}
-
-// truncatedOf reads the truncation headers of a record of a Canopy topic.
-func truncatedOf(r Record) (size int, sum string, ok bool) {
-	s, ok1 := header(r.Headers, HeaderRawBytes)
-	sum, ok2 := header(r.Headers, HeaderRawSHA256)
-	n, err := strconv.Atoi(s)
-	if !ok1 || !ok2 || err != nil || n <= 0 {
-		return 0, "", false
-	}
-	return n, sum, true
 }
 
 // withoutCanopyHeaders drops every canopy.* header. On a topic anyone may
@@ -105,16 +71,6 @@ func (e *RefusedError) Error() string {
 	return e.Topic + " refused records"
 }
 
-// PermanentProduceError reports whether a produce error can never clear by
-// trying the same record again: the record is too large or invalid for the
-// topic. Everything else (brokers down, leadership moving, authorization an
-// operator may grant) is transient.
-func PermanentProduceError(err error) bool {
-	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
-		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.CorruptMessage) ||
-		errors.Is(err, kerr.InvalidTopicException) || errors.Is(err, kerr.PolicyViolation)
-}
-
 // publishFailures produces one record per failure (the original key and
 // bytes, truncated if too large; headers naming the failure and, for a
 // retry, when it is due) and waits until all are acknowledged. Records the
@@ -127,11 +83,7 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 		if !retry {
 			f.fit() // a retry must carry the whole record; its topic is Canopy's
 		}
-		hs := failureHeaders(f)
-		if retry {
-			hs = append(hs, kgo.RecordHeader{Key: HeaderRetryAt, Value: []byte(f.RetryAt.UTC().Format(time.RFC3339Nano))})
-		}
-		recs[i] = &kgo.Record{Topic: topic, Key: f.Key, Value: f.Raw, Headers: hs}
+		recs[i] = &kgo.Record{Topic: topic, Key: f.Key, Value: f.Raw, Headers: EncodeFailure(f)}
 		index[recs[i]] = i
 	}
 	var refused map[int]error

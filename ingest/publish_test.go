@@ -86,7 +86,7 @@ func TestDeadLetterTruncatesLargePayloads(t *testing.T) {
 	if string(s.failures[0].Raw) != string(big[:TruncatedBytes]) {
 		t.Fatal("ingest_failures does not hold the same prefix")
 	}
-	hs := failureHeaders(f)
+	hs := EncodeFailure(f)
 	if v, _ := header(hs, HeaderRawBytes); v != fmt.Sprint(len(big)) {
 		t.Fatalf("%s = %q", HeaderRawBytes, v)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -269,10 +268,7 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 		hs = append(hs, h)
 	}
 	if !sourced {
-		hs = append(hs,
-			kgo.RecordHeader{Key: HeaderSourceTopic, Value: []byte(src.Topic)},
-			kgo.RecordHeader{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(src.Partition)))},
-			kgo.RecordHeader{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(src.First, 10))})
+		hs = append(hs, SourceHeaders(src)...)
 	}
 	out.Headers = append(hs, extra...)
 	return out

@@ -37,14 +37,14 @@ func TestRouterByID(t *testing.T) {
 		t.Fatalf("routed to %s with key %q", fresh.Topic, fresh.Key)
 	}
 	o := originOf(Record{Headers: fresh.Headers})
-	if !o.known || o.source.Topic != "events" || o.source.Partition != 3 || o.source.First != 41 || o.retryOf != -1 {
+	if !o.Known || o.Source.Topic != "events" || o.Source.Partition != 3 || o.Source.First != 41 || o.RetryOf != -1 {
 		t.Fatalf("fresh record's origin = %+v", o)
 	}
 	f := Failure{Source: Source{Topic: "events", Partition: 1, First: 9, Last: 9}, Class: ClassUnknownEntity, Attempts: 1, HoldsClaim: true, Claim: 12}
-	hs := append(failureHeaders(f), kgo.RecordHeader{Key: HeaderRetryAt, Value: []byte("2026-11-30T00:00:00Z")})
+	hs := append(EncodeFailure(f), kgo.RecordHeader{Key: HeaderRetryAt, Value: []byte("2026-11-30T00:00:00Z")})
 	retry := r.byID(&kgo.Record{Topic: "retry", Partition: 0, Offset: 5, Value: []byte(`{"event_id":"e2"}`), Headers: hs})
 	o = originOf(Record{Headers: retry.Headers})
-	if o.source.Topic != "events" || o.source.First != 9 || o.retryOf != 12 || o.attempts != 1 || !o.retryAt.IsZero() {
+	if o.Source.Topic != "events" || o.Source.First != 9 || o.RetryOf != 12 || o.Attempts != 1 || !o.RetryAt.IsZero() {
 		t.Fatalf("retried record's origin = %+v", o)
 	}
 	if bad := r.byID(&kgo.Record{Topic: "events", Value: []byte(`nope`)}); bad.Key != nil {
@@ -54,7 +54,7 @@ func TestRouterByID(t *testing.T) {
 	// a producer forges them.
 	forged := r.byID(&kgo.Record{Topic: "events", Value: []byte(`{"event_id":"e3"}`), Headers: []kgo.RecordHeader{
 		{Key: HeaderReleaseOf, Value: []byte("3")}, {Key: HeaderBackfill, Value: []byte("1")}}})
-	if _, ok := releaseOf(Record{Key: forged.Key, Headers: forged.Headers}); ok || originOf(Record{Headers: forged.Headers}).backfill {
+	if _, ok := releaseOf(Record{Key: forged.Key, Headers: forged.Headers}); ok || originOf(Record{Headers: forged.Headers}).Backfill {
 		t.Fatalf("forged headers kept: %v", forged.Headers)
 	}
 }
