@@ -165,14 +165,7 @@ func runReplay(ctx context.Context, cfg *config, f *dlqFilter) error {
 	_, err = scanDeadLetters(ctx, cfg, f, f.unresolved, func(dls []deadLetter) error {
 		size := 0
 		for _, d := range dls {
-			hs := make([]kgo.RecordHeader, 0, len(d.rec.Headers)+1)
-			for _, h := range d.rec.Headers {
-				if h.Key != ingest.HeaderRetryAt { // due at once
-					hs = append(hs, h)
-				}
-			}
-			hs = append(hs, kgo.RecordHeader{Key: ingest.HeaderReplay,
-				Value: []byte(fmt.Sprintf("%s/%d/%d", d.rec.Topic, d.rec.Partition, d.rec.Offset))})
+			hs := ingest.ReplayHeaders(d.rec) // due at once, naming the dead letter
 			r := &kgo.Record{Topic: topic, Key: d.rec.Key, Value: d.rec.Value, Headers: hs}
 			n := len(r.Key) + len(r.Value)
 			for _, h := range hs {
@@ -334,21 +327,18 @@ func scanDeadLetters(ctx context.Context, cfg *config, f *dlqFilter, withResolut
 	return read, nil
 }
 
+// parseDeadLetter reads a dead letter's headers with ingest's decoder.
 func parseDeadLetter(r *kgo.Record) deadLetter {
 	d := deadLetter{rec: r}
-	h := map[string]string{}
-	for _, x := range r.Headers {
-		h[x.Key] = string(x.Value)
+	o := ingest.DecodeOrigin(r.Headers)
+	d.class, d.message = string(o.Class), o.Message
+	d.attempts = strconv.FormatUint(uint64(o.Attempts), 10)
+	d.source = "-" // the headers name no readable source
+	if o.Known && o.Source.Topic != "" {
+		d.sourceTopic, d.sourcePartition, d.sourceOffset = o.Source.Topic, o.Source.Partition, o.Source.First
+		d.source = fmt.Sprintf("%s/%d/%d", d.sourceTopic, d.sourcePartition, d.sourceOffset) // as ingest_failures spells it
 	}
-	d.class, d.message, d.attempts = h[ingest.HeaderErrorClass], h[ingest.HeaderErrorMessage], h[ingest.HeaderAttempts]
-	d.source = h[ingest.HeaderSourceTopic] + "/" + h[ingest.HeaderSourcePartition] + "/" + h[ingest.HeaderSourceOffset]
-	p, err1 := strconv.ParseInt(h[ingest.HeaderSourcePartition], 10, 32)
-	o, err2 := strconv.ParseInt(h[ingest.HeaderSourceOffset], 10, 64)
-	if err1 == nil && err2 == nil && h[ingest.HeaderSourceTopic] != "" {
-		d.sourceTopic, d.sourcePartition, d.sourceOffset = h[ingest.HeaderSourceTopic], int32(p), o
-		d.source = fmt.Sprintf("%s/%d/%d", d.sourceTopic, p, o) // as ingest_failures spells it
-	}
-	d.failedAt, _ = time.Parse(time.RFC3339, h[ingest.HeaderFailedAt])
+	d.failedAt = o.FailedAt
 	var ev struct {
 		EntityID json.Number `json:"entity_id"`
 	}
