@@ -21,9 +21,12 @@ import (
 )
 
 // ClickHouseSink writes batches with one columnar INSERT per table. It relies
-// on the tables' Replicated engines to drop a block that was inserted before
-// (schema.ClickHouse); each INSERT sends exactly one block. Safe for
-// concurrent use.
+// on the tables' block deduplication to drop a block that was inserted
+// before: Replicated* engines, or plain ones with
+// non_replicated_deduplication_window where no Keeper answers, whichever
+// canopy migrate chose (schema.ClickHouse, docs/exactly-once.md; on a
+// server with neither, nothing drops it, and migrate warns). Each INSERT
+// sends exactly one block. Safe for concurrent use.
 type ClickHouseSink struct {
 	Conn   driver.Conn
 	Schema schema.ClickHouse

@@ -25,7 +25,9 @@ type WorkerConfig struct {
 	// (see RetryPolicy) are processed when due.
 	RetryTopic string
 	Group      string // default "canopy"
-	Owner      string // this member's name in partition leases; default hostname-pid
+	// Owner is this member's name in partition leases, for operators
+	// reading them; no default here (canopy worker sets hostname-pid).
+	Owner string
 	// MaxPollRecords caps the records taken per poll; default 50000.
 	MaxPollRecords int
 	// FetchMaxWait is how long the broker may hold a fetch to fill

@@ -37,7 +37,9 @@ const (
 
 // setting is one configuration value. Precedence: flag > CANOPY_* environment
 // variable > canopy.yaml > default. This file is the only place that reads
-// the environment and the config file. resolve parses every setting once;
+// settings from the environment and the config file (main.go reads one
+// more variable, CANOPY_CPU_PROFILE, a profiling switch that is no
+// setting). resolve parses every setting once;
 // the getters return the parsed values.
 type setting struct {
 	key  string // dotted path in canopy.yaml, e.g. "kafka.brokers"
