@@ -132,6 +132,10 @@ type UserStatus string
 const (
 	UserCreated    UserStatus = "created or updated (CREATE USER … GRANT)"
 	UserConfigured UserStatus = "declared in the server's users configuration"
+	// UserConfiguredGrants: a server with SQL user management whose user
+	// is declared in users.xml (read-only there: ALTER USER would fail),
+	// checked for the grants Canopy would give it.
+	UserConfiguredGrants UserStatus = "declared in the server's users configuration, grants checked"
 )
 
 // Reader is the read-only user of Grafana and analysts.
@@ -158,6 +162,89 @@ func hasRBAC(ctx context.Context, conn driver.Conn) (bool, error) {
 	return n > 0, err
 }
 
+// inUsersXML reports whether user is declared in the server's users
+// configuration (users.xml), an access storage SQL cannot change. Servers
+// without a writable one (clickhouse-local, which the 26.9 test server
+// runs) hold every user there.
+func inUsersXML(ctx context.Context, conn driver.Conn, user string) (bool, error) {
+	var n uint64
+	err := conn.QueryRow(ctx, "SELECT count() FROM system.users WHERE name = ? AND storage IN "+
+		"(SELECT name FROM system.user_directories WHERE type IN ('users_xml', 'users.xml'))", user).Scan(&n)
+	return n > 0, err
+}
+
+// grant is one row of system.grants.
+type grant struct {
+	access, database, table, column string
+	revoke                          bool
+}
+
+// grantsOf reads user's grants (the admin needs SHOW USERS, which
+// access_management gives).
+func grantsOf(ctx context.Context, conn driver.Conn, user string) ([]grant, error) {
+	rows, err := conn.Query(ctx, "SELECT access_type, ifNull(database, ''), ifNull(table, ''), ifNull(column, ''), is_partial_revoke "+
+		"FROM system.grants WHERE user_name = ?", user)
+	if err != nil {
+		return nil, fmt.Errorf("read the grants of %s: %w", user, err)
+	}
+	defer rows.Close()
+	var out []grant
+	for rows.Next() {
+		var g grant
+		var revoke uint8
+		if err := rows.Scan(&g.access, &g.database, &g.table, &g.column, &revoke); err != nil {
+			return nil, err
+		}
+		g.revoke = revoke != 0
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+// checkGrants checks a configured user's grants: nothing but the allowed
+// access types, each on one database, and every one of need on all of db.
+func checkGrants(ctx context.Context, conn driver.Conn, db, user string, allowed, need []string) error {
+	gs, err := grantsOf(ctx, conn, user)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, g := range gs {
+		if g.revoke {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || g.access == a
+		}
+		if !ok || g.database == "" {
+			on := g.database + "." + g.table
+			if g.database == "" {
+				on = "*.*"
+			}
+			return fmt.Errorf("user %s has %s on %s: want only %s, on Canopy's database", user, g.access, on, strings.Join(allowed, ", "))
+		}
+		if g.database == db && g.table == "" {
+			have[g.access] = true
+		}
+	}
+	for _, a := range need {
+		if !have[a] {
+			return fmt.Errorf("user %s lacks GRANT %s ON %s.*", user, a, db)
+		}
+	}
+	return nil
+}
+
+// userHint says what to do when CREATE USER, ALTER USER or GRANT fails.
+func userHint(err error) string {
+	var ex *clickhouse.Exception
+	if errors.As(err, &ex) && ex.Code == 514 { // ACCESS_STORAGE_FOR_INSERTION_NOT_FOUND
+		return "this server keeps users only in its configuration (no local_directory in user_directories): declare the user in users.xml, and migrate checks it"
+	}
+	return "the migrating user needs access_management"
+}
+
 // quote is s as a single-quoted SQL string literal.
 func quote(s string) string {
 	s = strings.ReplaceAll(s, `\`, `\\`)
@@ -176,6 +263,21 @@ func EnsureWriter(ctx context.Context, conn driver.Conn, login *clickhouse.Optio
 	if err != nil {
 		return "", err
 	}
+	configured := false
+	if rbac {
+		if configured, err = inUsersXML(ctx, conn, user); err != nil {
+			return "", err
+		}
+	}
+	if rbac && configured {
+		if _, err := loginSettings(ctx, login, db, user, password); err != nil {
+			return "", fmt.Errorf("writer user %s is declared in the server's users.xml but cannot log in to %s with its password: %w", user, db, err)
+		}
+		if err := checkGrants(ctx, conn, db, user, []string{"INSERT", "SELECT"}, []string{"INSERT", "SELECT"}); err != nil {
+			return "", fmt.Errorf("writer user %s (declared in users.xml, so migrate cannot change it): %w", user, err)
+		}
+		return UserConfiguredGrants, nil
+	}
 	if rbac {
 		for _, q := range []string{
 			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY %s", user, quote(password)),
@@ -183,7 +285,7 @@ func EnsureWriter(ctx context.Context, conn driver.Conn, login *clickhouse.Optio
 			fmt.Sprintf("GRANT INSERT, SELECT ON %s.* TO %s", db, user),
 		} {
 			if err := conn.Exec(ctx, q); err != nil {
-				return "", fmt.Errorf("writer user %s: %w (the migrating user needs access_management)", user, scrubSecret(err, password))
+				return "", fmt.Errorf("writer user %s: %w (%s)", user, scrubSecret(err, password), userHint(err))
 			}
 		}
 		return UserCreated, nil
@@ -215,11 +317,31 @@ func EnsureReader(ctx context.Context, conn driver.Conn, login *clickhouse.Optio
 		return "", err
 	}
 	db, user := s.Database, r.User
+	configured := false
+	if rbac {
+		if configured, err = inUsersXML(ctx, conn, user); err != nil {
+			return "", err
+		}
+	}
+	if rbac && configured {
+		settings, err := loginSettings(ctx, login, db, user, r.Password)
+		if err != nil {
+			return "", fmt.Errorf("read-only user %s is declared in the server's users.xml but cannot log in to %s with its password: %w", user, db, err)
+		}
+		if settings["readonly"] == "0" {
+			return "", fmt.Errorf("read-only user %s (declared in users.xml): its profile has readonly = 0, so it could write; want readonly 2", user)
+		}
+		if err := checkGrants(ctx, conn, db, user, []string{"SELECT"}, []string{"SELECT"}); err != nil {
+			return "", fmt.Errorf("read-only user %s (declared in users.xml, so migrate cannot change it): %w", user, err)
+		}
+		return UserConfiguredGrants, nil
+	}
 	if rbac {
 		profile := user + "_limits"
 		qs := []string{
-			fmt.Sprintf("CREATE SETTINGS PROFILE OR REPLACE %s SETTINGS readonly = 2, "+
-				"max_memory_usage = %d MAX %[2]d, max_execution_time = %d MAX %[3]d, max_result_rows = %d MAX %[4]d, "+
+			// MIN 1: 0 means no limit for each of these, and passes a MAX.
+			fmt.Sprintf("CREATE SETTINGS PROFILE OR REPLACE %[1]s SETTINGS readonly = 2, "+
+				"max_memory_usage = %[2]d MIN 1 MAX %[2]d, max_execution_time = %[3]d MIN 1 MAX %[3]d, max_result_rows = %[4]d MIN 1 MAX %[4]d, "+
 				"result_overflow_mode = 'throw' CONST",
 				profile, ReaderMaxMemory, ReaderMaxExecutionTime, ReaderMaxResultRows),
 			fmt.Sprintf("CREATE USER IF NOT EXISTS %s IDENTIFIED WITH sha256_password BY %s SETTINGS PROFILE %s", user, quote(r.Password), quote(profile)),
@@ -249,7 +371,7 @@ func EnsureReader(ctx context.Context, conn driver.Conn, login *clickhouse.Optio
 		}
 		for _, q := range qs {
 			if err := conn.Exec(ctx, q); err != nil {
-				return "", fmt.Errorf("read-only user %s: %w (the migrating user needs access_management)", user, scrubSecret(err, r.Password))
+				return "", fmt.Errorf("read-only user %s: %w (%s)", user, scrubSecret(err, r.Password), userHint(err))
 			}
 		}
 		return UserCreated, nil
