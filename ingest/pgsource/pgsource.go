@@ -239,10 +239,12 @@ func text(v any) string {
 	case [16]byte:
 		return fmt.Sprintf("%x-%x-%x-%x-%x", v[0:4], v[4:6], v[6:8], v[8:10], v[10:16])
 	case pgtype.Numeric:
-		if s, err := v.Value(); err == nil {
-			if s, ok := s.(string); ok {
-				return s
-			}
+		s, err := v.Value()
+		if err == nil && s == nil {
+			return "" // NULL
+		}
+		if s, ok := s.(string); ok && err == nil {
+			return s
 		}
 	case driver.Valuer:
 		if s, err := v.Value(); err == nil && s != nil {
