@@ -9,7 +9,11 @@ import (
 	"github.com/canopyhq/canopy/schema"
 )
 
-// EntityRow is one row of the ClickHouse entities table.
+// EntityRow is one row of the ClickHouse tables entities and
+// entities_by_parent: an entity as of a hierarchy version, with its depth
+// and its path from the root. The restater derives it from
+// hierarchy.EntityRow, the PostgreSQL row (no level, no path), which stays
+// hierarchy's.
 type EntityRow struct {
 	ID       int64
 	ParentID int64 // 0 = root
