@@ -194,8 +194,11 @@ func DecodeOrigin(hs []kgo.RecordHeader) Origin {
 func originOf(r Record) Origin { return DecodeOrigin(r.Headers) }
 
 // retryAtOf is originOf(r).RetryAt, reading only that header.
-func retryAtOf(r Record) time.Time {
-	for _, h := range r.Headers {
+func retryAtOf(r Record) time.Time { return retryAtIn(r.Headers) }
+
+// retryAtIn is DecodeOrigin(hs).RetryAt, reading only that header.
+func retryAtIn(hs []kgo.RecordHeader) time.Time {
+	for _, h := range hs {
 		if h.Key == HeaderRetryAt {
 			at, _ := time.Parse(time.RFC3339Nano, string(h.Value))
 			return at

@@ -172,12 +172,11 @@ func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.Epo
 		n := 0
 		for _, rec := range recs {
 			if rec.Topic != r.cfg.Topic {
-				if at, ok := header(rec.Headers, HeaderRetryAt); ok {
-					t, err := time.Parse(time.RFC3339Nano, at)
-					if err == nil && !rec.Timestamp.IsZero() {
+				if t := retryAtIn(rec.Headers); !t.IsZero() {
+					if !rec.Timestamp.IsZero() {
 						t = earlier(t, rec.Timestamp.Add(r.cfg.MaxRetryDelay)) // a due time past the policy is not Canopy's
 					}
-					if err == nil && t.After(now) {
+					if t.After(now) {
 						break
 					}
 				}
@@ -324,6 +323,5 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 }
 
 func truncatedRecord(rec *kgo.Record) bool {
-	_, ok := header(rec.Headers, HeaderRawBytes)
-	return ok
+	return DecodeOrigin(rec.Headers).RawBytes > 0
 }
