@@ -237,8 +237,8 @@ func (r *Restater) step(ctx context.Context) (bool, error) {
 			return false, nil
 		}
 	}
-	// From here the rows and events attributed before the changes up to
-	// target are final.
+	// Once no batch resolved below target is unfinished, the rows and
+	// events attributed before the changes up to target are final.
 	if err := r.fence.AwaitBatches(ctx, target, r.log()); err != nil {
 		return false, err
 	}
