@@ -155,8 +155,8 @@ func asPoison(err error) *PoisonError {
 
 // PermanentProduceError reports whether a produce error can never clear by
 // trying the same record again: the record is too large or invalid for the
-// topic. Everything else (brokers down, leadership moving, authorization an
-// operator may grant) is transient.
+// topic (Classify's Refused). Everything else (brokers down, leadership
+// moving, authorization an operator may grant) is transient.
 func PermanentProduceError(err error) bool {
 	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
 		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.CorruptMessage) ||

@@ -90,7 +90,7 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 	for _, res := range cl.ProduceSync(ctx, recs...) {
 		switch {
 		case res.Err == nil:
-		case PermanentProduceError(res.Err):
+		case Classify(res.Err) == Refused:
 			if refused == nil {
 				refused = map[int]error{}
 			}
@@ -108,7 +108,7 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 			switch {
 			case err == nil:
 				delete(refused, i)
-			case PermanentProduceError(err):
+			case Classify(err) == Refused:
 				refused[i] = err
 			default:
 				return fmt.Errorf("produce to %s: %w", topic, err)

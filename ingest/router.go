@@ -287,7 +287,7 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 			case res.Err == nil:
 				r.metrics.addRouted(1)
 				continue
-			case PermanentProduceError(res.Err) && !truncatedRecord(res.Record):
+			case Classify(res.Err) == Refused && !truncatedRecord(res.Record):
 				// Kafka judges a batch as a whole: only a record refused on
 				// its own is too large for the topic.
 				alone := r.cl.ProduceSync(ctx, res.Record).FirstErr()
@@ -295,7 +295,7 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 					r.metrics.addRouted(1)
 					continue
 				}
-				if PermanentProduceError(alone) {
+				if Classify(alone) == Refused {
 					r.log.Warn("the by-id topic refused a record for good; routing it truncated, to be dead-lettered",
 						"topic", r.cfg.Target, "bytes", len(res.Record.Value), "err", alone)
 					value, cut := truncated(res.Record.Value)
