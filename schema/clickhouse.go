@@ -75,6 +75,9 @@ type ClickHouse struct {
 	// DedupWindow is replicated_deduplication_window: how many recent blocks a
 	// table remembers for deduplication. Default 100000.
 	DedupWindow int
+	// Grains are the as-was rollup grains, finest first (ParseGrains);
+	// default DefaultGrains: rollup_hourly and rollup_daily.
+	Grains []Grain
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
@@ -106,6 +109,9 @@ func (c *ClickHouse) Validate() error {
 	}
 	if c.DedupWindow == 0 {
 		c.DedupWindow = 100000
+	}
+	if len(c.Grains) == 0 {
+		c.Grains = DefaultGrains()
 	}
 	return c.Measures.Validate()
 }
@@ -187,19 +193,41 @@ func (c ClickHouse) AsIsColumns() []Column {
 	return append(cols[:n-1:n-1], Column{"pending_version", "UInt64"}, cols[n-1])
 }
 
-// RollupTableColumns is the column order of one of the three rollup
-// tables and of its INSERT; ok is false for any other table.
+// RollupTableColumns is the column order of one of the rollup tables (a
+// configured grain's or the as-is one) and of its INSERT; ok is false for
+// any other table.
 func (c ClickHouse) RollupTableColumns(table string) (cols []Column, ok bool) {
-	switch table {
-	case TableRollupHourly:
-		return c.RollupColumns("DateTime('UTC')"), true
-	case TableRollupDaily:
-		return c.RollupColumns("Date"), true
-	case TableRollupAsIs:
+	if table == TableRollupAsIs {
 		return c.AsIsColumns(), true
+	}
+	for _, g := range c.grains() {
+		if g.Table == table {
+			return c.RollupColumns(g.BucketType), true
+		}
 	}
 	return nil, false
 }
+
+// grains are the configured grains, the default before Validate.
+func (c ClickHouse) grains() []Grain {
+	if len(c.Grains) == 0 {
+		return DefaultGrains()
+	}
+	return c.Grains
+}
+
+// Grain returns the configured grain of a table.
+func (c ClickHouse) Grain(table string) (Grain, bool) {
+	for _, g := range c.grains() {
+		if g.Table == table {
+			return g, true
+		}
+	}
+	return Grain{}, false
+}
+
+// ConfiguredGrains are the configured grains, finest first.
+func (c ClickHouse) ConfiguredGrains() []Grain { return c.grains() }
 
 // AckColumns is the column order of ingest_acks.
 func (c ClickHouse) AckColumns() []Column {
@@ -249,15 +277,18 @@ func (c ClickHouse) EntityColumns() []Column {
 	}
 }
 
-// Tables returns every table in creation order.
+// Tables returns every table in creation order: the events, one as-was
+// rollup per configured grain, the as-is rollup, then the rest.
 func (c ClickHouse) Tables() []Table {
-	return []Table{
+	ts := []Table{
 		{TableEvents, c.EventColumns(), "ENGINE = " + c.engine("MergeTree", TableEvents, "") +
 			" PARTITION BY toYYYYMM(occurred_at) ORDER BY (entity_id, occurred_at, event_id) " + c.settings()},
-		{TableRollupHourly, c.RollupColumns("DateTime('UTC')"), "ENGINE = " + c.engine("SummingMergeTree", TableRollupHourly, "") +
-			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
-		{TableRollupDaily, c.RollupColumns("Date"), "ENGINE = " + c.engine("SummingMergeTree", TableRollupDaily, "") +
-			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()},
+	}
+	for _, g := range c.grains() {
+		ts = append(ts, Table{g.Table, c.RollupColumns(g.BucketType), "ENGINE = " + c.engine("SummingMergeTree", g.Table, "") +
+			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()})
+	}
+	return append(ts, []Table{
 		{TableRollupAsIs, c.AsIsColumns(), "ENGINE = " + c.engine("SummingMergeTree", TableRollupAsIs, "") +
 			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version) " + c.settings()},
 		{TableEntities, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntities, "version") +
@@ -268,7 +299,7 @@ func (c ClickHouse) Tables() []Table {
 			" ORDER BY (topic, partition, first_offset) " + c.settings()},
 		{TableFailures, c.FailureColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableFailures, "last_failure") +
 			" ORDER BY (source_topic, source_partition, source_offset) " + c.settings()},
-	}
+	}...)
 }
 
 // CreateDatabase is the statement that creates the database.
