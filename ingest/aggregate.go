@@ -214,6 +214,25 @@ func fanout(hourly, daily *Rollup, ev *Event, chain []Ancestor, sub bool) {
 	}
 }
 
+// Regrain returns r, a rollup of any finer grain, summed into g's buckets:
+// sorted, without zero rows. For a batch, fanoutBuilder sums coarser
+// grains faster (coarsen); this is for the restater and rebuild, which
+// build their rollups by Add.
+func Regrain(r *Rollup, g schema.Grain) *Rollup {
+	out := NewRollup(len(r.Sums))
+	sums := make([]schema.Sum128, len(r.Sums))
+	for i, k := range r.Keys {
+		for m := range sums {
+			sums[m] = r.Sums[m][i]
+		}
+		k.Bucket = g.Bucket(k.Bucket)
+		out.AddRow(k, r.Events[i], sums, 1)
+	}
+	out.Sort()
+	out.Compact()
+	return out
+}
+
 // Merge returns the sorted sum of sorted rollups, without zero rows.
 func Merge(rs ...*Rollup) *Rollup {
 	out := NewRollup(len(rs[0].Sums))

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/canopyhq/canopy/internal/wait"
+	"github.com/canopyhq/canopy/schema"
 )
 
 // Record is one source record: what the processor needs of a Kafka record
@@ -61,6 +62,10 @@ type Processor struct {
 	// ClickHouse's deduplication window (see Landed); default
 	// DefaultReplayVerifyAfter, negative for never.
 	ReplayVerifyAfter time.Duration
+	// Grains are the configured as-was grains (schema.ParseGrains); nil
+	// means schema.DefaultGrains. Those coarser than daily are summed
+	// into Batch.Coarser.
+	Grains []schema.Grain
 }
 
 // Process handles a prefix of recs (same topic and partition, increasing
@@ -202,6 +207,9 @@ func (p *Processor) Fingerprint() string {
 	}
 	if n := p.maxTypes(); n != DefaultMaxTypes {
 		fmt.Fprintf(&b, " types=%d", n) // only when set: the default's fingerprint predates the cap
+	}
+	if !schema.IsDefaultGrains(p.Grains) {
+		fmt.Fprintf(&b, " grains=%s", schema.GrainNames(p.Grains)) // likewise: the default's predates grains
 	}
 	return b.String()
 }
@@ -472,8 +480,9 @@ func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []
 }
 
 // sum fans the events that own their ids out to the hourly rollup, sums
-// the daily rollup from it (dailyOf, not a second fan-out of every link)
-// and the as-is daily rollup from the chains that differ.
+// the daily rollup from it (coarsen, not a second fan-out of every link)
+// and the coarser grains' from that, and the as-is daily rollup from the
+// chains that differ.
 func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
 	nm := len(p.Decoder.measures)
 	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(a.valid))}
@@ -500,7 +509,11 @@ func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
 			addDaily(moved, &d.ev, d.current, 1)
 		}
 	}
-	b.Hourly, b.Daily = hourly.rollups()
+	if coarser := schema.CoarserGrains(p.Grains); len(coarser) > 0 {
+		b.Hourly, b.Daily, b.Coarser = hourly.rollupsWith(coarser)
+	} else {
+		b.Hourly, b.Daily = hourly.rollups()
+	}
 	b.AsIs = b.Daily
 	if moved != nil {
 		b.AsIs = Merge(b.Daily, moved)

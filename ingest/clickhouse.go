@@ -32,8 +32,8 @@ type ClickHouseSink struct {
 	Schema schema.ClickHouse
 }
 
-// Write inserts the batch's events, hourly and daily rollups, then its
-// acknowledgement. The ack goes last: a row in ingest_acks means the range is
+// Write inserts the batch's events, its rollup of each grain (hourly,
+// daily, then any coarser), the as-is rollup, then its acknowledgement. The ack goes last: a row in ingest_acks means the range is
 // fully written.
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 	unit := b.Unit()
@@ -46,6 +46,11 @@ func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 		}
 		if err := s.WriteRollup(ctx, schema.TableRollupDaily, b.Daily, unit, 0); err != nil {
 			return err
+		}
+		for _, c := range b.Coarser {
+			if err := s.WriteRollup(ctx, c.Grain.Table, c.Rollup, unit, 0); err != nil {
+				return err
+			}
 		}
 		if err := s.WriteRollup(ctx, schema.TableRollupAsIs, b.AsIs, unit, b.Intent.PendingVersion); err != nil {
 			return err

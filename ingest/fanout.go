@@ -321,26 +321,41 @@ func sameKey(a, b fanoutEntry) bool {
 
 // dailyOf returns the daily rollup of h, a sorted hourly rollup, given
 // order, the rank of each of its rows' (depth, type) in the order of
-// Rollup.Sort (see rollupOrdered): the rows of Rollup.Add for every event
-// and link followed by Sort, as a daily fanoutBuilder would give, without
-// fanning the batch out a second time. An hour lies in one day, and the
-// hours of a day are consecutive, so among the hourly rows sorted by
-// entity and hour those of one entity and day are adjacent: ordering each
-// such run by depth and type (a run is a handful of rows, often in order
-// already) puts the rows in daily order, where equal keys are adjacent and
-// sum to one row.
+// Rollup.Sort (see rollupOrdered): coarsen with the day as the bucket.
 func dailyOf(h *Rollup, order []uint32) *Rollup {
-	n := h.Len()
-	d := newSortedRollup(len(h.Sums), n) // at most as many rows; trimmed below
-	var run []int32                      // the rows of a run in daily order
+	d, _ := coarsen(h, order, dayOf, false)
+	return d
+}
+
+// coarsen returns the rollup of a coarser grain summed from f, a sorted
+// rollup of a finer one, given order, the rank of each of f's rows' (depth,
+// type) in the order of Rollup.Sort (see rollupOrdered), and bucket, the
+// coarser grain's bucket of a finer bucket: the rows of Rollup.Add for
+// every event and link followed by Sort, as a fanoutBuilder of the coarser
+// grain would give, without fanning the batch out a second time. It needs
+// every coarser bucket to be a union of consecutive finer ones (an hour
+// lies in one day, a day in one ISO week): then among f's rows, sorted by
+// entity and bucket, those of one entity and coarser bucket are adjacent,
+// and ordering each such run by depth and type (a run is a handful of
+// rows, often in order already) puts the rows in the coarser order, where
+// equal keys are adjacent and sum to one row. With withOrder it also
+// returns the same ranks for the rows it returns, to coarsen them again.
+func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool) (*Rollup, []uint32) {
+	n := f.Len()
+	d := newSortedRollup(len(f.Sums), n) // at most as many rows; trimmed below
+	var outOrder []uint32
+	if withOrder {
+		outOrder = make([]uint32, n)
+	}
+	var run []int32 // the rows of a run in coarser order
 	row := -1
 	for start := 0; start < n; {
-		first := &h.Keys[start]
-		day := dayOf(first.Bucket)
+		first := &f.Keys[start]
+		b := bucket(first.Bucket)
 		end, ordered := start+1, true
 		for ; end < n; end++ {
-			k := &h.Keys[end]
-			if k.EntityID != first.EntityID || k.Bucket != h.Keys[end-1].Bucket && dayOf(k.Bucket) != day {
+			k := &f.Keys[end]
+			if k.EntityID != first.EntityID || k.Bucket != f.Keys[end-1].Bucket && bucket(k.Bucket) != b {
 				break
 			}
 			ordered = ordered && order[end-1] <= order[end]
@@ -359,13 +374,16 @@ func dailyOf(h *Rollup, order []uint32) *Rollup {
 		}
 		for i, p := range run {
 			if i == 0 || order[run[i-1]] != order[p] {
-				k := &h.Keys[p]
+				k := &f.Keys[p]
 				row++
-				d.Keys[row] = RollupKey{EntityID: k.EntityID, Bucket: day, Depth: k.Depth, Type: k.Type}
+				d.Keys[row] = RollupKey{EntityID: k.EntityID, Bucket: b, Depth: k.Depth, Type: k.Type}
+				if outOrder != nil {
+					outOrder[row] = order[p]
+				}
 			}
-			d.Events[row] += h.Events[p]
+			d.Events[row] += f.Events[p]
 			for m := range d.Sums {
-				d.Sums[m][row].AddSum(h.Sums[m][p])
+				d.Sums[m][row].AddSum(f.Sums[m][p])
 			}
 		}
 		start = end
@@ -375,7 +393,29 @@ func dailyOf(h *Rollup, order []uint32) *Rollup {
 	for m := range d.Sums {
 		d.Sums[m] = d.Sums[m][:rows:rows]
 	}
-	return d
+	if outOrder != nil {
+		outOrder = outOrder[:rows:rows]
+	}
+	return d, outOrder
+}
+
+// rollupsWith returns the sorted hourly sums, the daily ones and one rollup
+// per grain of coarser (each a union of days, coarsest last), each summed
+// from the one before it (coarsen).
+func (f *fanoutBuilder) rollupsWith(coarser []schema.Grain) (hourly, daily *Rollup, more []GrainRollup) {
+	r, order := f.rollupOrdered(true)
+	if len(coarser) == 0 {
+		return r, dailyOf(r, order), nil
+	}
+	daily, order = coarsen(r, order, dayOf, true)
+	prev := daily
+	for i, g := range coarser {
+		var c *Rollup
+		c, order = coarsen(prev, order, g.Bucket, i < len(coarser)-1)
+		more = append(more, GrainRollup{Grain: g, Rollup: c})
+		prev = c
+	}
+	return r, daily, more
 }
 
 // dayOf is the day bucket of an hour bucket (or of any time): truncated

@@ -55,6 +55,12 @@ func (b *Batch) without(l Landed) *Batch {
 	out.Hourly = b.Hourly.withoutMonths(l.Months[schema.TableRollupHourly])
 	out.Daily = b.Daily.withoutMonths(l.Months[schema.TableRollupDaily])
 	out.AsIs = b.AsIs.withoutMonths(l.Months[schema.TableRollupAsIs])
+	if len(b.Coarser) > 0 {
+		out.Coarser = make([]GrainRollup, len(b.Coarser))
+		for i, c := range b.Coarser {
+			out.Coarser[i] = GrainRollup{Grain: c.Grain, Rollup: c.Rollup.withoutMonths(l.Months[c.Grain.Table])}
+		}
+	}
 	return &out
 }
 
@@ -113,11 +119,16 @@ func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
 		}
 		l.Months[schema.TableEvents] = months
 	}
-	for _, t := range []struct {
+	type part struct {
 		table string
 		r     *Rollup
 		at    string // the bucket column's type
-	}{{schema.TableRollupHourly, b.Hourly, "toDateTime"}, {schema.TableRollupDaily, b.Daily, "toDate"}, {schema.TableRollupAsIs, b.AsIs, "toDate"}} {
+	}
+	parts := []part{{schema.TableRollupHourly, b.Hourly, "toDateTime"}, {schema.TableRollupDaily, b.Daily, "toDate"}, {schema.TableRollupAsIs, b.AsIs, "toDate"}}
+	for _, c := range b.Coarser {
+		parts = append(parts, part{c.Grain.Table, c.Rollup, "toDate"}) // coarser than a day: a Date
+	}
+	for _, t := range parts {
 		if t.r.Len() == 0 {
 			continue
 		}

@@ -104,6 +104,9 @@ func (m *Metrics) observeBatch(b *Batch, dead []Failure, retried int, d time.Dur
 	m.rollupRows.WithLabelValues("rollup_hourly").Add(float64(b.Hourly.Len()))
 	m.rollupRows.WithLabelValues("rollup_daily").Add(float64(b.Daily.Len()))
 	m.rollupRows.WithLabelValues("rollup_daily_current").Add(float64(b.AsIs.Len()))
+	for _, c := range b.Coarser {
+		m.rollupRows.WithLabelValues(c.Grain.Table).Add(float64(c.Rollup.Len()))
+	}
 	m.batchSeconds.Observe(d.Seconds())
 }
 

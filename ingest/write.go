@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/canopyhq/canopy/schema"
 )
 
 // Accepted is an event that counts, with the offset of the record that
@@ -31,8 +33,18 @@ type Batch struct {
 	Daily  *Rollup
 	// AsIs is the daily rollup attributed through the hierarchy current at
 	// the batch's version (rollup_daily_current); often the same as Daily.
-	AsIs   *Rollup
-	Counts Counts
+	AsIs *Rollup
+	// Coarser are the rollups of the configured grains coarser than daily
+	// (schema.CoarserGrains: rollup_weekly), summed from Daily; none by
+	// default.
+	Coarser []GrainRollup
+	Counts  Counts
+}
+
+// GrainRollup is the as-was rollup of one grain.
+type GrainRollup struct {
+	Grain  schema.Grain
+	Rollup *Rollup
 }
 
 // Unit is the batch's identity inside rollup blocks (see schema.RollupColumns):
