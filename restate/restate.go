@@ -608,10 +608,17 @@ func (r *Restater) restateAsWas(ctx context.Context, c hierarchy.Recorded) error
 			return fmt.Errorf("read events below %d: %w", c.ID, err)
 		}
 	}
-	for _, t := range []struct {
+	type part struct {
 		table string
 		r     *ingest.Rollup
-	}{{schema.TableRollupHourly, hourly}, {schema.TableRollupDaily, daily}} {
+	}
+	daily.Sort()
+	daily.Compact()
+	parts := []part{{schema.TableRollupHourly, hourly}, {schema.TableRollupDaily, daily}}
+	for _, g := range schema.CoarserGrains(r.Schema.ConfiguredGrains()) {
+		parts = append(parts, part{g.Table, ingest.Regrain(daily, g)}) // a union of days
+	}
+	for _, t := range parts {
 		t.r.Sort()
 		t.r.Compact()
 		if err := r.sink.WriteRollup(ctx, t.table, t.r, r.unit(c), 0); err != nil {
