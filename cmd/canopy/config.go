@@ -191,7 +191,8 @@ type config struct {
 	byKey       map[string]*setting
 	measures    schema.Measures
 	measuresSrc string
-	sec         security // built by resolve from the TLS and SASL settings
+	grains      []schema.Grain // rollup.grains, parsed
+	sec         security       // built by resolve from the TLS and SASL settings
 }
 
 // The settings. Environment names are derived from keys: kafka.brokers →
@@ -254,6 +255,7 @@ func newConfig() *config {
 	add("ingest.retry_backoff", "1s", "wait before the first retry of such an event, doubling each time").durationAtLeast(time.Millisecond)
 	add("ingest.retry_max_backoff", "1m", "longest wait between retries").durationAtLeast(time.Millisecond)
 	add("ingest.retry_max_age", "1h", "dead-letter such an event this long after its first failure").durationAtLeast(time.Millisecond)
+	add("rollup.grains", "hourly,daily", "as-was rollup grains, comma-separated: hourly and daily, plus weekly (ISO weeks from Monday, UTC; table rollup_weekly, created by canopy migrate)").required()
 	add("http.addr", "127.0.0.1:9464", "address of /metrics, /healthz, /readyz (loopback by default; 0.0.0.0:9464 or :9464 to be scraped from other hosts)").addr()
 	add("http.pprof", "false", "serve /debug/pprof/ on http.addr (profiles expose internals: keep http.addr on loopback or a trusted network)").boolean()
 	add("log.level", "info", "debug|info|warn|error").oneOf("debug", "info", "warn", "error")
@@ -338,6 +340,12 @@ func (c *config) resolve(cmd *cobra.Command) error {
 	for _, w := range c.sec.warnings {
 		c.logger().Warn("INSECURE: " + w)
 	}
+	g := c.byKey["rollup.grains"]
+	gs, err := schema.ParseGrains("setting rollup.grains", strings.Split(g.val, ","))
+	if err != nil {
+		return usageError{fmt.Errorf("%w (from %s)", err, g.src)}
+	}
+	c.grains = gs
 	c.measures, c.measuresSrc = schema.DefaultMeasures(), "default"
 	if raw, ok := doc["measures"]; ok {
 		b, _ := yaml.Marshal(raw)
@@ -472,7 +480,7 @@ func (c *config) suspendedPolicy() (ingest.SuspendedPolicy, error) {
 }
 
 func (c *config) chSchema() (schema.ClickHouse, error) {
-	s := schema.ClickHouse{Database: c.get("clickhouse.database"), Measures: c.measures}
+	s := schema.ClickHouse{Database: c.get("clickhouse.database"), Measures: c.measures, Grains: c.grains}
 	return s, s.Validate()
 }
 

@@ -91,6 +91,7 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		MaxBatchBytes:     cfg.int("ingest.max_batch_mb") << 20,
 		MaxTypes:          cfg.int("ingest.max_types_per_batch"),
 		ReplayVerifyAfter: replayVerifyAfter(cfg.duration("ingest.replay_verify_after")),
+		Grains:            p.chs.Grains,
 	}
 	return p, nil
 }
