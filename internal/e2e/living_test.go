@@ -328,12 +328,21 @@ func TestLivingHierarchySkipPolicy(t *testing.T) {
 }
 
 func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
+	runLivingGrains(t, nEntities, nEvents, nChanges, skip, false)
+}
+
+// runLivingGrains is runLiving, with the weekly grain added (canopy.yaml's
+// rollup.grains, then canopy migrate) and compared if weekly.
+func runLivingGrains(t *testing.T, nEntities, nEvents, nChanges int, skip, weekly bool) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 4)
 	e.vars = append(e.vars, "CANOPY_KAFKA_HIERARCHY_TOPIC="+e.name+".hierarchy")
 	if skip {
 		e.vars = append(e.vars, "CANOPY_INGEST_SUSPENDED_ANCESTORS=skip")
+	}
+	if weekly {
+		e.addWeeklyGrain()
 	}
 	l := newLiving(t, e, nEntities, seed, 11)
 	rng := l.rng
@@ -396,6 +405,9 @@ func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
 	compareRollups(t, "rollup_hourly", hourly, e.readRollup("rollup_hourly", "toUInt32(bucket)"))
 	compareRollups(t, "rollup_daily", daily, e.readRollup("rollup_daily", "toUInt32(toUInt32(bucket) * 86400)"))
 	compareRollups(t, "rollup_daily_current", current, e.readRollup("rollup_daily_current", "toUInt32(toUInt32(bucket) * 86400)"))
+	if weekly {
+		e.compareWeekly(l.h, events, skip)
+	}
 	e.compareEvents(events)
 	e.compareEntities(l)
 }

@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/canopyhq/canopy/internal/synth"
+)
+
+// TestLivingHierarchyWeeklyGrain is the living-hierarchy scenario with
+// rollup.grains = [hourly, daily, weekly] set in canopy.yaml and applied by
+// canopy migrate, nothing else: rollup_weekly must equal the as-was oracle
+// with ISO-week buckets, the as-is weeks (rollup_daily_current summed by
+// toMonday, the documented query; weekly has no as-is table of its own)
+// the as-is oracle, and the other tables their oracles as in the default
+// configuration. The events span 2026-10-27 … 11-04: two ISO weeks, the
+// first straddling a month end (its rows lie in October's partition).
+func TestLivingHierarchyWeeklyGrain(t *testing.T) {
+	runLivingGrains(t, 2000, 30000, 150, false, true)
+}
+
+// addWeeklyGrain points canopy at a canopy.yaml that adds the weekly grain
+// and runs canopy migrate again, as an operator would.
+func (e *env) addWeeklyGrain() {
+	e.t.Helper()
+	file := filepath.Join(e.t.TempDir(), "canopy.yaml")
+	if err := os.WriteFile(file, []byte("rollup:\n  grains: [hourly, daily, weekly]\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	e.vars = append(e.vars, "CANOPY_CONFIG="+file)
+	e.run("migrate")
+}
+
+// isoWeekStart is the oracle's weekly bucket: the Unix time of the Monday
+// 00:00 UTC that begins t's ISO week, found by stepping back a day at a
+// time while time.ISOWeek stays the same.
+func isoWeekStart(t time.Time) int64 {
+	t = t.UTC()
+	y, w := t.ISOWeek()
+	d := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	for {
+		p := d.AddDate(0, 0, -1)
+		if py, pw := p.ISOWeek(); py != y || pw != w {
+			return d.Unix()
+		}
+		d = p
+	}
+}
+
+// attributeWeekly is the recursive oracle with weekly buckets: each event
+// once per ancestor of its chain in h at its time (as-was) or now (as-is),
+// skipping suspended ancestors as attribute does under skip.
+func attributeWeekly(h history, events map[string]synth.Event, asIs, skip bool) map[rollupKey]sums {
+	out := map[rollupKey]sums{}
+	far := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, e := range events {
+		at := e.OccurredAt
+		if asIs {
+			at = far
+		}
+		week := isoWeekStart(e.OccurredAt)
+		for depth, anc := range h.chain(e.EntityID, at) {
+			if v, _ := h.at(anc, at); skip && depth > 0 && v.status != "active" {
+				continue
+			}
+			k := rollupKey{anc, week, depth, e.Type}
+			s := out[k]
+			if s.amount == nil {
+				s.amount = new(big.Int)
+			}
+			s.events++
+			s.amount.Add(s.amount, big.NewInt(e.Amount))
+			s.quantity += e.Quantity
+			out[k] = s
+		}
+	}
+	return out
+}
+
+// compareWeekly compares rollup_weekly and the as-is weeks to the oracle.
+func (e *env) compareWeekly(h history, events map[string]synth.Event, skip bool) {
+	e.t.Helper()
+	compareRollups(e.t, "rollup_weekly", attributeWeekly(h, events, false, skip),
+		e.readRollup("rollup_weekly", "toUInt32(toUInt32(bucket) * 86400)"))
+	compareRollups(e.t, "rollup_daily_current by toMonday", attributeWeekly(h, events, true, skip), e.readAsIsWeeks())
+}
+
+// readAsIsWeeks reads rollup_daily_current summed by ISO week.
+func (e *env) readAsIsWeeks() map[rollupKey]sums {
+	e.t.Helper()
+	rows, err := e.ch.Query(context.Background(), fmt.Sprintf(`
+		SELECT entity_id, toUInt32(toUInt32(toMonday(bucket)) * 86400) AS week, depth, type,
+			sum(events), toString(sum(amount)), sum(quantity)
+		FROM %s.rollup_daily_current GROUP BY entity_id, week, depth, type`, e.chDB))
+	if err != nil {
+		e.t.Fatalf("read as-is weeks: %v", err)
+	}
+	defer rows.Close()
+	out := map[rollupKey]sums{}
+	for rows.Next() {
+		var (
+			entity      uint64
+			events      int64
+			week        uint32
+			depth       uint8
+			typ, amount string
+			quantity    int64
+		)
+		if err := rows.Scan(&entity, &week, &depth, &typ, &events, &amount, &quantity); err != nil {
+			e.t.Fatalf("scan as-is weeks: %v", err)
+		}
+		out[rollupKey{int64(entity), int64(week), int(depth), typ}] = sums{events, parseUnits(e.t, amount), quantity}
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
