@@ -18,8 +18,10 @@ import (
 	"github.com/canopyhq/canopy/schema"
 )
 
-// Rebuild recomputes the three rollup tables for a range of days from the
-// events in ClickHouse and swaps each affected monthly partition in whole
+// Rebuild recomputes the rollup tables for a range of days from the
+// events in ClickHouse (hourly, daily and as-is; a grain coarser than daily
+// from the rebuilt daily rows, for each of its buckets that holds a day of
+// the range) and swaps each affected monthly partition in whole
 // (ALTER TABLE … REPLACE PARTITION … FROM a staging table), so a reader sees
 // a partition before or after, never half-built. Rows of the partition
 // outside the range are carried over as they are.
@@ -61,6 +63,16 @@ type RebuildStats struct {
 // rebuildTables are the tables a rebuild swaps, in that order.
 var rebuildTables = []string{schema.TableRollupHourly, schema.TableRollupDaily, schema.TableRollupAsIs}
 
+// tables are the tables a rebuild checks: rebuildTables, then each
+// configured grain coarser than daily.
+func (rb *Rebuild) tables() []string {
+	ts := append([]string(nil), rebuildTables...)
+	for _, g := range schema.CoarserGrains(rb.Schema.ConfiguredGrains()) {
+		ts = append(ts, g.Table)
+	}
+	return ts
+}
+
 // Run rebuilds the days from, …, to (UTC dates, both included).
 func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, error) {
 	st := RebuildStats{Rows: map[string]int64{}}
@@ -69,7 +81,7 @@ func (rb *Rebuild) Run(ctx context.Context, from, to time.Time) (RebuildStats, e
 		return st, fmt.Errorf("rebuild: --from %s is after --to %s", from.Format(time.DateOnly), to.AddDate(0, 0, -1).Format(time.DateOnly))
 	}
 	sortingKeys := map[string]string{}
-	for _, t := range rebuildTables {
+	for _, t := range rb.tables() {
 		sk, err := rb.checkTable(ctx, t)
 		if err != nil {
 			return st, err
@@ -116,6 +128,11 @@ func (rb *Rebuild) run(ctx context.Context, from, to time.Time, sortingKeys map[
 			return fmt.Errorf("rebuild %s: %w", m.Format("2006-01"), err)
 		}
 		st.Partitions = append(st.Partitions, m.Format("200601"))
+	}
+	for _, g := range schema.CoarserGrains(rb.Schema.ConfiguredGrains()) {
+		if err := rb.coarser(ctx, pause, sortingKeys[g.Table], g, from, to, st); err != nil {
+			return fmt.Errorf("rebuild %s: %w", g.Table, err)
+		}
 	}
 	if err := rb.resolveParked(ctx, from, to, st); err != nil {
 		return fmt.Errorf("rebuild done, but resolving parked hierarchy changes failed (run it again): %w", err)
@@ -200,6 +217,53 @@ func (rb *Rebuild) month(ctx context.Context, p *pgledger.Paused, sortingKeys ma
 	}
 	rb.log().Info("rebuild: partition swapped", "month", m.Format("2006-01"), "from", lo.Format(time.DateOnly),
 		"to", hi.AddDate(0, 0, -1).Format(time.DateOnly), "events", n)
+	return nil
+}
+
+// coarser rebuilds g's buckets (weeks) that hold a day of [from, to) from
+// rollup_daily, rebuilt by then: an as-was row of a grain coarser than a day
+// is the sum of its days' rows, as the batch path and the restater write
+// it. Writers are still paused, so neither table changes meanwhile. Each
+// monthly partition of g's table (by the month of the bucket's start) is
+// swapped in whole, as the other tables' are.
+func (rb *Rebuild) coarser(ctx context.Context, p *pgledger.Paused, sk string, g schema.Grain, from, to time.Time, st *RebuildStats) error {
+	lo := time.Unix(g.Bucket(from.Unix()), 0).UTC()
+	end := time.Unix(g.Bucket(to.Add(-time.Second).Unix()), 0).UTC().AddDate(0, 0, 1) // after the last bucket's start
+	db := rb.Schema.Database
+	cols, _ := rb.Schema.RollupTableColumns(g.Table)
+	defer func() { _ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+db+"."+staging(g.Table)) }()
+	for m := monthOf(lo); m.Before(end); m = m.AddDate(0, 1, 0) {
+		mlo, mhi := maxTime(lo, m), minTime(end, m.AddDate(0, 1, 0))
+		part := m.Format("200601")
+		if err := rb.stage(ctx, g.Table, sk, part, mlo, mhi); err != nil {
+			return err
+		}
+		var sel strings.Builder
+		fmt.Fprintf(&sel, "SELECT entity_id, %s(bucket) AS b, depth, type, sum(events)", g.Of)
+		for _, ms := range rb.Schema.Measures {
+			fmt.Fprintf(&sel, ", sum(%s)", ms.Name)
+		}
+		fmt.Fprintf(&sel, ", '' FROM %s.%s WHERE bucket >= %s AND b >= %s AND b < %s GROUP BY entity_id, b, depth, type",
+			db, schema.TableRollupDaily, bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mhi))
+		q := fmt.Sprintf("INSERT INTO %s.%s (%s) %s", db, staging(g.Table), schema.ColumnList(cols), sel.String())
+		if err := rb.CH.Exec(ctx, q); err != nil {
+			return fmt.Errorf("sum %s from %s: %w", g.Table, schema.TableRollupDaily, err)
+		}
+		var n uint64
+		if err := rb.CH.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s WHERE bucket >= %s AND bucket < %s",
+			db, staging(g.Table), bound(g.Table, mlo), bound(g.Table, mhi))).Scan(&n); err != nil {
+			return err
+		}
+		st.Rows[g.Table] += int64(n) //nolint:gosec // a count of rows
+		if !p.Held() {
+			return errors.New("the pause on writers could not be renewed; nothing swapped")
+		}
+		q = fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", db, g.Table, part, staging(g.Table))
+		if err := rb.CH.Exec(ctx, q); err != nil {
+			return fmt.Errorf("swap %s: %w", g.Table, err)
+		}
+		rb.log().Info("rebuild: partition swapped", "table", g.Table, "month", m.Format("2006-01"))
+	}
 	return nil
 }
 

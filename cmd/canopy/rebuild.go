@@ -67,7 +67,10 @@ many. A narrower rebuild leaves them parked and says so.`,
 				return err
 			}
 			var rows []string
-			for _, t := range []string{schema.TableRollupHourly, schema.TableRollupDaily, schema.TableRollupAsIs} {
+			for _, g := range p.chs.ConfiguredGrains() {
+				rows = append(rows, fmt.Sprintf("%s %d", g.Table, st.Rows[g.Table]))
+			}
+			for _, t := range []string{schema.TableRollupAsIs} {
 				rows = append(rows, fmt.Sprintf("%s %d", t, st.Rows[t]))
 			}
 			sort.Strings(st.Partitions)

@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,4 +121,62 @@ func (e *env) readAsIsWeeks() map[rollupKey]sums {
 		e.t.Fatal(err)
 	}
 	return out
+}
+
+// TestRebuildWeeklyGrain: with the weekly grain configured, canopy rebuild
+// of 2026-10-30 … 11-01 recomputes the ISO week holding them (Monday
+// 10-26, whose last day lies in November but whose rows lie in October's
+// partition) from the rebuilt daily rows: damage inside that week goes,
+// damage in another week stays, and the rest equals the oracle, while
+// batches keep arriving.
+func TestRebuildWeeklyGrain(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 2)
+	e.addWeeklyGrain()
+	sc := e.setUp(seed, 1000, 12000)
+	e.startWorker(1)
+	keys, values := sc.records()
+	cut := len(values) * 3 / 4
+	e.produce(keys[:cut], values[:cut])
+	e.waitAcked(uint64(cut), 3*time.Minute)
+	e.waitRestated(time.Minute)
+
+	ctx := context.Background()
+	inWeek := time.Date(2026, 10, 26, 0, 0, 0, 0, time.UTC)   // rebuilt
+	otherWeek := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC) // kept as it is
+	for _, d := range []struct {
+		week   time.Time
+		typ    string
+		events int64
+	}{{inWeek, "damage", 7}, {inWeek, "sale", -3}, {otherWeek, "damage", 5}} {
+		q := fmt.Sprintf(`INSERT INTO %s.rollup_weekly (entity_id, bucket, depth, type, events, amount, quantity, ingest_unit)
+			SELECT toUInt64(1), toDate('%s'), toUInt8(0), '%s', toInt64(%d), toDecimal64(%d, 4), toInt64(%d), 'damage/%s'`,
+			e.chDB, d.week.Format(time.DateOnly), d.typ, d.events, d.events, d.events, d.typ)
+		if err := e.ch.Exec(ctx, q); err != nil {
+			t.Fatalf("damage: %v", err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.produce(keys[cut:], values[cut:])
+	}()
+	out := e.run("rebuild", "--from", "2026-10-30", "--to", "2026-11-01")
+	t.Log(strings.TrimSpace(out))
+	if !strings.Contains(out, "rollup_weekly ") {
+		t.Fatalf("rebuild output names no rollup_weekly rows: %s", out)
+	}
+	<-done
+	e.waitAcked(uint64(len(values)), 3*time.Minute)
+	e.waitRestated(time.Minute)
+
+	o := buildOracle(sc.history, sc.events)
+	want := attributeWeekly(sc.history, o.events, false, false)
+	k := rollupKey{entity: 1, bucket: otherWeek.Unix(), depth: 0, typ: "damage"}
+	want[k] = sums{events: 5, amount: big.NewInt(5 * 10000), quantity: 5}
+	compareRollups(t, "rollup_weekly", want, e.readRollup("rollup_weekly", "toUInt32(toUInt32(bucket) * 86400)"))
+	hourly, daily := attribute(sc.history, o.events, false, false)
+	compareRollups(t, "rollup_hourly", hourly, e.readRollup("rollup_hourly", "toUInt32(bucket)"))
+	compareRollups(t, "rollup_daily", daily, e.readRollup("rollup_daily", "toUInt32(toUInt32(bucket) * 86400)"))
 }
