@@ -38,6 +38,10 @@ type Options struct {
 	Database string          // ClickHouse database, as in the tables' names
 	Measures schema.Measures // from canopy.yaml
 	Reader   string          // ClickHouse read-only user of the datasource
+	// Grains are the configured rollup grains (default hourly and daily);
+	// with weekly, the overview's time series has a point a week over
+	// ranges longer than 90 days.
+	Grains []schema.Grain
 	// PasswordFile is where Grafana reads the reader's password from when
 	// it provisions the datasource ($__file{…}): a mounted secret, never
 	// the password itself, so that no generated file holds it.
@@ -427,6 +431,11 @@ LIMIT 200`, db, lit("__searchFilter")))
 	q := OverviewSQL{Database: db, Measures: o.Measures, EntityID: num("entity"), View: lit("view"),
 		DateFilter: "$__dateFilter(bucket)", TimeFilter: "$__timeFilter(bucket)",
 		Hourly: "toUInt32($__toTime) - toUInt32($__fromTime) <= 259200"}
+	for _, g := range o.Grains {
+		if g.Name == schema.Weekly.Name {
+			q.Weekly = "toUInt32($__toTime) - toUInt32($__fromTime) > 7776000" // 90 days
+		}
+	}
 	bd.sql(sdk.NewTable("Entity"), 24, 4, q.Entity(), false, panelExtra{})
 
 	// Own vs downline, one stat per measure.

@@ -30,6 +30,11 @@ type OverviewSQL struct {
 	// Hourly is a condition: the as-was time series reads rollup_hourly
 	// when it holds, rollup_daily otherwise.
 	Hourly string
+	// Weekly, if set (the weekly grain is configured), is a condition,
+	// exclusive with Hourly: the time series then has a point a week, the
+	// as-was one read from rollup_weekly, the as-is one summed by toMonday
+	// from rollup_daily_current; DateFilter applies to the weeks' Mondays.
+	Weekly string
 }
 
 // ViewTables are the daily tables of the as-was and as-is views, the values
@@ -75,9 +80,12 @@ FROM %[2]s`, measure, q.rows("entity_id = "+q.EntityID+" AND "+q.DateFilter))
 }
 
 // Series returns rows (time, own, downline) of the measure in time order:
-// hourly as-was when Hourly holds, else daily (the as-is view is daily
-// only).
+// hourly as-was when Hourly holds, weekly when Weekly is set and holds,
+// else daily (the as-is view is daily or weekly).
 func (q OverviewSQL) Series(measure string) string {
+	if q.Weekly != "" {
+		return q.seriesWeekly(measure)
+	}
 	return fmt.Sprintf(`
 SELECT t AS time, sumIf(v, depth = 0) AS own, sumIf(v, depth > 0) AS downline
 FROM (
@@ -95,6 +103,31 @@ FROM (
 )
 GROUP BY time
 ORDER BY time`, measure, q.Database, q.View, q.EntityID, q.Hourly, q.TimeFilter, q.DateFilter)
+}
+
+// seriesWeekly is Series with the weekly grain configured.
+func (q OverviewSQL) seriesWeekly(measure string) string {
+	return fmt.Sprintf(`
+SELECT t AS time, sumIf(v, depth = 0) AS own, sumIf(v, depth > 0) AS downline
+FROM (
+    SELECT bucket AS t, depth, %[1]s AS v FROM %[2]s.rollup_hourly
+    WHERE %[3]s = 'rollup_daily' AND %[5]s
+      AND entity_id = %[4]s AND %[6]s
+    UNION ALL
+    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily
+    WHERE %[3]s = 'rollup_daily' AND NOT %[5]s AND NOT %[8]s
+      AND entity_id = %[4]s AND %[7]s
+    UNION ALL
+    SELECT toDateTime(bucket, 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_weekly
+    WHERE %[3]s = 'rollup_daily' AND %[8]s
+      AND entity_id = %[4]s AND %[7]s
+    UNION ALL
+    SELECT toDateTime(if(%[8]s, toMonday(bucket), bucket), 'UTC') AS t, depth, %[1]s AS v FROM %[2]s.rollup_daily_current
+    WHERE %[3]s = 'rollup_daily_current'
+      AND entity_id = %[4]s AND %[7]s
+)
+GROUP BY time
+ORDER BY time`, measure, q.Database, q.View, q.EntityID, q.Hourly, q.TimeFilter, q.DateFilter, q.Weekly)
 }
 
 // Children returns the entity's direct children (found through

@@ -37,7 +37,7 @@ repository root (or give --dir) after changing the measures.`,
 			}
 			files, err := dashboards.Files(dashboards.Options{
 				Database: cfg.get("clickhouse.database"), Measures: cfg.measures,
-				Reader: cfg.get("clickhouse.reader_user"), PasswordFile: passwordFile,
+				Reader: cfg.get("clickhouse.reader_user"), PasswordFile: passwordFile, Grains: cfg.grains,
 			})
 			if err != nil {
 				return err
