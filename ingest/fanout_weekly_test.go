@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,5 +106,24 @@ func sameRollup(t *testing.T, bi int, what string, got, want *Rollup) {
 				got.Keys[i], got.Events[i], got.Sums[0][i], got.Sums[1][i],
 				want.Keys[i], want.Events[i], want.Sums[0][i], want.Sums[1][i])
 		}
+	}
+}
+
+// The fingerprint of the default grains is the one written before grains
+// were configurable (so batches begun then replay); other grains are named
+// in it, so a replay across a grain change is refused.
+func TestFingerprintNamesGrains(t *testing.T) {
+	p := &Processor{Decoder: NewDecoder(schema.DefaultMeasures(), 0)}
+	def := p.Fingerprint()
+	if strings.Contains(def, "grains") {
+		t.Fatalf("default fingerprint %q names grains", def)
+	}
+	p.Grains = schema.DefaultGrains()
+	if got := p.Fingerprint(); got != def {
+		t.Fatalf("fingerprint with the default grains named %q, want %q", got, def)
+	}
+	p.Grains = []schema.Grain{schema.Hourly, schema.Daily, schema.Weekly}
+	if got := p.Fingerprint(); got != def+" grains=hourly,daily,weekly" {
+		t.Fatalf("fingerprint with weekly %q, want %q", got, def+" grains=hourly,daily,weekly")
 	}
 }
