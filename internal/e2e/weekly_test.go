@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/canopyhq/canopy/dashboards"
 	"github.com/canopyhq/canopy/internal/synth"
+	"github.com/canopyhq/canopy/schema"
 )
 
 // TestLivingHierarchyWeeklyGrain is the living-hierarchy scenario with
@@ -88,7 +90,71 @@ func (e *env) compareWeekly(h history, events map[string]synth.Event, skip bool)
 	e.t.Helper()
 	compareRollups(e.t, "rollup_weekly", attributeWeekly(h, events, false, skip),
 		e.readRollup("rollup_weekly", "toUInt32(toUInt32(bucket) * 86400)"))
-	compareRollups(e.t, "rollup_daily_current by toMonday", attributeWeekly(h, events, true, skip), e.readAsIsWeeks())
+	asIs := attributeWeekly(h, events, true, skip)
+	compareRollups(e.t, "rollup_daily_current by toMonday", asIs, e.readAsIsWeeks())
+	e.compareWeeklySeries(attributeWeekly(h, events, false, skip), "rollup_daily")
+	e.compareWeeklySeries(asIs, "rollup_daily_current")
+}
+
+// compareWeeklySeries runs the overview's time series (dashboards and
+// canopy show) with the weekly grain chosen, for the entity with the most
+// downline events, in view, and compares its points to the oracle's weeks.
+func (e *env) compareWeeklySeries(want map[rollupKey]sums, view string) {
+	e.t.Helper()
+	downline := map[int64]int64{}
+	for k, s := range want {
+		if k.depth > 0 {
+			downline[k.entity] += s.events
+		}
+	}
+	var entity int64
+	for id, n := range downline {
+		if n > downline[entity] || n == downline[entity] && id < entity {
+			entity = id
+		}
+	}
+	type point struct{ own, down int64 }
+	exp := map[int64]point{}
+	for k, s := range want {
+		if k.entity == entity {
+			p := exp[k.bucket]
+			if k.depth == 0 {
+				p.own += s.quantity
+			} else {
+				p.down += s.quantity
+			}
+			exp[k.bucket] = p
+		}
+	}
+	q := dashboards.OverviewSQL{Database: e.chDB, Measures: schema.DefaultMeasures(), EntityID: fmt.Sprint(entity),
+		View: "'" + view + "'", DateFilter: "1", TimeFilter: "1", Hourly: "0", Weekly: "1"}
+	rows, err := e.ch.Query(context.Background(), q.Series("quantity"))
+	if err != nil {
+		e.t.Fatalf("weekly series: %v", err)
+	}
+	defer rows.Close()
+	got := map[int64]point{}
+	for rows.Next() {
+		var (
+			at        time.Time
+			own, down int64
+		)
+		if err := rows.Scan(&at, &own, &down); err != nil {
+			e.t.Fatalf("scan weekly series: %v", err)
+		}
+		got[at.Unix()] = point{own, down}
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	if len(got) != len(exp) {
+		e.t.Errorf("weekly series of %d in %s: %d points, want %d (%v, want %v)", entity, view, len(got), len(exp), got, exp)
+	}
+	for w, p := range exp {
+		if got[w] != p {
+			e.t.Errorf("weekly series of %d in %s, week %s: %+v, want %+v", entity, view, time.Unix(w, 0).UTC().Format(time.DateOnly), got[w], p)
+		}
+	}
 }
 
 // readAsIsWeeks reads rollup_daily_current summed by ISO week.
