@@ -1,5 +1,6 @@
 // Package schema holds what every other Canopy package agrees on: the measures
-// declared in canopy.yaml, the ClickHouse and PostgreSQL DDL derived from them,
+// declared in canopy.yaml, the time grains of the rollups (rollup.grains), the
+// ClickHouse and PostgreSQL DDL derived from them,
 // and the single source of truth for column order in INSERTs.
 //
 // schema does no I/O and imports no driver; the migration runners live with the
