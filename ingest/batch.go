@@ -19,7 +19,7 @@ import (
 // (or of a line of a backfill file).
 type Record struct {
 	Topic     string
-	Log       string // see Source.Log
+	TopicID   string // see Source.TopicID
 	Partition int32
 	Offset    int64
 	Key       []byte
@@ -92,7 +92,7 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 		return 0, nil
 	}
 	first := recs[0]
-	in, found, err := p.Ledger.Intent(ctx, Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset})
+	in, found, err := p.Ledger.Intent(ctx, Source{Topic: first.Topic, TopicID: first.TopicID, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset})
 	if err != nil {
 		return 0, err
 	}
@@ -123,7 +123,7 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 		}
 		recs = recs[:due]
 		in = Intent{
-			Source:           Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
+			Source:           Source{Topic: first.Topic, TopicID: first.TopicID, Partition: first.Partition, First: first.Offset, Last: recs[len(recs)-1].Offset},
 			HierarchyVersion: p.Resolver.Version(),
 			CreatedAt:        p.now().UTC().Truncate(time.Second),
 			Fingerprint:      p.Fingerprint(),
@@ -730,7 +730,7 @@ func hasClass(fs []Failure, c Class) bool {
 // failure is the failure of r (whose headers say o) with class c.
 func (p *Processor) failure(r Record, o *Origin, ev *Event, c Class, msg string) Failure {
 	f := Failure{
-		Source:   Source{Topic: r.Topic, Log: r.Log, Partition: r.Partition, First: r.Offset, Last: r.Offset},
+		Source:   Source{Topic: r.Topic, TopicID: r.TopicID, Partition: r.Partition, First: r.Offset, Last: r.Offset},
 		Key:      r.Key,
 		Raw:      r.Value,
 		Class:    c,

@@ -33,7 +33,7 @@ type claimOwner struct {
 	batch  time.Time // the claiming intent's CreatedAt
 }
 
-func lpOf(src Source) logPartition { return logPartition{src.Topic, src.Log, src.Partition} }
+func lpOf(src Source) logPartition { return logPartition{src.Topic, src.TopicID, src.Partition} }
 
 func newMemLedger() *memLedger {
 	return &memLedger{epoch: map[logPartition]int64{}, intents: map[logPartition]map[int64]Intent{}, claims: map[string]claimOwner{}}

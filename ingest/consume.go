@@ -195,7 +195,7 @@ func (w *Worker) assigned(ctx context.Context, cl *kgo.Client, m map[string][]in
 		for _, p := range parts {
 			pace := backoff.New(100*time.Millisecond, w.cfg.RetryBackoffMax)
 			for {
-				epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: topic, Log: log, Partition: p}, w.cfg.Owner)
+				epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: topic, TopicID: log, Partition: p}, w.cfg.Owner)
 				if err == nil {
 					w.mu.Lock()
 					w.leases[partitionKey{topic, p}] = lease{epoch: epoch, log: log}
@@ -338,7 +338,7 @@ func (w *Worker) buffer(fetches kgo.Fetches) {
 			if untrusted {
 				hs = withoutCanopyHeaders(hs)
 			}
-			h.recs = append(h.recs, Record{Topic: r.Topic, Log: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: hs, Time: r.Timestamp})
+			h.recs = append(h.recs, Record{Topic: r.Topic, TopicID: l.log, Partition: r.Partition, Offset: r.Offset, Key: r.Key, Value: r.Value, Headers: hs, Time: r.Timestamp})
 			n := len(r.Key) + len(r.Value)
 			h.bytes += n
 			w.bytes += n
@@ -538,7 +538,7 @@ func (w *Worker) fenced(ctx context.Context, k partitionKey) {
 	if !stale {
 		return
 	}
-	epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: k.topic, Log: l.log, Partition: k.partition}, w.cfg.Owner)
+	epoch, err := w.proc.Ledger.Acquire(ctx, Source{Topic: k.topic, TopicID: l.log, Partition: k.partition}, w.cfg.Owner)
 	if err != nil {
 		w.log.Warn("re-acquire lease failed", "topic", k.topic, "partition", k.partition, "err", err)
 		return

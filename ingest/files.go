@@ -27,10 +27,10 @@ type InputFile struct {
 	CSV  bool
 	Gzip bool
 	Size int64
-	// Log identifies the file's content (a SHA-256 prefix), so a resumed
+	// TopicID identifies the file's content (a SHA-256 prefix), so a resumed
 	// backfill finds its batches in the ledger and an edited file is a new
 	// log.
-	Log string
+	TopicID string
 	// Label, if set, replaces "file:<path>" as the source name (a spooled
 	// query result is named after its query, not its spool file).
 	Label string
@@ -135,7 +135,7 @@ func (f *InputFile) hash() error {
 		return fmt.Errorf("read %s: %w", f.Path, err)
 	}
 	f.Size = n
-	f.Log = hex.EncodeToString(h.Sum(nil))[:32]
+	f.TopicID = hex.EncodeToString(h.Sum(nil))[:32]
 	return nil
 }
 
@@ -169,7 +169,7 @@ func (f InputFile) Records(fn func(r Record, read int64) error) error {
 		if len(line) > 0 {
 			line = bytes.TrimRight(line, "\r\n")
 			if len(bytes.TrimSpace(line)) > 0 {
-				if ferr := fn(Record{Topic: f.Source(), Log: f.Log, Offset: offset, Value: line}, counter.n); ferr != nil {
+				if ferr := fn(Record{Topic: f.Source(), TopicID: f.TopicID, Offset: offset, Value: line}, counter.n); ferr != nil {
 					return ferr
 				}
 			}
@@ -242,7 +242,7 @@ func (f InputFile) csvRecords(r io.Reader, counter *countingReader, fn func(Reco
 		} else {
 			value = RowJSON(cols, row)
 		}
-		if ferr := fn(Record{Topic: f.Source(), Log: f.Log, Offset: int64(line - 1), Value: value}, counter.n); ferr != nil {
+		if ferr := fn(Record{Topic: f.Source(), TopicID: f.TopicID, Offset: int64(line - 1), Value: value}, counter.n); ferr != nil {
 			return ferr
 		}
 	}

@@ -130,7 +130,7 @@ func (f *Forward) Run(ctx context.Context, inputs []Input) (BackfillStats, error
 // stride forwards one stride, or what of it an earlier run did not.
 func (f *Forward) stride(ctx context.Context, fw *forwarding, recs []Record) error {
 	first, last := recs[0], recs[len(recs)-1]
-	key := Source{Topic: first.Topic, Log: first.Log, Partition: first.Partition, First: first.Offset, Last: last.Offset}
+	key := Source{Topic: first.Topic, TopicID: first.TopicID, Partition: first.Partition, First: first.Offset, Last: last.Offset}
 	fw.st.Records += int64(len(recs))
 	var (
 		upTo  int64

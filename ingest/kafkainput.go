@@ -199,7 +199,7 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 			if r.Attrs.IsControl() {
 				continue
 			}
-			if err := fn(Record{Topic: source, Log: k.log, Partition: k.partition, Offset: r.Offset, Key: r.Key, Value: r.Value}, next-k.start); err != nil {
+			if err := fn(Record{Topic: source, TopicID: k.log, Partition: k.partition, Offset: r.Offset, Key: r.Key, Value: r.Value}, next-k.start); err != nil {
 				return err
 			}
 		}

@@ -9,10 +9,10 @@ import (
 // is processed, written, acknowledged and replayed as a whole.
 type Source struct {
 	Topic string
-	// Log identifies the incarnation of the topic (Kafka's topic id), so a
+	// TopicID identifies the incarnation of the topic (Kafka's topic id), so a
 	// topic deleted and created again, or the same name on another cluster,
 	// is never mistaken for the one whose offsets the ledger remembers.
-	Log       string
+	TopicID   string
 	Partition int32
 	First     int64 // first offset, inclusive
 	Last      int64 // last offset, inclusive

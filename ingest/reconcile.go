@@ -362,7 +362,7 @@ func (r *Reconciler) read(ctx context.Context, g Range, log string, maxRecs int,
 				return
 			}
 			if rec.Offset >= g.First {
-				recs = append(recs, Record{Topic: rec.Topic, Log: log, Partition: rec.Partition, Offset: rec.Offset,
+				recs = append(recs, Record{Topic: rec.Topic, TopicID: log, Partition: rec.Partition, Offset: rec.Offset,
 					Key: rec.Key, Value: rec.Value, Headers: rec.Headers, Time: rec.Timestamp})
 				done = done || rec.Offset == g.Last
 			}

@@ -119,7 +119,7 @@ func TestFenceProtocol(t *testing.T) {
 	if _, err := f.AwaitQuiet(ctx, 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "offsets 10…19 is unfinished") {
 		t.Fatalf("AwaitQuiet with a batch unfinished = %v", err)
 	}
-	if err := l.Done(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: src.Partition, First: 10}); err != nil {
+	if err := l.Done(ctx, ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: src.Partition, First: 10}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.AwaitQuiet(ctx, 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "up to 6 (done 5)") {

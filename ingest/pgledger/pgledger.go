@@ -32,10 +32,10 @@ var _ ingest.Ledger = (*Ledger)(nil)
 // key is the ledger's name of a source log: the topic, qualified by the
 // topic's incarnation when known.
 func key(src ingest.Source) string {
-	if src.Log == "" {
+	if src.TopicID == "" {
 		return src.Topic
 	}
-	return src.Topic + "@" + src.Log
+	return src.Topic + "@" + src.TopicID
 }
 
 // Acquire implements ingest.Ledger.
@@ -57,7 +57,7 @@ func (l *Ledger) Acquire(ctx context.Context, src ingest.Source, owner string) (
 // Intent implements ingest.Ledger.
 func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, bool, error) {
 	topic, partition, first := key(src), src.Partition, src.First
-	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: partition}}
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: partition}}
 	var done *time.Time
 	// The intent containing first, else the first one starting after it
 	// within last.

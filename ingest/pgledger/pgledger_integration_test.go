@@ -57,7 +57,7 @@ func newLedger(t *testing.T) *Ledger {
 func newLeasedLedger(t *testing.T) (*Ledger, ingest.Source, int64) {
 	t.Helper()
 	l := newLedger(t)
-	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 0}
+	src := ingest.Source{Topic: "events", TopicID: "id-1", Partition: 0}
 	epoch, err := l.Acquire(context.Background(), src, "a")
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func newLeasedLedger(t *testing.T) (*Ledger, ingest.Source, int64) {
 func TestLedgerContract(t *testing.T) {
 	l := newLedger(t)
 	ctx := context.Background()
-	src := ingest.Source{Topic: "events", Log: "id-1", Partition: 3}
+	src := ingest.Source{Topic: "events", TopicID: "id-1", Partition: 3}
 	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	created := time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC)
 
@@ -80,14 +80,14 @@ func TestLedgerContract(t *testing.T) {
 	if old != 1 || cur != 2 {
 		t.Fatalf("epochs %d, %d; want 1, 2", old, cur)
 	}
-	first := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 0, Last: 1}, HierarchyVersion: 7, CreatedAt: created}
+	first := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 0, Last: 1}, HierarchyVersion: 7, CreatedAt: created}
 	claims := []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 0}, {EventID: "b", OccurredAt: at, Offset: 1}}
 
 	// A fenced owner records nothing.
 	if _, _, err := l.Begin(ctx, old, first, claims); !errors.Is(err, ingest.ErrFenced) {
 		t.Fatalf("Begin with a stale epoch = %v, want ErrFenced", err)
 	}
-	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 0}); found {
+	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 0}); found {
 		t.Fatal("a fenced Begin recorded an intent")
 	}
 
@@ -105,21 +105,21 @@ func TestLedgerContract(t *testing.T) {
 	}
 
 	// A later batch repeating "a" does not own it.
-	second := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 2, Last: 3}, HierarchyVersion: 7, CreatedAt: created}
+	second := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 2, Last: 3}, HierarchyVersion: 7, CreatedAt: created}
 	_, owned, err = l.Begin(ctx, cur, second, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
 	if err != nil || len(owned) != 1 || !owned[3] {
 		t.Fatalf("second batch owns %v (%v), want only offset 3", owned, err)
 	}
 
 	// Intent finds a batch by any offset inside it, and sees Done.
-	got, found, err := l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 3})
+	got, found, err := l.Intent(ctx, ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 3})
 	if err != nil || !found || got.First != 2 || got.Done {
 		t.Fatalf("Intent(3) = %+v, %v, %v", got, found, err)
 	}
 	if err := l.Done(ctx, second.Source); err != nil {
 		t.Fatal(err)
 	}
-	if got, _, _ = l.Intent(ctx, ingest.Source{Topic: src.Topic, Log: src.Log, Partition: 3, First: 2}); !got.Done {
+	if got, _, _ = l.Intent(ctx, ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 2}); !got.Done {
 		t.Fatal("Done not recorded")
 	}
 
@@ -146,11 +146,11 @@ func TestLedgerContract(t *testing.T) {
 	}
 
 	// The same topic name with another id is another log.
-	other := ingest.Source{Topic: "events", Log: "id-2", Partition: 3}
+	other := ingest.Source{Topic: "events", TopicID: "id-2", Partition: 3}
 	if e, _ := l.Acquire(ctx, other, "c"); e != 1 {
 		t.Fatalf("lease of a recreated topic starts at %d, want 1", e)
 	}
-	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: "events", Log: "id-2", Partition: 3, First: 0}); found {
+	if _, found, _ := l.Intent(ctx, ingest.Source{Topic: "events", TopicID: "id-2", Partition: 3, First: 0}); found {
 		t.Fatal("a recreated topic inherited the old topic's intents")
 	}
 
@@ -179,7 +179,7 @@ func TestStateSize(t *testing.T) {
 	for i := range claims {
 		claims[i] = ingest.Claim{EventID: fmt.Sprintf("ev-%d", i), OccurredAt: time.Now(), Offset: int64(i)}
 	}
-	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, First: 0, Last: 999}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, First: 0, Last: 999}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
 	if _, _, err := l.Begin(ctx, epoch, in, claims); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
 	ctx := context.Background()
 	at := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	claims := []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 10}, {EventID: "b", OccurredAt: at, Offset: 11}}
-	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, First: 10, Last: 11}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
+	in := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, First: 10, Last: 11}, CreatedAt: time.Now().UTC().Truncate(time.Second)}
 	if _, _, err := l.Begin(ctx, epoch, in, claims); err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
 func TestBeginWithoutClaims(t *testing.T) {
 	l := newLedger(t)
 	ctx := context.Background()
-	src := ingest.Source{Topic: "events.byid", Log: "id-2", Partition: 1}
+	src := ingest.Source{Topic: "events.byid", TopicID: "id-2", Partition: 1}
 	created := time.Date(2026, 11, 27, 1, 2, 3, 0, time.UTC)
 	old, _ := l.Acquire(ctx, src, "a")
 	cur, err := l.Acquire(ctx, src, "b")
@@ -231,7 +231,7 @@ func TestBeginWithoutClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	batch := func(first, last, version int64) ingest.Intent {
-		return ingest.Intent{Source: ingest.Source{Topic: src.Topic, Log: src.Log, Partition: src.Partition, First: first, Last: last},
+		return ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: src.Partition, First: first, Last: last},
 			HierarchyVersion: version, CreatedAt: created, Fingerprint: "f1"}
 	}
 	intents := func() int {
