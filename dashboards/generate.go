@@ -6,6 +6,9 @@
 // Boards, panels, targets and variables are built with grafana-tools/sdk;
 // what the SDK does not model (the ClickHouse plugin's query fields, field
 // links, panel options of current Grafana) is set on the marshalled JSON.
+//
+// It imports schema only: the dashboards depend on the declarations, never
+// on the code that writes the tables.
 package dashboards
 
 import (

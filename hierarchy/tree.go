@@ -3,6 +3,9 @@
 // outbox), the bulk importer, and the in-memory versioned Tree that the ingest
 // worker uses to expand each event across its ancestors as they were at the
 // event's time.
+//
+// It imports schema and internal/ only; it must not import ingest, restate
+// or cmd/ (the event path depends on it, never the reverse).
 package hierarchy
 
 import (

@@ -1,5 +1,9 @@
 // Command canopy ingests business events into rollups over a changing
 // hierarchy. See README.md and ../shared/SPEC.md for the contract.
+//
+// It owns configuration (config.go, the one table of settings), the client
+// builders (clients.go, secure.go) and one file per command; it is the only
+// package that may import every other one.
 package main
 
 import (

@@ -6,6 +6,8 @@
 // rows of its first run, in the same order, even if the source tables
 // changed meanwhile, so its batches replay exactly. The spool is removed
 // when the backfill finishes.
+//
+// It imports ingest (the backfill source contract) only.
 package pgsource
 
 import (
