@@ -127,7 +127,12 @@ func (r *Rollup) Compact() {
 }
 
 // Len is the number of rows.
-func (r *Rollup) Len() int { return len(r.Keys) }
+func (r *Rollup) Len() int {
+	if r == nil {
+		return 0 // a batch without events has no rollups
+	}
+	return len(r.Keys)
+}
 
 // Sort orders the rows by key and ends accumulation (Add must not be called
 // after it). A replayed batch must produce a byte-identical block for

@@ -37,24 +37,28 @@ type ClickHouseSink struct {
 // fully written.
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 	unit := b.Unit()
+	// Each table is written when its part of the batch has rows, not only
+	// when the batch has events: a replay that verified what landed
+	// (Batch.without) may have every events row written already and rollup
+	// parts still missing. An empty rollup writes nothing.
 	if len(b.Events) > 0 {
 		if err := s.insertEvents(ctx, b); err != nil {
 			return err
 		}
-		if err := s.WriteRollup(ctx, schema.TableRollupHourly, b.Hourly, unit, 0); err != nil {
+	}
+	if err := s.WriteRollup(ctx, schema.TableRollupHourly, b.Hourly, unit, 0); err != nil {
+		return err
+	}
+	if err := s.WriteRollup(ctx, schema.TableRollupDaily, b.Daily, unit, 0); err != nil {
+		return err
+	}
+	for _, c := range b.Coarser {
+		if err := s.WriteRollup(ctx, c.Grain.Table, c.Rollup, unit, 0); err != nil {
 			return err
 		}
-		if err := s.WriteRollup(ctx, schema.TableRollupDaily, b.Daily, unit, 0); err != nil {
-			return err
-		}
-		for _, c := range b.Coarser {
-			if err := s.WriteRollup(ctx, c.Grain.Table, c.Rollup, unit, 0); err != nil {
-				return err
-			}
-		}
-		if err := s.WriteRollup(ctx, schema.TableRollupAsIs, b.AsIs, unit, b.Intent.PendingVersion); err != nil {
-			return err
-		}
+	}
+	if err := s.WriteRollup(ctx, schema.TableRollupAsIs, b.AsIs, unit, b.Intent.PendingVersion); err != nil {
+		return err
 	}
 	return s.insertAck(ctx, b)
 }

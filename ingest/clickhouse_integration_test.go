@@ -296,3 +296,43 @@ func BenchmarkClickHouseSinkWrite(b *testing.B) {
 		}
 	}
 }
+
+// TestClickHouseSinkWritesRollupsOfAReplayWhoseEventsLanded writes a batch
+// as an old replay does once ClickHouse holds every events row of it
+// (Batch.without left no events) but none of its rollups: the rollups and
+// the acknowledgement are written all the same. The sink once wrote the
+// rollups only along with events, and such a replay was acknowledged with
+// its rollups lost.
+func TestClickHouseSinkWritesRollupsOfAReplayWhoseEventsLanded(t *testing.T) {
+	s := newSink(t, threeMeasures())
+	ctx := context.Background()
+	full := sinkBatch()
+	months := map[int]bool{}
+	for _, e := range full.Events {
+		months[yyyymm(e.OccurredAt)] = true
+	}
+	b := full.without(Landed{Months: map[string]map[int]bool{schema.TableEvents: months}})
+	if len(b.Events) != 0 || b.Hourly.Len() == 0 {
+		t.Fatalf("the replay's batch has %d events and %d hourly rows; want none and some", len(b.Events), b.Hourly.Len())
+	}
+	if err := s.Write(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		table string
+		r     *Rollup
+	}{{schema.TableRollupHourly, full.Hourly}, {schema.TableRollupDaily, full.Daily}, {schema.TableRollupAsIs, full.AsIs}} {
+		checkRollup(t, s.Conn, s.Schema.Database+"."+c.table, c.r, "")
+	}
+	var acks uint64
+	if err := s.Conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s", s.Schema.Database, schema.TableAcks)).Scan(&acks); err != nil || acks != 1 {
+		t.Fatalf("acks: %d, %v; want 1", acks, err)
+	}
+	// A batch of no events at all (every record a duplicate) writes its
+	// acknowledgement alone.
+	none := &Batch{Intent: full.Intent, Counts: Counts{Records: 3, Duplicates: 3}}
+	none.Intent.First, none.Intent.Last = 300, 302
+	if err := s.Write(ctx, none); err != nil {
+		t.Fatalf("a batch without events or rollups: %v", err)
+	}
+}
