@@ -577,5 +577,25 @@ func (w *Worker) commit(ctx context.Context, offsets map[string]map[int32]kgo.Ep
 }
 
 func (w *Worker) close() {
-	w.cl.Close() // leaves the group
+	leaveGroup(w.cl, w.cfg.ShutdownTimeout, w.log)
+}
+
+// leaveGroup closes a group member's client, which leaves its group, but
+// waits at most d. A leave waits for a join in flight, and the broker holds
+// a join until every member has rejoined or been expelled — up to the
+// rebalance timeout, a minute, after members crashed or Kafka restarted.
+// Not waiting that out is what a crash does: the group expels the member
+// after its session timeout, and the ledger fences whatever it had in
+// flight, so nothing is lost or counted twice.
+func leaveGroup(cl *kgo.Client, d time.Duration, log *slog.Logger) {
+	left := make(chan struct{})
+	go func() {
+		cl.Close()
+		close(left)
+	}()
+	select {
+	case <-left:
+	case <-time.After(d):
+		log.Warn("left without leaving the group: a rebalance was still in progress; the group expels this member after its session timeout", "waited", d)
+	}
 }

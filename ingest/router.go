@@ -32,6 +32,12 @@ type RouterConfig struct {
 	// decoder's limit); a larger one is routed truncated, to be
 	// dead-lettered as oversize. Default DefaultMaxRecordBytes.
 	MaxRecordBytes int
+	// SessionTimeout is the group session timeout, as the worker's
+	// (ingest.session_timeout); default 10s. A router that dies holds its
+	// partitions this long.
+	SessionTimeout time.Duration
+	// ShutdownTimeout bounds leaving the group on shutdown; default 10s.
+	ShutdownTimeout time.Duration
 }
 
 // Router is the first stage of the partitioned deduplication mode
@@ -74,6 +80,12 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	if cfg.MaxRecordBytes <= 0 {
 		cfg.MaxRecordBytes = DefaultMaxRecordBytes
 	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -84,6 +96,8 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	}
 	all := append(append([]kgo.Opt(nil), opts...),
 		kgo.ConsumerGroup(cfg.Group),
+		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.HeartbeatInterval(min(3*time.Second, cfg.SessionTimeout/3)),
 		kgo.ConsumeTopics(topics...),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
@@ -120,7 +134,7 @@ func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 
 // Run routes until ctx ends.
 func (r *Router) Run(ctx context.Context) error {
-	defer r.cl.Close()
+	defer leaveGroup(r.cl, r.cfg.ShutdownTimeout, r.log)
 	for {
 		r.mu.Lock()
 		if len(r.unpause) > 0 {

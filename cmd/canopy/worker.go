@@ -93,7 +93,8 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		router, err = ingest.NewRouter(ingest.RouterConfig{
 			Topic: cfg.get("kafka.events_topic"), RetryTopic: cfg.get("kafka.retry_topic"), Target: topic,
 			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
-			MaxRetryDelay: cfg.duration("ingest.retry_max_backoff"),
+			MaxRetryDelay:  cfg.duration("ingest.retry_max_backoff"),
+			SessionTimeout: cfg.duration("ingest.session_timeout"),
 		}, log.With("component", "router"), metrics, cfg.kafkaOpts(extra...)...)
 		if err != nil {
 			return err

@@ -244,9 +244,16 @@ func (w *worker) stop(t testing.TB) {
 	select {
 	case <-w.done:
 	case <-time.After(30 * time.Second):
-		t.Errorf("worker %d did not stop within 30s of SIGTERM", w.cmd.Process.Pid)
-		_ = w.cmd.Process.Kill()
-		<-w.done
+		// SIGQUIT makes the Go runtime write every goroutine's stack to
+		// the worker's log, which the test prints when it fails.
+		t.Errorf("worker %d did not stop within 30s of SIGTERM; its goroutines are in %s", w.cmd.Process.Pid, w.log)
+		_ = w.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-w.done:
+		case <-time.After(5 * time.Second):
+			_ = w.cmd.Process.Kill()
+			<-w.done
+		}
 	}
 }
 
