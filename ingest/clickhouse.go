@@ -30,41 +30,64 @@ import (
 type ClickHouseSink struct {
 	Conn   driver.Conn
 	Schema schema.ClickHouse
+	// Shards are, on a cluster (Schema.Cluster), one connection per shard
+	// in remote_servers order, each to that shard's replicas. A batch's
+	// rows of the sharded tables are split by entity (ShardOf), in order,
+	// and each shard's part is inserted into its local tables, so a
+	// replayed part is the same block on the same shard and is dropped
+	// there. Conn stays the connection for reads and for the tables whole
+	// on every node (acks, failures, entities). Nil on one server.
+	Shards []driver.Conn
 }
 
 // Write inserts the batch's events, its rollup of each grain (hourly,
-// daily, then any coarser), the as-is rollup, then its acknowledgement. The ack goes last: a row in ingest_acks means the range is
-// fully written.
+// daily, then any coarser), the as-is rollup, then its acknowledgement,
+// shard by shard on a cluster. The ack goes last: a row in ingest_acks
+// means the range is fully written, on every shard.
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
+	if len(s.Shards) == 0 {
+		if err := s.writeParts(ctx, s.Conn, b); err != nil {
+			return err
+		}
+		return s.insertAck(ctx, b)
+	}
+	for i, conn := range s.Shards {
+		if err := s.writeParts(ctx, conn, b.shard(i, len(s.Shards))); err != nil {
+			return fmt.Errorf("shard %d: %w", i+1, err)
+		}
+	}
+	return s.insertAck(ctx, b)
+}
+
+// writeParts inserts b's rows of every sharded table through conn.
+func (s *ClickHouseSink) writeParts(ctx context.Context, conn driver.Conn, b *Batch) error {
 	unit := b.Unit()
 	// Each table is written when its part of the batch has rows, not only
 	// when the batch has events: a replay that verified what landed
 	// (Batch.without) may have every events row written already and rollup
 	// parts still missing. An empty rollup writes nothing.
 	if len(b.Events) > 0 {
-		if err := s.insertEvents(ctx, b); err != nil {
+		if err := s.insertEvents(ctx, conn, b); err != nil {
 			return err
 		}
 	}
-	if err := s.WriteRollup(ctx, schema.TableRollupHourly, b.Hourly, unit, 0); err != nil {
+	if err := s.writeRollup(ctx, conn, schema.TableRollupHourly, "", b.Hourly, unit, 0); err != nil {
 		return err
 	}
-	if err := s.WriteRollup(ctx, schema.TableRollupDaily, b.Daily, unit, 0); err != nil {
+	if err := s.writeRollup(ctx, conn, schema.TableRollupDaily, "", b.Daily, unit, 0); err != nil {
 		return err
 	}
 	for _, c := range b.Coarser {
-		if err := s.WriteRollup(ctx, c.Grain.Table, c.Rollup, unit, 0); err != nil {
+		if err := s.writeRollup(ctx, conn, c.Grain.Table, "", c.Rollup, unit, 0); err != nil {
 			return err
 		}
 	}
-	if err := s.WriteRollup(ctx, schema.TableRollupAsIs, b.AsIs, unit, b.Intent.PendingVersion); err != nil {
-		return err
-	}
-	return s.insertAck(ctx, b)
+	return s.writeRollup(ctx, conn, schema.TableRollupAsIs, "", b.AsIs, unit, b.Intent.PendingVersion)
 }
 
-func (s *ClickHouseSink) prepare(ctx context.Context, table string, cols []schema.Column) (driver.Batch, error) {
-	batch, err := s.Conn.PrepareBatch(ctx, s.Schema.Insert(table, cols))
+// prepare starts an INSERT into table through conn.
+func (s *ClickHouseSink) prepare(ctx context.Context, conn driver.Conn, table string, cols []schema.Column) (driver.Batch, error) {
+	batch, err := conn.PrepareBatch(ctx, s.Schema.Insert(table, cols))
 	if err != nil {
 		return nil, fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
@@ -87,7 +110,7 @@ func send(batch driver.Batch, table string, cols []any) error {
 	return nil
 }
 
-func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
+func (s *ClickHouseSink) insertEvents(ctx context.Context, conn driver.Conn, b *Batch) error {
 	ms := s.Schema.Measures
 	n := len(b.Events)
 	ids := make([]string, n)
@@ -127,24 +150,45 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, b *Batch) error {
 		}
 	}
 	cols = append(cols, ingested, topics, parts, offsets, versions)
-	batch, err := s.prepare(ctx, schema.TableEvents, s.Schema.EventColumns())
+	batch, err := s.prepare(ctx, conn, s.Schema.Local(schema.TableEvents), s.Schema.EventColumns())
 	if err != nil {
 		return err
 	}
 	return send(batch, schema.TableEvents, cols)
 }
 
-// WriteRollup inserts r into one of the rollup tables as one block; pending
-// is the pending_version of rollup_daily_current rows (ignored elsewhere).
+// WriteRollup inserts r into one of the rollup tables as one block (one
+// per shard on a cluster); pending is the pending_version of
+// rollup_daily_current rows (ignored elsewhere).
 func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollup, unit string, pending int64) error {
-	return s.WriteRollupTo(ctx, table, table, r, unit, pending)
+	if len(s.Shards) == 0 {
+		return s.writeRollup(ctx, s.Conn, table, "", r, unit, pending)
+	}
+	for i, conn := range s.Shards {
+		if err := s.writeRollup(ctx, conn, table, "", r.shard(i, len(s.Shards)), unit, pending); err != nil {
+			return fmt.Errorf("shard %d: %w", i+1, err)
+		}
+	}
+	return nil
 }
 
 // WriteRollupTo is WriteRollup into another table of the same columns as
-// the rollup table named by table (a staging copy).
+// the rollup table named by table (a staging copy), on one server.
 func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, r *Rollup, unit string, pending int64) error {
+	if len(s.Shards) > 0 {
+		return fmt.Errorf("write rollup: %s is a copy of %s, and copies are not sharded", into, table)
+	}
+	return s.writeRollup(ctx, s.Conn, table, into, r, unit, pending)
+}
+
+// writeRollup inserts r through conn into into, or into table's local
+// table when into is "".
+func (s *ClickHouseSink) writeRollup(ctx context.Context, conn driver.Conn, table, into string, r *Rollup, unit string, pending int64) error {
 	if r.Len() == 0 {
 		return nil
+	}
+	if into == "" {
+		into = s.Schema.Local(table)
 	}
 	cols, ok := s.Schema.RollupTableColumns(table)
 	if !ok {
@@ -167,7 +211,7 @@ func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, 
 		vals = append(vals, constUint64{v: uint64(pending), n: n}) //nolint:gosec // versions are >= 0
 	}
 	vals = append(vals, unitColumn{r.Keys, unit})
-	batch, err := s.prepare(ctx, into, cols)
+	batch, err := s.prepare(ctx, conn, into, cols)
 	if err != nil {
 		return err
 	}
@@ -792,7 +836,7 @@ func (r *nativeReader) Read(p []byte) (int, error) {
 }
 
 func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {
-	batch, err := s.prepare(ctx, schema.TableAcks, s.Schema.AckColumns())
+	batch, err := s.prepare(ctx, s.Conn, schema.TableAcks, s.Schema.AckColumns())
 	if err != nil {
 		return err
 	}
@@ -903,7 +947,7 @@ func first(f Failure) time.Time {
 
 // WriteFailures inserts one ingest_failures row per failure.
 func (s *ClickHouseSink) WriteFailures(ctx context.Context, fs []Failure) error {
-	batch, err := s.prepare(ctx, schema.TableFailures, s.Schema.FailureColumns())
+	batch, err := s.prepare(ctx, s.Conn, schema.TableFailures, s.Schema.FailureColumns())
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/canopyhq/canopy/schema"
 )
 
@@ -28,8 +30,19 @@ type Landed struct {
 	// Acked: the acknowledgement is written, hence every block before it.
 	Acked bool
 	// Months[table] are the months (year*100+month) whose part of the
-	// batch's block for table is written.
+	// batch's block for table is written. On a cluster, Shards[i] is the
+	// same for shard i's blocks, and Months is nil.
 	Months map[string]map[int]bool
+	Shards []map[string]map[int]bool
+}
+
+// has reports whether the part of table's block holding entity's rows of
+// month landed.
+func (l Landed) has(table string, entity int64, month int) bool {
+	if l.Shards != nil {
+		return l.Shards[ShardOf(entity, len(l.Shards))][table][month]
+	}
+	return l.Months[table][month]
 }
 
 // LandedSink is a Sink that can tell which parts of a batch it holds.
@@ -44,51 +57,73 @@ func yyyymm(t time.Time) int { return t.Year()*100 + int(t.Month()) }
 // same order in every part that remains.
 func (b *Batch) without(l Landed) *Batch {
 	out := *b
-	if ms := l.Months[schema.TableEvents]; len(ms) > 0 {
-		out.Events = nil
-		for _, e := range b.Events {
-			if !ms[yyyymm(e.OccurredAt)] {
-				out.Events = append(out.Events, e)
-			}
+	out.Events = nil
+	for _, e := range b.Events {
+		if !l.has(schema.TableEvents, e.EntityID, yyyymm(e.OccurredAt)) {
+			out.Events = append(out.Events, e)
 		}
 	}
-	out.Hourly = b.Hourly.withoutMonths(l.Months[schema.TableRollupHourly])
-	out.Daily = b.Daily.withoutMonths(l.Months[schema.TableRollupDaily])
-	out.AsIs = b.AsIs.withoutMonths(l.Months[schema.TableRollupAsIs])
+	out.Hourly = b.Hourly.withoutLanded(l, schema.TableRollupHourly)
+	out.Daily = b.Daily.withoutLanded(l, schema.TableRollupDaily)
+	out.AsIs = b.AsIs.withoutLanded(l, schema.TableRollupAsIs)
 	if len(b.Coarser) > 0 {
 		out.Coarser = make([]GrainRollup, len(b.Coarser))
 		for i, c := range b.Coarser {
-			out.Coarser[i] = GrainRollup{Grain: c.Grain, Rollup: c.Rollup.withoutMonths(l.Months[c.Grain.Table])}
+			out.Coarser[i] = GrainRollup{Grain: c.Grain, Rollup: c.Rollup.withoutLanded(l, c.Grain.Table)}
 		}
 	}
 	return &out
 }
 
-// withoutMonths returns r less the rows whose bucket falls in months, or r
-// itself when there are none.
-func (r *Rollup) withoutMonths(months map[int]bool) *Rollup {
-	if r == nil || len(months) == 0 {
+// withoutLanded returns r less the rows whose part of table landed.
+func (r *Rollup) withoutLanded(l Landed, table string) *Rollup {
+	return r.filter(func(k RollupKey) bool {
+		return !l.has(table, k.EntityID, yyyymm(time.Unix(k.Bucket, 0).UTC()))
+	})
+}
+
+// filter returns r's rows whose key keep accepts, in order, or r itself
+// when it keeps them all.
+func (r *Rollup) filter(keep func(RollupKey) bool) *Rollup {
+	if r == nil {
 		return r
 	}
-	out := &Rollup{Sums: make([][]schema.Sum128, len(r.Sums))}
+	var out *Rollup
 	for i, k := range r.Keys {
-		if months[yyyymm(time.Unix(k.Bucket, 0).UTC())] {
+		if keep(k) {
+			if out != nil {
+				out.appendRow(r, i)
+			}
 			continue
 		}
-		out.Keys = append(out.Keys, k)
-		out.Events = append(out.Events, r.Events[i])
-		for m := range r.Sums {
-			out.Sums[m] = append(out.Sums[m], r.Sums[m][i])
+		if out == nil { // the first row dropped: copy the rows before it
+			out = &Rollup{Sums: make([][]schema.Sum128, len(r.Sums))}
+			for j := range i {
+				out.appendRow(r, j)
+			}
 		}
+	}
+	if out == nil {
+		return r
 	}
 	return out
 }
 
+// appendRow appends row i of r.
+func (r *Rollup) appendRow(from *Rollup, i int) {
+	r.Keys = append(r.Keys, from.Keys[i])
+	r.Events = append(r.Events, from.Events[i])
+	for m := range from.Sums {
+		r.Sums[m] = append(r.Sums[m], from.Sums[m][i])
+	}
+}
+
 // Landed implements LandedSink. Each query reads only the months the batch
 // touches (the tables are partitioned by month), and runs only for replays
-// older than the replay verification age.
+// older than the replay verification age. On a cluster each shard's local
+// tables are asked about that shard's part of the batch.
 func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
-	l := Landed{Months: map[string]map[int]bool{}}
+	l := Landed{}
 	in := b.Intent
 	var n uint64
 	if err := s.Conn.QueryRow(ctx, fmt.Sprintf(
@@ -100,6 +135,26 @@ func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
 		l.Acked = true
 		return l, nil
 	}
+	if len(s.Shards) == 0 {
+		var err error
+		l.Months, err = s.landedParts(ctx, s.Conn, b)
+		return l, err
+	}
+	l.Shards = make([]map[string]map[int]bool, len(s.Shards))
+	for i, conn := range s.Shards {
+		months, err := s.landedParts(ctx, conn, b.shard(i, len(s.Shards)))
+		if err != nil {
+			return l, fmt.Errorf("shard %d: %w", i+1, err)
+		}
+		l.Shards[i] = months
+	}
+	return l, nil
+}
+
+// landedParts are the months of each table whose part of b conn holds.
+func (s *ClickHouseSink) landedParts(ctx context.Context, conn driver.Conn, b *Batch) (map[string]map[int]bool, error) {
+	out := map[string]map[int]bool{}
+	in := b.Intent
 	if len(b.Events) > 0 {
 		lo, hi := b.Events[0].OccurredAt, b.Events[0].OccurredAt
 		for _, e := range b.Events {
@@ -110,14 +165,14 @@ func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
 				hi = e.OccurredAt
 			}
 		}
-		months, err := s.months(ctx, fmt.Sprintf(
+		months, err := writtenMonths(ctx, conn, fmt.Sprintf(
 			"SELECT DISTINCT toYYYYMM(occurred_at) FROM %s.%s WHERE occurred_at >= ? AND occurred_at <= ?"+
 				" AND src_topic = ? AND src_partition = ? AND src_offset >= ? AND src_offset <= ? AND ingested_at = ?",
-			s.Schema.Database, schema.TableEvents), lo, hi, in.Topic, in.Partition, in.First, in.Last, in.CreatedAt)
+			s.Schema.Database, s.Schema.Local(schema.TableEvents)), lo, hi, in.Topic, in.Partition, in.First, in.Last, in.CreatedAt)
 		if err != nil {
-			return l, err
+			return out, err
 		}
-		l.Months[schema.TableEvents] = months
+		out[schema.TableEvents] = months
 	}
 	type part struct {
 		table string
@@ -136,19 +191,19 @@ func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
 		for _, k := range t.r.Keys {
 			lo, hi = min(lo, k.Bucket), max(hi, k.Bucket)
 		}
-		months, err := s.months(ctx, fmt.Sprintf(
+		months, err := writtenMonths(ctx, conn, fmt.Sprintf(
 			"SELECT DISTINCT toYYYYMM(bucket) FROM %s.%s WHERE bucket >= %s(?) AND bucket <= %s(?) AND ingest_unit = ?",
-			s.Schema.Database, t.table, t.at, t.at), time.Unix(lo, 0).UTC(), time.Unix(hi, 0).UTC(), b.Unit())
+			s.Schema.Database, s.Schema.Local(t.table), t.at, t.at), time.Unix(lo, 0).UTC(), time.Unix(hi, 0).UTC(), b.Unit())
 		if err != nil {
-			return l, err
+			return out, err
 		}
-		l.Months[t.table] = months
+		out[t.table] = months
 	}
-	return l, nil
+	return out, nil
 }
 
-func (s *ClickHouseSink) months(ctx context.Context, query string, args ...any) (map[int]bool, error) {
-	rows, err := s.Conn.Query(ctx, query, args...)
+func writtenMonths(ctx context.Context, conn driver.Conn, query string, args ...any) (map[int]bool, error) {
+	rows, err := conn.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("look up written parts: %w", err)
 	}

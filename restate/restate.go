@@ -65,9 +65,12 @@ type Tree interface {
 // Restater applies hierarchy changes to the rollups. Run it with Run; Step
 // is one round, for tests and tools.
 type Restater struct {
-	PG      *pgxpool.Pool
-	Store   *hierarchy.Store
-	CH      driver.Conn
+	PG    *pgxpool.Pool
+	Store *hierarchy.Store
+	CH    driver.Conn
+	// Shards are the cluster's shard connections (ingest.ClickHouseSink);
+	// nil on one server. Corrections go to their entity's shard.
+	Shards  []driver.Conn
 	Schema  schema.ClickHouse
 	Tree    Tree
 	Refresh func(ctx context.Context) (int64, error) // catch the tree up with PostgreSQL
@@ -199,7 +202,7 @@ func (r *Restater) Step(ctx context.Context) (bool, error) {
 
 func (r *Restater) step(ctx context.Context) (bool, error) {
 	if r.sink == nil {
-		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema}
+		r.sink = &ingest.ClickHouseSink{Conn: r.CH, Schema: r.Schema, Shards: r.Shards}
 	}
 	if r.fence == nil {
 		r.fence = &pgledger.Fence{Pool: r.PG}

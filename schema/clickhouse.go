@@ -78,6 +78,38 @@ type ClickHouse struct {
 	// Grains are the as-was rollup grains, finest first (ParseGrains);
 	// default DefaultGrains: rollup_hourly and rollup_daily.
 	Grains []Grain
+	// Cluster is the cluster of remote_servers the tables are sharded over
+	// (clickhouse.cluster); "" for one server. On a cluster each sharded
+	// table (Sharded: the events and the rollups) is a Replicated* table
+	// named with LocalSuffix on every node, under a per-shard ZooKeeper
+	// path, read through a Distributed table of the usual name sharded by
+	// entity_id; the other tables (entities, acks, failures) are
+	// replicated to every node whole, under one ZooKeeper path, so each
+	// shard joins with its own copy. The engine must be EngineReplicated.
+	Cluster string
+}
+
+// LocalSuffix ends the name of a sharded table's local part on a cluster.
+const LocalSuffix = "_local"
+
+// Sharded reports whether table's rows are spread over a cluster's shards
+// by entity_id: the events and every rollup table. The others are whole
+// on every node.
+func (c ClickHouse) Sharded(table string) bool {
+	if table == TableEvents || table == TableRollupAsIs {
+		return true
+	}
+	_, ok := c.Grain(table)
+	return ok
+}
+
+// Local is the table a writer inserts table's rows into: on a cluster, a
+// sharded table's local part on the row's shard; else table itself.
+func (c ClickHouse) Local(table string) string {
+	if c.Cluster != "" && c.Sharded(table) {
+		return table + LocalSuffix
+	}
+	return table
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
@@ -113,6 +145,11 @@ func (c *ClickHouse) Validate() error {
 	if len(c.Grains) == 0 {
 		c.Grains = DefaultGrains()
 	}
+	if c.Cluster != "" {
+		if err := CheckIdentifier("clickhouse.cluster", c.Cluster); err != nil {
+			return fmt.Errorf("schema: %w", err)
+		}
+	}
 	return c.Measures.Validate()
 }
 
@@ -120,8 +157,14 @@ func (c ClickHouse) engine(kind, table, args string) string {
 	if c.Engine != EngineReplicated {
 		return kind + "(" + args + ")"
 	}
-	path := strings.TrimSuffix(c.ZooKeeperPrefix, "/") + "/" + c.Database + "/" + table
-	e := fmt.Sprintf("Replicated%s('%s', '%s'", kind, path, c.Replica)
+	prefix, replica := c.ZooKeeperPrefix, c.Replica
+	if c.Cluster != "" && !c.Sharded(strings.TrimSuffix(table, LocalSuffix)) {
+		// Whole on every node: one replica set across the cluster, each
+		// node a replica named by its shard and replica macros.
+		prefix, replica = "/clickhouse/tables/all", "{shard}-{replica}"
+	}
+	path := strings.TrimSuffix(prefix, "/") + "/" + c.Database + "/" + table
+	e := fmt.Sprintf("Replicated%s('%s', '%s'", kind, path, replica)
 	if args != "" {
 		e += ", " + args
 	}
@@ -278,19 +321,24 @@ func (c ClickHouse) EntityColumns() []Column {
 }
 
 // Tables returns every table in creation order: the events, one as-was
-// rollup per configured grain, the as-is rollup, then the rest.
+// rollup per configured grain, the as-is rollup, then the rest. On a
+// cluster each sharded table comes as its local part (Local), then the
+// Distributed table of the usual name over it.
 func (c ClickHouse) Tables() []Table {
-	ts := []Table{
-		{TableEvents, c.EventColumns(), "ENGINE = " + c.engine("MergeTree", TableEvents, "") +
-			" PARTITION BY toYYYYMM(occurred_at) ORDER BY (entity_id, occurred_at, event_id) " + c.settings()},
+	var ts []Table
+	sharded := func(name string, cols []Column, engine, tail string) {
+		local := c.Local(name)
+		ts = append(ts, Table{local, cols, "ENGINE = " + c.engine(engine, local, "") + " " + tail + " " + c.settings()})
+		if local != name {
+			ts = append(ts, Table{name, cols, fmt.Sprintf("ENGINE = Distributed(%s, %s, %s, entity_id)", c.Cluster, c.Database, local)})
+		}
 	}
+	sharded(TableEvents, c.EventColumns(), "MergeTree", "PARTITION BY toYYYYMM(occurred_at) ORDER BY (entity_id, occurred_at, event_id)")
 	for _, g := range c.grains() {
-		ts = append(ts, Table{g.Table, c.RollupColumns(g.BucketType), "ENGINE = " + c.engine("SummingMergeTree", g.Table, "") +
-			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type) " + c.settings()})
+		sharded(g.Table, c.RollupColumns(g.BucketType), "SummingMergeTree", "PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type)")
 	}
+	sharded(TableRollupAsIs, c.AsIsColumns(), "SummingMergeTree", "PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version)")
 	return append(ts, []Table{
-		{TableRollupAsIs, c.AsIsColumns(), "ENGINE = " + c.engine("SummingMergeTree", TableRollupAsIs, "") +
-			" PARTITION BY toYYYYMM(bucket) ORDER BY (entity_id, bucket, depth, type, pending_version) " + c.settings()},
 		{TableEntities, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntities, "version") +
 			" ORDER BY id " + c.settings()},
 		{TableEntitiesByParent, c.EntityColumns(), "ENGINE = " + c.engine("ReplacingMergeTree", TableEntitiesByParent, "version") +

@@ -62,3 +62,43 @@ func TestCheckIdentifier(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterTables checks the tables of a cluster: each sharded table's
+// local part replicates within its shard only (the shard macro in its
+// path) under a Distributed table of the usual name sharded by entity_id,
+// and the other tables replicate across every node (one path, a replica
+// per node).
+func TestClusterTables(t *testing.T) {
+	c := ClickHouse{Database: "db", Measures: DefaultMeasures(), Cluster: "cl"}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]string{}
+	for _, tb := range c.Tables() {
+		byName[tb.Name] = tb.Tail
+	}
+	for _, name := range []string{TableEvents, TableRollupHourly, TableRollupDaily, TableRollupAsIs} {
+		local := byName[name+"_local"]
+		if !strings.Contains(local, "'/clickhouse/tables/{shard}/db/"+name+"_local', '{replica}'") {
+			t.Errorf("%s_local: %s; want a path per shard", name, local)
+		}
+		if want := "ENGINE = Distributed(cl, db, " + name + "_local, entity_id)"; byName[name] != want {
+			t.Errorf("%s: %s; want %s", name, byName[name], want)
+		}
+	}
+	for _, name := range []string{TableEntities, TableEntitiesByParent, TableAcks, TableFailures} {
+		if !strings.Contains(byName[name], "'/clickhouse/tables/all/db/"+name+"', '{shard}-{replica}'") {
+			t.Errorf("%s: %s; want one path across the cluster", name, byName[name])
+		}
+		if _, ok := byName[name+"_local"]; ok {
+			t.Errorf("%s has a local part; it is whole on every node", name)
+		}
+	}
+	one := ClickHouse{Database: "db", Measures: DefaultMeasures()}
+	_ = one.Validate()
+	for _, tb := range one.Tables() {
+		if strings.HasSuffix(tb.Name, "_local") || strings.Contains(tb.Tail, "Distributed") {
+			t.Errorf("one server has %s: %s", tb.Name, tb.Tail)
+		}
+	}
+}

@@ -126,6 +126,46 @@ func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (
 	return conn, err
 }
 
+// openShards connects to each shard of clickhouse.shards as openClickHouse
+// does (the same login and TLS), a connection per shard over its replicas
+// in the order given: the first that answers takes the writes, the next
+// when it fails. Nil without a cluster.
+func openShards(ctx context.Context, cfg *config) ([]driver.Conn, error) {
+	var conns []driver.Conn
+	for i, replicas := range cfg.shards {
+		opts, err := clickHouseOptions(cfg, "", "")
+		if err != nil {
+			return nil, err
+		}
+		opts.Addr = replicas
+		opts.ConnOpenStrategy = clickhouse.ConnOpenInOrder
+		var conn driver.Conn
+		err = await(ctx, fmt.Sprintf("clickhouse shard %d", i+1), func() (err error) {
+			defer func() { err = cfg.scrub(err) }()
+			c, err := clickhouse.Open(opts)
+			if err != nil {
+				return fmt.Errorf("clickhouse shard %d: %w", i+1, err)
+			}
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := c.Ping(pctx); err != nil {
+				_ = c.Close()
+				return fmt.Errorf("clickhouse shard %d %v: %w", i+1, replicas, err)
+			}
+			conn = c
+			return nil
+		})
+		if err != nil {
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, conn)
+	}
+	return conns, nil
+}
+
 // clickHouseOptions are the connection options of clickhouse.dsn with
 // clickhouse.password and clickhouse.tls.* applied, as user (with password)
 // when user is not empty. Every ClickHouse login of canopy starts from them.

@@ -192,6 +192,7 @@ type config struct {
 	measures    schema.Measures
 	measuresSrc string
 	grains      []schema.Grain // rollup.grains, parsed
+	shards      [][]string     // clickhouse.shards, parsed: each shard's replicas
 	sec         security       // built by resolve from the TLS and SASL settings
 }
 
@@ -239,6 +240,8 @@ func newConfig() *config {
 	add("clickhouse.writer_password", "", "its password; migrate creates the writer only when it is set").password()
 	add("clickhouse.reader_user", "canopy_reader", "read-only ClickHouse user for Grafana and analysts (created by migrate)").ident()
 	add("clickhouse.reader_password", "", "its password; migrate creates the reader only when it is set, and never with the user's name as password").password()
+	add("clickhouse.cluster", "", "cluster of the servers' remote_servers to shard the events and rollups over (empty: one server); needs clickhouse.shards (docs/scaling.md)")
+	add("clickhouse.shards", "", "the cluster's shards in remote_servers order, separated by ';', each its replicas' native host:port separated by ',' (e.g. a1:9000,a2:9000;b1:9000); the login and TLS are clickhouse.dsn's")
 	add("clickhouse.reader_raw", "false", "grant the reader the raw events table and ingest_failures.raw too (ClickHouse with GRANT only)").boolean()
 	add("ingest.dedup_horizon", "168h", "how long a repeated event_id counts as the same event").durationAtLeast(time.Nanosecond)
 	add("ingest.dedup", "partitioned", "partitioned|postgres: where event ids are claimed: local state per partition of the by-id topic, or one PostgreSQL table (docs/exactly-once.md)").oneOf("partitioned", "postgres")
@@ -357,6 +360,9 @@ func (c *config) resolve(cmd *cobra.Command) error {
 	}
 	if err := c.measures.Validate(); err != nil {
 		return usageError{fmt.Errorf("measures (from %s): %w", c.measuresSrc, err)}
+	}
+	if err := c.parseShards(); err != nil {
+		return err
 	}
 	if c.partitioned() && c.get("ingest.state_dir") == "" {
 		st := c.byKey["ingest.state_dir"]
@@ -479,8 +485,38 @@ func (c *config) suspendedPolicy() (ingest.SuspendedPolicy, error) {
 	return 0, fmt.Errorf("ingest.suspended_ancestors must be include or skip, not %q", c.get("ingest.suspended_ancestors"))
 }
 
+// parseShards reads clickhouse.cluster and clickhouse.shards: both or
+// neither, a plain cluster name, and every replica a host:port.
+func (c *config) parseShards() error {
+	cluster, shards := c.byKey["clickhouse.cluster"], c.byKey["clickhouse.shards"]
+	c.shards = nil
+	switch {
+	case cluster.val == "" && shards.val == "":
+		return nil
+	case cluster.val == "":
+		return usageError{fmt.Errorf("setting clickhouse.shards: set from %s without clickhouse.cluster; want both or neither", shards.src)}
+	case shards.val == "":
+		return usageError{fmt.Errorf("setting clickhouse.shards: empty while clickhouse.cluster is %q (from %s); want the cluster's shards", cluster.val, cluster.src)}
+	}
+	if !plainIdent.MatchString(cluster.val) {
+		return usageError{fmt.Errorf("setting clickhouse.cluster: %q from %s is not a plain identifier; want a cluster name of remote_servers: a letter or _, then letters, digits or _", cluster.val, cluster.src)}
+	}
+	for _, sh := range strings.Split(shards.val, ";") {
+		var replicas []string
+		for _, r := range strings.Split(sh, ",") {
+			r = strings.TrimSpace(r)
+			if host, port, err := net.SplitHostPort(r); err != nil || host == "" || port == "" {
+				return usageError{fmt.Errorf("setting clickhouse.shards: %q from %s has %q, not a host:port; want shards separated by ';', each its replicas' host:port separated by ','", shards.val, shards.src, r)}
+			}
+			replicas = append(replicas, r)
+		}
+		c.shards = append(c.shards, replicas)
+	}
+	return nil
+}
+
 func (c *config) chSchema() (schema.ClickHouse, error) {
-	s := schema.ClickHouse{Database: c.get("clickhouse.database"), Measures: c.measures, Grains: c.grains}
+	s := schema.ClickHouse{Database: c.get("clickhouse.database"), Measures: c.measures, Grains: c.grains, Cluster: c.get("clickhouse.cluster")}
 	return s, s.Validate()
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
 
@@ -59,12 +60,17 @@ func runMigrate(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer func() { _ = ch.Close() }()
+	validated := chs
 	chs = ingest.ProbeEngine(ctx, ch, chs)
 	if chs.Engine == schema.EnginePlain {
 		log.Warn("this ClickHouse has neither ZooKeeper/Keeper nor non_replicated_deduplication_window: " +
 			"new tables cannot deduplicate, so a batch replayed after a crash may be counted twice; configure Keeper for exactly-once")
 	}
-	if err := ingest.MigrateClickHouse(ctx, ch, chs); err != nil {
+	if chs.Cluster != "" {
+		if err := migrateNodes(ctx, cfg, validated); err != nil {
+			return err
+		}
+	} else if err := ingest.MigrateClickHouse(ctx, ch, chs); err != nil {
 		return err
 	}
 	log.Info("clickhouse schema up to date", "database", chs.Database, "engine", chs.Engine, "measures", chs.Measures.Names())
@@ -100,4 +106,41 @@ func ensureUsers(ctx context.Context, cfg *config, ch driver.Conn, chs schema.Cl
 		return
 	}
 	log.Info("read-only user ready", "user", reader.User, "how", string(status), "raw", reader.Raw)
+}
+
+// migrateNodes creates the tables on every replica of every shard of
+// clickhouse.shards: a table is local to its server, so each node gets the
+// local parts of the sharded tables, the Distributed tables over them and
+// its replica of the tables whole on every node. Every node must
+// replicate through ZooKeeper or Keeper, with its shard and replica macros.
+func migrateNodes(ctx context.Context, cfg *config, chs schema.ClickHouse) error {
+	log := cfg.logger()
+	for i, replicas := range cfg.shards {
+		for _, addr := range replicas {
+			opts, err := clickHouseOptions(cfg, "", "")
+			if err != nil {
+				return err
+			}
+			opts.Addr = []string{addr}
+			conn, err := clickhouse.Open(opts)
+			if err != nil {
+				return fmt.Errorf("clickhouse shard %d, %s: %w", i+1, addr, err)
+			}
+			err = migrateNode(ctx, conn, chs)
+			_ = conn.Close()
+			if err != nil {
+				return cfg.scrub(fmt.Errorf("clickhouse shard %d, %s: %w", i+1, addr, err))
+			}
+			log.Info("clickhouse node up to date", "shard", i+1, "node", addr)
+		}
+	}
+	return nil
+}
+
+func migrateNode(ctx context.Context, conn driver.Conn, chs schema.ClickHouse) error {
+	probed := ingest.ProbeEngine(ctx, conn, chs)
+	if probed.Engine != schema.EngineReplicated || probed.ZooKeeperPrefix != chs.ZooKeeperPrefix {
+		return fmt.Errorf("a cluster's tables are Replicated: the node needs ZooKeeper (or Keeper) and the shard and replica macros")
+	}
+	return ingest.MigrateClickHouse(ctx, conn, probed)
 }

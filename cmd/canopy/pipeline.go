@@ -21,6 +21,7 @@ import (
 type pipeline struct {
 	pool     *pgxpool.Pool
 	ch       driver.Conn
+	shards   []driver.Conn // clickhouse.shards; nil without a cluster
 	chs      schema.ClickHouse
 	store    *hierarchy.Store
 	resolver *treeResolver
@@ -50,6 +51,9 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 	if p.ch, err = openClickHouse(ctx, cfg); err != nil {
 		return nil, err
 	}
+	if p.shards, err = openShards(ctx, cfg); err != nil {
+		return nil, err
+	}
 	if err = awaitKafka(ctx, cfg, extra...); err != nil {
 		return nil, err
 	}
@@ -75,7 +79,7 @@ func openPipeline(ctx context.Context, cfg *config, log *slog.Logger, metrics *i
 		Decoder:   ingest.NewDecoder(cfg.measures, 0),
 		Resolver:  p.resolver,
 		Ledger:    &pgledger.Ledger{Pool: p.pool},
-		Sink:      &ingest.ClickHouseSink{Conn: p.ch, Schema: p.chs},
+		Sink:      &ingest.ClickHouseSink{Conn: p.ch, Schema: p.chs, Shards: p.shards},
 		DLQ:       &ingest.KafkaDeadLetters{Client: p.producer, Topic: cfg.get("kafka.dlq_topic")},
 		Suspended: p.policy,
 		Retry: ingest.RetryPolicy{
@@ -111,6 +115,9 @@ func (p *pipeline) Close() {
 	}
 	if p.ch != nil {
 		_ = p.ch.Close()
+	}
+	for _, c := range p.shards {
+		_ = c.Close()
 	}
 	if p.pool != nil {
 		p.pool.Close()

@@ -130,7 +130,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	})
 	g.Go(func() error {
 		rs := &restate.Restater{
-			PG: pool, Store: store, CH: ch, Schema: chs, Tree: resolver, Refresh: resolver.Refresh,
+			PG: pool, Store: store, CH: ch, Shards: p.shards, Schema: chs, Tree: resolver, Refresh: resolver.Refresh,
 			Policy: policy, Log: log.With("component", "restater"), Metrics: restate.NewMetrics(reg),
 		}
 		return rs.Run(gctx)

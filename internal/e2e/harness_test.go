@@ -167,6 +167,7 @@ func (e *env) close() {
 		e.t.Logf("kept PostgreSQL database and ClickHouse database %s for inspection", e.name)
 	} else {
 		_ = e.ch.Exec(ctx, "DROP DATABASE IF EXISTS "+e.chDB)
+		dropOnEveryNode(e.svc.chDSN, e.chDB)
 		_, _ = e.admin.DeleteTopics(ctx, e.topic, e.dlq)
 	}
 	_ = e.pg.Close(ctx)
@@ -366,4 +367,26 @@ func (e *env) countTopic(topic string) int {
 		n += f.NumRecords()
 	}
 	return n
+}
+
+// dropOnEveryNode drops db on every node of CANOPY_CLICKHOUSE_SHARDS, when
+// the tests run on a cluster: a database is local to each server.
+func dropOnEveryNode(dsn, db string) {
+	shards := os.Getenv("CANOPY_CLICKHOUSE_SHARDS")
+	if shards == "" {
+		return
+	}
+	for _, node := range strings.FieldsFunc(shards, func(r rune) bool { return r == ';' || r == ',' }) {
+		opts, err := clickhouse.ParseDSN(dsn)
+		if err != nil {
+			return
+		}
+		opts.Addr, opts.Auth.Database = []string{strings.TrimSpace(node)}, "default"
+		conn, err := clickhouse.Open(opts)
+		if err != nil {
+			continue
+		}
+		_ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+		_ = conn.Close()
+	}
 }
