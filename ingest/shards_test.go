@@ -16,7 +16,7 @@ func randomShardBatch(rng *rand.Rand, n int) *Batch {
 	for i := range n {
 		e := Event{ID: string(rune('a' + i%26)), EntityID: 1 + rng.Int64N(50),
 			OccurredAt: start.Add(time.Duration(rng.Int64N(int64(14 * 24 * time.Hour)))).Truncate(time.Second),
-			Type: "sale", Measures: []int64{rng.Int64N(1000)}}
+			Type:       "sale", Measures: []int64{rng.Int64N(1000)}}
 		b.Events = append(b.Events, Accepted{Event: e, Offset: int64(i)})
 		b.Hourly.Add(RollupKey{EntityID: e.EntityID, Bucket: e.OccurredAt.Truncate(time.Hour).Unix(), Type: e.Type}, e.Measures)
 		b.Daily.Add(RollupKey{EntityID: e.EntityID, Bucket: e.OccurredAt.Truncate(24 * time.Hour).Unix(), Type: e.Type}, e.Measures)
