@@ -173,12 +173,18 @@ func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollu
 }
 
 // WriteRollupTo is WriteRollup into another table of the same columns as
-// the rollup table named by table (a staging copy), on one server.
+// the rollup table named by table (a staging copy); on a cluster, into is
+// a table of that name on each shard, and gets the shard's rows.
 func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, r *Rollup, unit string, pending int64) error {
-	if len(s.Shards) > 0 {
-		return fmt.Errorf("write rollup: %s is a copy of %s, and copies are not sharded", into, table)
+	if len(s.Shards) == 0 {
+		return s.writeRollup(ctx, s.Conn, table, into, r, unit, pending)
 	}
-	return s.writeRollup(ctx, s.Conn, table, into, r, unit, pending)
+	for i, conn := range s.Shards {
+		if err := s.writeRollup(ctx, conn, table, into, r.shard(i, len(s.Shards)), unit, pending); err != nil {
+			return fmt.Errorf("shard %d: %w", i+1, err)
+		}
+	}
+	return nil
 }
 
 // writeRollup inserts r through conn into into, or into table's local

@@ -34,8 +34,13 @@ import (
 // the event's own batch version, as-is through the current hierarchy as of
 // the restater's progress (rows the restater will move on from there).
 type Rebuild struct {
-	PG       *pgxpool.Pool
-	CH       driver.Conn
+	PG *pgxpool.Pool
+	CH driver.Conn
+	// Shards are the cluster's shard connections (ingest.ClickHouseSink);
+	// nil on one server. On a cluster each shard's local tables are staged
+	// and swapped on that shard (its first live replica; the swap
+	// replicates to the others), with the shard's part of the rows.
+	Shards   []driver.Conn
 	Schema   schema.ClickHouse
 	Resolver ingest.Resolver
 	Refresh  func(ctx context.Context) (int64, error) // catch Resolver up with PostgreSQL
@@ -71,6 +76,35 @@ func (rb *Rebuild) tables() []string {
 		ts = append(ts, g.Table)
 	}
 	return ts
+}
+
+// nodes are the connections a rebuild stages and swaps through: each
+// shard's on a cluster, else the one server's.
+func (rb *Rebuild) nodes() []driver.Conn {
+	if len(rb.Shards) > 0 {
+		return rb.Shards
+	}
+	return []driver.Conn{rb.CH}
+}
+
+// exec runs q, naming the table, on every node.
+func (rb *Rebuild) exec(ctx context.Context, q string) error {
+	for i, conn := range rb.nodes() {
+		if err := conn.Exec(ctx, q); err != nil {
+			if len(rb.Shards) > 0 {
+				return fmt.Errorf("shard %d: %w", i+1, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// dropStaging drops t's staging table on every node, whatever ctx.
+func (rb *Rebuild) dropStaging(t string) {
+	for _, conn := range rb.nodes() {
+		_ = conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+rb.Schema.Database+"."+staging(t))
+	}
 }
 
 // Run rebuilds the days from, …, to (UTC dates, both included).
@@ -177,7 +211,8 @@ func (rb *Rebuild) resolveParked(ctx context.Context, from, to time.Time, st *Re
 // assumes, and returns its sorting key, which its staging table copies.
 func (rb *Rebuild) checkTable(ctx context.Context, t string) (string, error) {
 	var pk, sk string
-	err := rb.CH.QueryRow(ctx, "SELECT partition_key, sorting_key FROM system.tables WHERE database = ? AND name = ?",
+	t = rb.Schema.Local(t)
+	err := rb.nodes()[0].QueryRow(ctx, "SELECT partition_key, sorting_key FROM system.tables WHERE database = ? AND name = ?",
 		rb.Schema.Database, t).Scan(&pk, &sk)
 	if err != nil {
 		return "", fmt.Errorf("rebuild: table %s.%s: %w (run canopy migrate)", rb.Schema.Database, t, err)
@@ -193,7 +228,7 @@ func (rb *Rebuild) month(ctx context.Context, p *pgledger.Paused, sortingKeys ma
 	part := m.Format("200601")
 	defer func() {
 		for _, t := range rebuildTables {
-			_ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+rb.Schema.Database+"."+staging(t))
+			rb.dropStaging(t)
 		}
 	}()
 	for _, t := range rebuildTables {
@@ -210,8 +245,8 @@ func (rb *Rebuild) month(ctx context.Context, p *pgledger.Paused, sortingKeys ma
 		return errors.New("the pause on writers could not be renewed; nothing swapped")
 	}
 	for _, t := range rebuildTables {
-		q := fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", rb.Schema.Database, t, part, staging(t))
-		if err := rb.CH.Exec(ctx, q); err != nil {
+		q := fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", rb.Schema.Database, rb.Schema.Local(t), part, staging(t))
+		if err := rb.exec(ctx, q); err != nil {
 			return fmt.Errorf("swap %s: %w", t, err)
 		}
 	}
@@ -231,7 +266,7 @@ func (rb *Rebuild) coarser(ctx context.Context, p *pgledger.Paused, sk string, g
 	end := time.Unix(g.Bucket(to.Add(-time.Second).Unix()), 0).UTC().AddDate(0, 0, 1) // after the last bucket's start
 	db := rb.Schema.Database
 	cols, _ := rb.Schema.RollupTableColumns(g.Table)
-	defer func() { _ = rb.CH.Exec(context.Background(), "DROP TABLE IF EXISTS "+db+"."+staging(g.Table)) }()
+	defer rb.dropStaging(g.Table)
 	for m := monthOf(lo); m.Before(end); m = m.AddDate(0, 1, 0) {
 		mlo, mhi := maxTime(lo, m), minTime(end, m.AddDate(0, 1, 0))
 		part := m.Format("200601")
@@ -244,22 +279,26 @@ func (rb *Rebuild) coarser(ctx context.Context, p *pgledger.Paused, sk string, g
 			fmt.Fprintf(&sel, ", sum(%s)", ms.Name)
 		}
 		fmt.Fprintf(&sel, ", '' FROM %s.%s WHERE bucket >= %s AND b >= %s AND b < %s GROUP BY entity_id, b, depth, type",
-			db, schema.TableRollupDaily, bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mhi))
+			db, rb.Schema.Local(schema.TableRollupDaily), bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mlo), bound(schema.TableRollupDaily, mhi))
+		// Each node sums its own daily rows: on a cluster a shard holds
+		// its entities' rows of every grain.
 		q := fmt.Sprintf("INSERT INTO %s.%s (%s) %s", db, staging(g.Table), schema.ColumnList(cols), sel.String())
-		if err := rb.CH.Exec(ctx, q); err != nil {
+		if err := rb.exec(ctx, q); err != nil {
 			return fmt.Errorf("sum %s from %s: %w", g.Table, schema.TableRollupDaily, err)
 		}
-		var n uint64
-		if err := rb.CH.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s WHERE bucket >= %s AND bucket < %s",
-			db, staging(g.Table), bound(g.Table, mlo), bound(g.Table, mhi))).Scan(&n); err != nil {
-			return err
+		for _, conn := range rb.nodes() {
+			var n uint64
+			if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s WHERE bucket >= %s AND bucket < %s",
+				db, staging(g.Table), bound(g.Table, mlo), bound(g.Table, mhi))).Scan(&n); err != nil {
+				return err
+			}
+			st.Rows[g.Table] += int64(n) //nolint:gosec // a count of rows
 		}
-		st.Rows[g.Table] += int64(n) //nolint:gosec // a count of rows
 		if !p.Held() {
 			return errors.New("the pause on writers could not be renewed; nothing swapped")
 		}
-		q = fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", db, g.Table, part, staging(g.Table))
-		if err := rb.CH.Exec(ctx, q); err != nil {
+		q = fmt.Sprintf("ALTER TABLE %[1]s.%[2]s REPLACE PARTITION %[3]s FROM %[1]s.%[4]s", db, rb.Schema.Local(g.Table), part, staging(g.Table))
+		if err := rb.exec(ctx, q); err != nil {
 			return fmt.Errorf("swap %s: %w", g.Table, err)
 		}
 		rb.log().Info("rebuild: partition swapped", "table", g.Table, "month", m.Format("2006-01"))
@@ -274,19 +313,20 @@ func staging(t string) string { return t + "_rebuild" }
 // t's rows of the partition outside [lo, hi).
 func (rb *Rebuild) stage(ctx context.Context, t, sk, part string, lo, hi time.Time) error {
 	name := rb.Schema.Database + "." + staging(t)
-	if err := rb.CH.Exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
+	if err := rb.exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
 		return err
 	}
+	local := rb.Schema.Local(t) // on a cluster each node stages its shard's rows
 	create := fmt.Sprintf("CREATE TABLE %s AS %s.%s ENGINE = SummingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (%s)",
-		name, rb.Schema.Database, t, sk)
-	if err := rb.CH.Exec(ctx, create); err != nil {
+		name, rb.Schema.Database, local, sk)
+	if err := rb.exec(ctx, create); err != nil {
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	cols, _ := rb.Schema.RollupTableColumns(t)
 	list := schema.ColumnList(cols)
 	keep := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s.%s WHERE toYYYYMM(bucket) = %s AND (bucket < %s OR bucket >= %s)",
-		name, list, list, rb.Schema.Database, t, part, bound(t, lo), bound(t, hi))
-	if err := rb.CH.Exec(ctx, keep); err != nil {
+		name, list, list, rb.Schema.Database, local, part, bound(t, lo), bound(t, hi))
+	if err := rb.exec(ctx, keep); err != nil {
 		return fmt.Errorf("carry over %s rows outside the range: %w", t, err)
 	}
 	return nil
@@ -303,7 +343,7 @@ func bound(table string, t time.Time) string {
 // rollups into the staging tables, one day at a time.
 func (rb *Rebuild) compute(ctx context.Context, lo, hi time.Time, st *RebuildStats) (int64, error) {
 	ms := rb.Schema.Measures
-	sink := &ingest.ClickHouseSink{Conn: rb.CH, Schema: rb.Schema}
+	sink := &ingest.ClickHouseSink{Conn: rb.CH, Schema: rb.Schema, Shards: rb.Shards}
 	unit := "rebuild/" + lo.Format(time.DateOnly) + "/" + hi.Format(time.DateOnly)
 	var hourly, daily, asIs *ingest.Rollup
 	reset := func() {

@@ -50,12 +50,6 @@ many. A narrower rebuild leaves them parked and says so.`,
 			if hi.Before(lo) {
 				return usageError{fmt.Errorf("--to %s is before --from %s", to, from)}
 			}
-			if cfg.get("clickhouse.cluster") != "" {
-				// Rebuild swaps whole partitions from staging tables; on
-				// a cluster that is per shard and per replica, not built
-				// yet (docs/scaling.md).
-				return usageError{fmt.Errorf("setting clickhouse.cluster: rebuild works on one ClickHouse server only, not yet on a cluster")}
-			}
 			ctx := cmd.Context()
 			log := cfg.logger()
 			p, err := openPipeline(ctx, cfg, log, nil, nil)
@@ -64,7 +58,7 @@ many. A narrower rebuild leaves them parked and says so.`,
 			}
 			defer p.Close()
 			rb := &restate.Rebuild{
-				PG: p.pool, CH: p.ch, Schema: p.chs, Resolver: p.resolver, Refresh: p.resolver.Refresh,
+				PG: p.pool, CH: p.ch, Shards: p.shards, Schema: p.chs, Resolver: p.resolver, Refresh: p.resolver.Refresh,
 				Policy: p.policy, Log: log, Wait: waitFor,
 			}
 			start := time.Now()
