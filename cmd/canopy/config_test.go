@@ -153,6 +153,14 @@ func TestBadSettingsRefused(t *testing.T) {
 		args []string
 		want []string // substrings of the error
 	}{
+		{"shards without a cluster", "", nil, []string{"--clickhouse-shards=a:9000"},
+			[]string{"clickhouse.shards", "without clickhouse.cluster"}},
+		{"cluster without shards", "", map[string]string{"CANOPY_CLICKHOUSE_CLUSTER": "c"}, nil,
+			[]string{"clickhouse.shards", "empty while clickhouse.cluster is \"c\""}},
+		{"cluster not an identifier", "", nil, []string{"--clickhouse-cluster=c-1", "--clickhouse-shards=a:9000"},
+			[]string{"clickhouse.cluster", "not a plain identifier"}},
+		{"replica without a port", "", nil, []string{"--clickhouse-cluster=c", "--clickhouse-shards=a:9000,b;c:9000"},
+			[]string{"clickhouse.shards", "has \"b\", not a host:port"}},
 		{"duration with words", "", nil, []string{"--ingest-retry-backoff=5 minutes"},
 			[]string{"ingest.retry_backoff", "flag --ingest-retry-backoff", "a duration such as"}},
 		{"number not a number", "", nil, []string{"--ingest-max-poll-records=lots"},
@@ -253,6 +261,15 @@ func TestGoodSettingsAccepted(t *testing.T) {
 	}
 	if err := cfg.resolve(root); err != nil {
 		t.Fatal(err)
+	}
+	if err := root.ParseFlags([]string{"--clickhouse-cluster", "c", "--clickhouse-shards", " a:1 , b:2 ;c:3"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.resolve(root); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(cfg.shards); got != "[[a:1 b:2] [c:3]]" {
+		t.Errorf("clickhouse.shards parsed as %s", got)
 	}
 	if !cfg.bool("http.pprof") || cfg.int("ingest.max_types_per_batch") != -1 || cfg.duration("ingest.retry_backoff") != 250*time.Millisecond {
 		t.Errorf("typed values: pprof %v, max types %d, backoff %v", cfg.bool("http.pprof"),
