@@ -46,6 +46,11 @@ func MigrateClickHouse(ctx context.Context, conn driver.Conn, s schema.ClickHous
 				continue
 			}
 			if err := conn.Exec(ctx, s.AddColumn(t, col, t.Columns[i-1].Name)); err != nil {
+				// On a cluster another replica's ALTER of the same
+				// replicated table may have added it meanwhile.
+				if now, rerr := columns(ctx, conn, s.Database, t.Name); rerr == nil && sameType(now[col.Name], col.Type) {
+					continue
+				}
 				return fmt.Errorf("add column %s to %s.%s: %w", col.Name, s.Database, t.Name, err)
 			}
 		}
