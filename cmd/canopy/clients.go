@@ -100,12 +100,18 @@ func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (
 	if err != nil {
 		return nil, err
 	}
+	return dialClickHouse(ctx, cfg, "clickhouse", opts)
+}
+
+// dialClickHouse opens opts and pings, waiting while the server is
+// unreachable; name ("clickhouse", "clickhouse shard 2") leads its errors.
+func dialClickHouse(ctx context.Context, cfg *config, name string, opts *clickhouse.Options) (driver.Conn, error) {
 	var conn driver.Conn
-	err = await(ctx, "clickhouse", func() (err error) {
+	err := await(ctx, name, func() (err error) {
 		defer func() { err = cfg.scrub(err) }()
 		c, err := clickhouse.Open(opts)
 		if err != nil {
-			return fmt.Errorf("clickhouse: %w", err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -114,11 +120,11 @@ func openClickHouseAs(ctx context.Context, cfg *config, user, password string) (
 			if opts.TLS == nil && closedEarly(err) {
 				for _, a := range opts.Addr {
 					if speaksTLS(ctx, a) {
-						return connectionError{"clickhouse", a, "the server speaks TLS on this port but clickhouse.tls.enabled is false", err}
+						return connectionError{name, a, "the server speaks TLS on this port but clickhouse.tls.enabled is false", err}
 					}
 				}
 			}
-			return fmt.Errorf("clickhouse %v: %w", opts.Addr, err)
+			return fmt.Errorf("%s %v: %w", name, opts.Addr, err)
 		}
 		conn = c
 		return nil
@@ -139,22 +145,7 @@ func openShards(ctx context.Context, cfg *config) ([]driver.Conn, error) {
 		}
 		opts.Addr = replicas
 		opts.ConnOpenStrategy = clickhouse.ConnOpenInOrder
-		var conn driver.Conn
-		err = await(ctx, fmt.Sprintf("clickhouse shard %d", i+1), func() (err error) {
-			defer func() { err = cfg.scrub(err) }()
-			c, err := clickhouse.Open(opts)
-			if err != nil {
-				return fmt.Errorf("clickhouse shard %d: %w", i+1, err)
-			}
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if err := c.Ping(pctx); err != nil {
-				_ = c.Close()
-				return fmt.Errorf("clickhouse shard %d %v: %w", i+1, replicas, err)
-			}
-			conn = c
-			return nil
-		})
+		conn, err := dialClickHouse(ctx, cfg, fmt.Sprintf("clickhouse shard %d", i+1), opts)
 		if err != nil {
 			for _, c := range conns {
 				_ = c.Close()
