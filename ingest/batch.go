@@ -631,7 +631,7 @@ func (p *Processor) toWrite(ctx context.Context, b *Batch) (*Batch, error) {
 	}
 	p.log().Info("replaying a batch older than the verification age: writing only what ClickHouse lacks",
 		"topic", b.Intent.Topic, "partition", b.Intent.Partition, "first", b.Intent.First,
-		"begun", b.Intent.CreatedAt, "acked", l.Acked, "written_months", l.Months, "written_months_by_shard", l.Shards)
+		"begun", b.Intent.CreatedAt, "acked", l.Acked, "written_months_by_shard", l.Months)
 	if l.Acked {
 		return nil, nil
 	}

@@ -45,18 +45,27 @@ type ClickHouseSink struct {
 // shard by shard on a cluster. The ack goes last: a row in ingest_acks
 // means the range is fully written, on every shard.
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
+	err := s.perShard(func(conn driver.Conn, i, n int) error {
+		return s.writeParts(ctx, conn, b.shard(i, n))
+	})
+	if err != nil {
+		return err
+	}
+	return s.insertAck(ctx, b)
+}
+
+// perShard calls write with each shard's connection, its index and the
+// number of shards, in order; on one server once, with Conn, 0 and 1.
+func (s *ClickHouseSink) perShard(write func(conn driver.Conn, i, n int) error) error {
 	if len(s.Shards) == 0 {
-		if err := s.writeParts(ctx, s.Conn, b); err != nil {
-			return err
-		}
-		return s.insertAck(ctx, b)
+		return write(s.Conn, 0, 1)
 	}
 	for i, conn := range s.Shards {
-		if err := s.writeParts(ctx, conn, b.shard(i, len(s.Shards))); err != nil {
+		if err := write(conn, i, len(s.Shards)); err != nil {
 			return fmt.Errorf("shard %d: %w", i+1, err)
 		}
 	}
-	return s.insertAck(ctx, b)
+	return nil
 }
 
 // writeParts inserts b's rows of every sharded table through conn.
@@ -161,30 +170,17 @@ func (s *ClickHouseSink) insertEvents(ctx context.Context, conn driver.Conn, b *
 // per shard on a cluster); pending is the pending_version of
 // rollup_daily_current rows (ignored elsewhere).
 func (s *ClickHouseSink) WriteRollup(ctx context.Context, table string, r *Rollup, unit string, pending int64) error {
-	if len(s.Shards) == 0 {
-		return s.writeRollup(ctx, s.Conn, table, "", r, unit, pending)
-	}
-	for i, conn := range s.Shards {
-		if err := s.writeRollup(ctx, conn, table, "", r.shard(i, len(s.Shards)), unit, pending); err != nil {
-			return fmt.Errorf("shard %d: %w", i+1, err)
-		}
-	}
-	return nil
+	return s.WriteRollupTo(ctx, table, "", r, unit, pending)
 }
 
 // WriteRollupTo is WriteRollup into another table of the same columns as
 // the rollup table named by table (a staging copy); on a cluster, into is
-// a table of that name on each shard, and gets the shard's rows.
+// a table of that name on each shard, and gets the shard's rows. An empty
+// into is table itself (its local table on a cluster).
 func (s *ClickHouseSink) WriteRollupTo(ctx context.Context, table, into string, r *Rollup, unit string, pending int64) error {
-	if len(s.Shards) == 0 {
-		return s.writeRollup(ctx, s.Conn, table, into, r, unit, pending)
-	}
-	for i, conn := range s.Shards {
-		if err := s.writeRollup(ctx, conn, table, into, r.shard(i, len(s.Shards)), unit, pending); err != nil {
-			return fmt.Errorf("shard %d: %w", i+1, err)
-		}
-	}
-	return nil
+	return s.perShard(func(conn driver.Conn, i, n int) error {
+		return s.writeRollup(ctx, conn, table, into, r.shard(i, n), unit, pending)
+	})
 }
 
 // writeRollup inserts r through conn into into, or into table's local

@@ -311,7 +311,7 @@ func TestClickHouseSinkWritesRollupsOfAReplayWhoseEventsLanded(t *testing.T) {
 	for _, e := range full.Events {
 		months[yyyymm(e.OccurredAt)] = true
 	}
-	b := full.without(Landed{Months: map[string]map[int]bool{schema.TableEvents: months}})
+	b := full.without(Landed{Months: []map[string]map[int]bool{{schema.TableEvents: months}}})
 	if len(b.Events) != 0 || b.Hourly.Len() == 0 {
 		t.Fatalf("the replay's batch has %d events and %d hourly rows; want none and some", len(b.Events), b.Hourly.Len())
 	}

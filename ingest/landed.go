@@ -29,20 +29,19 @@ import (
 type Landed struct {
 	// Acked: the acknowledgement is written, hence every block before it.
 	Acked bool
-	// Months[table] are the months (year*100+month) whose part of the
-	// batch's block for table is written. On a cluster, Shards[i] is the
-	// same for shard i's blocks, and Months is nil.
-	Months map[string]map[int]bool
-	Shards []map[string]map[int]bool
+	// Months[shard][table] are the months (year*100+month) whose part of
+	// the batch's block for table is written on that shard: one shard on
+	// one server, else one per shard in remote_servers order.
+	Months []map[string]map[int]bool
 }
 
 // has reports whether the part of table's block holding entity's rows of
 // month landed.
 func (l Landed) has(table string, entity int64, month int) bool {
-	if l.Shards != nil {
-		return l.Shards[ShardOf(entity, len(l.Shards))][table][month]
+	if len(l.Months) == 0 {
+		return false
 	}
-	return l.Months[table][month]
+	return l.Months[ShardOf(entity, len(l.Months))][table][month]
 }
 
 // LandedSink is a Sink that can tell which parts of a batch it holds.
@@ -135,20 +134,12 @@ func (s *ClickHouseSink) Landed(ctx context.Context, b *Batch) (Landed, error) {
 		l.Acked = true
 		return l, nil
 	}
-	if len(s.Shards) == 0 {
-		var err error
-		l.Months, err = s.landedParts(ctx, s.Conn, b)
-		return l, err
-	}
-	l.Shards = make([]map[string]map[int]bool, len(s.Shards))
-	for i, conn := range s.Shards {
-		months, err := s.landedParts(ctx, conn, b.shard(i, len(s.Shards)))
-		if err != nil {
-			return l, fmt.Errorf("shard %d: %w", i+1, err)
-		}
-		l.Shards[i] = months
-	}
-	return l, nil
+	err := s.perShard(func(conn driver.Conn, i, n int) error {
+		months, err := s.landedParts(ctx, conn, b.shard(i, n))
+		l.Months = append(l.Months, months)
+		return err
+	})
+	return l, err
 }
 
 // landedParts are the months of each table whose part of b conn holds.

@@ -42,10 +42,10 @@ func TestOldReplayWritesMissingMonthsOnly(t *testing.T) {
 		t.Fatal("a new batch asked what landed")
 	}
 	// October's events and hourly parts landed before the failure.
-	s.landed = Landed{Months: map[string]map[int]bool{
+	s.landed = Landed{Months: []map[string]map[int]bool{{
 		schema.TableEvents:       {202610: true},
 		schema.TableRollupHourly: {202610: true},
-	}}
+	}}}
 	created := p.now()
 	p.Now = func() time.Time { return created.Add(DefaultReplayVerifyAfter + time.Second) }
 	if _, err := p.Process(ctx, epoch, recs); err != nil {

@@ -72,7 +72,7 @@ func TestShardPartsPartitionTheBatch(t *testing.T) {
 func TestWithoutDropsOnlyTheLandedShardParts(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 8))
 	b := randomShardBatch(rng, 300)
-	l := Landed{Shards: []map[string]map[int]bool{
+	l := Landed{Months: []map[string]map[int]bool{
 		{schema.TableEvents: {202610: true}, schema.TableRollupHourly: {202611: true}},
 		{},
 	}}
