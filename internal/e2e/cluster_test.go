@@ -127,20 +127,7 @@ func TestClusterPipelineMatchesOracle(t *testing.T) {
 	ws := []*worker{e.startWorker(0), e.startWorker(1)}
 	const span = 50 * time.Second
 	start := time.Now()
-	produced := make(chan struct{})
-	go func() {
-		defer close(produced)
-		const chunks = 40
-		per := (len(values) + chunks - 1) / chunks
-		for c := 0; c < chunks; c++ {
-			lo, hi := c*per, min((c+1)*per, len(values))
-			if lo >= hi {
-				break
-			}
-			e.produce(keys[lo:hi], values[lo:hi])
-			time.Sleep(time.Until(start.Add(time.Duration(c+1) * span / chunks)))
-		}
-	}()
+	produced := e.produceEvenly(keys, values, start, span, 40)
 	at := func(d time.Duration, what string) {
 		time.Sleep(time.Until(start.Add(d)))
 		t.Logf("%6.1fs: %s", time.Since(start).Seconds(), what)

@@ -107,21 +107,8 @@ func TestFaultsKeepRollupsExact(t *testing.T) {
 	}
 
 	start := time.Now()
-	produced := make(chan struct{})
-	go func() {
-		defer close(produced)
-		// Produce evenly over most of the span, so faults hit live traffic.
-		chunks := 60
-		per := (len(values) + chunks - 1) / chunks
-		for c := 0; c < chunks; c++ {
-			lo, hi := c*per, min((c+1)*per, len(values))
-			if lo >= hi {
-				break
-			}
-			e.produce(keys[lo:hi], values[lo:hi])
-			time.Sleep(time.Until(start.Add(time.Duration(c+1) * (span - 10*time.Second) / time.Duration(chunks))))
-		}
-	}()
+	// Produce evenly over most of the span, so faults hit live traffic.
+	produced := e.produceEvenly(keys, values, start, span-10*time.Second, 60)
 
 	var wg sync.WaitGroup
 	for _, f := range faults {

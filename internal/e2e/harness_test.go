@@ -275,6 +275,26 @@ func (e *env) produce(keys, values [][]byte) {
 	}
 }
 
+// produceEvenly sends values in chunks spread evenly over [start,
+// start+over), so faults meet live traffic; the channel closes when all
+// are acknowledged.
+func (e *env) produceEvenly(keys, values [][]byte, start time.Time, over time.Duration, chunks int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		per := (len(values) + chunks - 1) / chunks
+		for c := 0; c < chunks; c++ {
+			lo, hi := c*per, min((c+1)*per, len(values))
+			if lo >= hi {
+				break
+			}
+			e.produce(keys[lo:hi], values[lo:hi])
+			time.Sleep(time.Until(start.Add(time.Duration(c+1) * over / time.Duration(chunks))))
+		}
+	}()
+	return done
+}
+
 // ackedRecords is how many source records ingest_acks covers for the topic.
 func (e *env) ackedRecords(ctx context.Context) (uint64, error) {
 	var n uint64
