@@ -300,7 +300,7 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 		a.failures = p.ownedFailures(a.failures, a.failedAt, owned, &a.counts)
 	}
 	// 4. write: the rollups summed, the failures out, the blocks, the ack.
-	b := p.sum(in, &a, owned)
+	b, arrays := p.sum(in, &a, owned)
 	retries, dead, err := p.sendFailures(ctx, in, a.failures)
 	if err != nil {
 		return in, false, err
@@ -328,6 +328,10 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if in.Replay {
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
+	// Nothing reads b's rollups any more: the Sink copied them (arrays is
+	// nil for a Sink that may keep them), and b goes no further. On the
+	// error paths above the arrays are left to the garbage collector.
+	arrays.release()
 	return in, false, nil
 }
 
@@ -482,8 +486,11 @@ func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []
 // sum fans the events that own their ids out to the hourly rollup, sums
 // the daily rollup from it (coarsen, not a second fan-out of every link)
 // and the coarser grains' from that, and the as-is daily rollup from the
-// chains that differ.
-func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
+// chains that differ. Through a Sink that keeps nothing of a batch
+// (recyclesRollups) the sorted rollups' arrays come from the free lists,
+// and arrays records them for attempt to give back once the batch is
+// written; otherwise arrays is nil.
+func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, arrays *rollupArrays) {
 	nm := len(p.Decoder.measures)
 	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(a.valid))}
 	links := 0
@@ -491,6 +498,10 @@ func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
 		links += len(a.valid[i].chain)
 	}
 	hourly := newFanoutBuilder(nm, false, links)
+	if recyclesRollups(p.Sink) {
+		arrays = &rollupArrays{}
+		hourly.arrays = arrays
+	}
 	hourly.reserve(len(a.valid))
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range a.valid {
@@ -519,7 +530,7 @@ func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) *Batch {
 		b.AsIs = Merge(b.Daily, moved)
 	}
 	a.counts.Accepted = uint32(len(b.Events))
-	return b
+	return b, arrays
 }
 
 // sendFailures routes a batch's failures and publishes them, before the

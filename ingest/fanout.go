@@ -5,7 +5,6 @@ import (
 	"math"
 	"math/bits"
 	"slices"
-	"sync"
 
 	"github.com/canopyhq/canopy/schema"
 )
@@ -30,6 +29,9 @@ type fanoutBuilder struct {
 	values []int64
 	types  map[string]uint16 // name → number in order of first appearance
 	names  []string
+	// arrays, if set, records the rollup arrays taken from the free lists
+	// (see rollupArrays); nil allocates them.
+	arrays *rollupArrays
 
 	// Ranges of the links so far: what decides the key layout.
 	minEntity, maxEntity int64
@@ -52,22 +54,15 @@ type fanoutLink struct {
 	depth uint8
 }
 
-// linkBuffers recycles the link and scratch arrays of rollupPacked: two
-// arrays of 16 bytes per link, in every batch, that nothing keeps.
-var linkBuffers sync.Pool // of *[]fanoutLink
-
-// getLinks returns an empty slice with room for n links.
+// getLinks returns an empty slice with room for n links. The link and
+// scratch arrays of rollupPacked, two arrays of 16 bytes per link in every
+// batch that nothing keeps, come from a free list (freeLinks).
 func getLinks(n int) []fanoutLink {
-	if p, ok := linkBuffers.Get().(*[]fanoutLink); ok && cap(*p) >= n {
-		return (*p)[:0]
-	}
-	return make([]fanoutLink, 0, n)
+	return freeLinks.get(n)[:0]
 }
 
 func putLinks(s []fanoutLink) {
-	if cap(s) > 0 {
-		linkBuffers.Put(&s)
-	}
+	freeLinks.put(s)
 }
 
 func newFanoutBuilder(measures int, day bool, links int) *fanoutBuilder {
@@ -169,7 +164,7 @@ func (f *fanoutBuilder) rollup() *Rollup {
 // daily ones summed from them (dailyOf).
 func (f *fanoutBuilder) rollups() (hourly, daily *Rollup) {
 	r, order := f.rollupOrdered(true)
-	return r, dailyOf(r, order)
+	return r, dailyOf(r, order, f.arrays)
 }
 
 // rollupOrdered returns the sorted sums and, if withOrder, the rank of each
@@ -222,7 +217,7 @@ func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string,
 			rows++
 		}
 	}
-	r := newSortedRollup(f.measures, rows)
+	r := f.arrays.newSortedRollup(f.measures, rows)
 	var order []uint32
 	if withOrder {
 		order = make([]uint32, rows)
@@ -286,7 +281,7 @@ func (f *fanoutBuilder) rollupComparedOrdered(rank []uint16, names []string, wit
 			rows++
 		}
 	}
-	r := newSortedRollup(f.measures, rows)
+	r := f.arrays.newSortedRollup(f.measures, rows)
 	var order []uint32
 	if withOrder {
 		order = make([]uint32, rows)
@@ -322,8 +317,8 @@ func sameKey(a, b fanoutEntry) bool {
 // dailyOf returns the daily rollup of h, a sorted hourly rollup, given
 // order, the rank of each of its rows' (depth, type) in the order of
 // Rollup.Sort (see rollupOrdered): coarsen with the day as the bucket.
-func dailyOf(h *Rollup, order []uint32) *Rollup {
-	d, _ := coarsen(h, order, dayOf, false)
+func dailyOf(h *Rollup, order []uint32, arrays *rollupArrays) *Rollup {
+	d, _ := coarsen(h, order, dayOf, false, arrays)
 	return d
 }
 
@@ -340,9 +335,10 @@ func dailyOf(h *Rollup, order []uint32) *Rollup {
 // rows, often in order already) puts the rows in the coarser order, where
 // equal keys are adjacent and sum to one row. With withOrder it also
 // returns the same ranks for the rows it returns, to coarsen them again.
-func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool) (*Rollup, []uint32) {
+// Its arrays come from arrays (see rollupArrays).
+func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool, arrays *rollupArrays) (*Rollup, []uint32) {
 	n := f.Len()
-	d := newSortedRollup(len(f.Sums), n) // at most as many rows; trimmed below
+	d := arrays.newSortedRollup(len(f.Sums), n) // at most as many rows; trimmed below
 	var outOrder []uint32
 	if withOrder {
 		outOrder = make([]uint32, n)
@@ -405,13 +401,13 @@ func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool
 func (f *fanoutBuilder) rollupsWith(coarser []schema.Grain) (hourly, daily *Rollup, more []GrainRollup) {
 	r, order := f.rollupOrdered(true)
 	if len(coarser) == 0 {
-		return r, dailyOf(r, order), nil
+		return r, dailyOf(r, order, f.arrays), nil
 	}
-	daily, order = coarsen(r, order, dayOf, true)
+	daily, order = coarsen(r, order, dayOf, true, f.arrays)
 	prev := daily
 	for i, g := range coarser {
 		var c *Rollup
-		c, order = coarsen(prev, order, g.Bucket, i < len(coarser)-1)
+		c, order = coarsen(prev, order, g.Bucket, i < len(coarser)-1, f.arrays)
 		more = append(more, GrainRollup{Grain: g, Rollup: c})
 		prev = c
 	}
