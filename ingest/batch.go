@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -214,10 +213,6 @@ func (p *Processor) Fingerprint() string {
 	return b.String()
 }
 
-// ancestorBufs holds the chain buffers of finished attempts, so a batch
-// neither allocates nor zeroes room for its chains (several MB a batch).
-var ancestorBufs = sync.Pool{New: func() any { return new([]Ancestor) }}
-
 // cut returns how many records have offsets <= last, or -1 when the records
 // do not reach last.
 func cut(recs []Record, last int64) int {
@@ -258,9 +253,10 @@ type records struct {
 	claims   []Claim
 	replays  []replayed
 	counts   Counts
-	// chains holds every chain of valid, from a pool: the chains are read
-	// only until the batch is summed, and free gives it back unzeroed.
-	bufp   *[]Ancestor
+	// chains holds every chain of valid. valid and chains come from free
+	// lists (freeDecoded, freeAncestors): they are read only until the
+	// batch is summed (the Batch copies the events), and free gives them
+	// back.
 	chains []Ancestor
 }
 
@@ -268,9 +264,13 @@ func (a *records) fail(f Failure, offset int64) {
 	a.failures, a.failedAt = append(a.failures, f), append(a.failedAt, offset)
 }
 
+// free gives back valid, cleared (it holds the batch's strings), and the
+// chains, unzeroed (they hold none); nothing of a may be read afterwards.
 func (a *records) free() {
-	*a.bufp = a.chains[:0]
-	ancestorBufs.Put(a.bufp)
+	clear(a.valid)
+	freeDecoded.put(a.valid)
+	freeAncestors.put(a.chains)
+	a.valid, a.chains = nil, nil
 }
 
 // attempt processes exactly the records of in, in the steps of
@@ -355,16 +355,11 @@ func (p *Processor) replayable(in Intent) error {
 // within the batch is a duplicate here.
 func (p *Processor) decode(a *records, in Intent, recs []Record) {
 	a.every = claimsEveryDecoded(p.Ledger)
-	a.valid = make([]decoded, 0, len(recs))
+	a.valid = freeDecoded.get(len(recs))[:0]
 	a.claims = make([]Claim, 0, len(recs))
 	a.counts = Counts{Records: uint32(len(recs))}
-	a.bufp = ancestorBufs.Get().(*[]Ancestor)
-	a.chains = (*a.bufp)[:0]
-	if want := len(recs) * 8; cap(a.chains) < want {
-		// The pool loses its buffers at every garbage collection, and a
-		// batch collects: room for chains of 8 at once, not by doubling.
-		a.chains = make([]Ancestor, 0, want)
-	}
+	// Room for chains of 8 at once, not by doubling.
+	a.chains = freeAncestors.get(len(recs) * 8)[:0]
 	var (
 		seen     map[string]bool // the ids of this batch, unless every decoded record is claimed
 		types    = map[string]bool{}
@@ -492,16 +487,16 @@ func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []
 // written; otherwise arrays is nil.
 func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, arrays *rollupArrays) {
 	nm := len(p.Decoder.measures)
-	b := &Batch{Intent: in, Events: make([]Accepted, 0, len(a.valid))}
+	if recyclesRollups(p.Sink) {
+		arrays = &rollupArrays{}
+	}
+	b := &Batch{Intent: in, Events: arrays.acceptedEvents(len(a.valid))}
 	links := 0
 	for i := range a.valid {
 		links += len(a.valid[i].chain)
 	}
 	hourly := newFanoutBuilder(nm, false, links)
-	if recyclesRollups(p.Sink) {
-		arrays = &rollupArrays{}
-		hourly.arrays = arrays
-	}
+	hourly.arrays = arrays
 	hourly.reserve(len(a.valid))
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range a.valid {

@@ -88,16 +88,31 @@ var (
 	freeEvents = freeList[int64]{maxBytes: maxFreeBytes}
 	freeSums   = freeList[schema.Sum128]{maxBytes: maxFreeBytes}
 	freeLinks  = freeList[fanoutLink]{maxBytes: maxFreeBytes}
+	// A batch's decoded records and their chains (records).
+	freeDecoded   = freeList[decoded]{maxBytes: maxFreeBytes}
+	freeAncestors = freeList[Ancestor]{maxBytes: maxFreeBytes}
+	// A batch's accepted events (Batch.Events).
+	freeAccepted = freeList[Accepted]{maxBytes: maxFreeBytes}
 )
 
-// rollupArrays records the arrays a batch's sorted rollups took from the
-// free lists, so that release can give them back once nothing reads those
-// rollups. A nil *rollupArrays takes nothing: its rollups are plain
-// allocations that the garbage collector frees.
+// rollupArrays records the arrays a batch's sorted rollups and its
+// accepted events took from the free lists, so that release can give them
+// back once nothing reads the batch. A nil *rollupArrays takes nothing:
+// its arrays are plain allocations that the garbage collector frees.
 type rollupArrays struct {
-	keys   [][]RollupKey
-	events [][]int64
-	sums   [][]schema.Sum128
+	keys     [][]RollupKey
+	events   [][]int64
+	sums     [][]schema.Sum128
+	accepted []Accepted
+}
+
+// acceptedEvents returns an empty Batch.Events with room for n events.
+func (a *rollupArrays) acceptedEvents(n int) []Accepted {
+	if a == nil {
+		return make([]Accepted, 0, n)
+	}
+	a.accepted = freeAccepted.get(n)[:0] // zero: release cleared it
+	return a.accepted
 }
 
 // newSortedRollup returns a rollup of n rows for measures measures, to be
@@ -136,6 +151,8 @@ func (a *rollupArrays) release() {
 	for _, s := range a.sums {
 		freeSums.put(s)
 	}
+	clear(a.accepted[:cap(a.accepted)]) // the batch's strings
+	freeAccepted.put(a.accepted)
 	*a = rollupArrays{}
 }
 
@@ -160,6 +177,9 @@ func (a *rollupArrays) poison() {
 		for i := range s[:cap(s)] {
 			s[:cap(s)][i] = schema.Sum128{Hi: -1 << 40}
 		}
+	}
+	for i := range a.accepted[:cap(a.accepted)] {
+		a.accepted[:cap(a.accepted)][i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
 	}
 }
 
