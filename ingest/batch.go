@@ -253,6 +253,9 @@ type records struct {
 	claims   []Claim
 	replays  []replayed
 	counts   Counts
+	// measures holds every event's measures, from freeEvents: the events
+	// of the Batch share it, so only sum gives it back, with the batch.
+	measures []int64
 	// chains holds every chain of valid. valid and chains come from free
 	// lists (freeDecoded, freeAncestors): they are read only until the
 	// batch is summed (the Batch copies the events), and free gives them
@@ -365,8 +368,10 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 		types    = map[string]bool{}
 		maxTypes = p.maxTypes()
 		nm       = len(p.Decoder.measures)
-		measures = make([]int64, nm*len(recs)) // every event's measures, in one allocation
+		// Every event's measures, in one array (Decode sets each event's).
+		measures = freeEvents.get(nm * len(recs))
 	)
+	a.measures = measures
 	if !a.every {
 		seen = make(map[string]bool, len(recs))
 	}
@@ -488,7 +493,7 @@ func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []
 func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, arrays *rollupArrays) {
 	nm := len(p.Decoder.measures)
 	if recyclesRollups(p.Sink) {
-		arrays = &rollupArrays{}
+		arrays = &rollupArrays{events: [][]int64{a.measures}}
 	}
 	b := &Batch{Intent: in, Events: arrays.acceptedEvents(len(a.valid))}
 	links := 0

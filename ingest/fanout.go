@@ -164,7 +164,9 @@ func (f *fanoutBuilder) rollup() *Rollup {
 // daily ones summed from them (dailyOf).
 func (f *fanoutBuilder) rollups() (hourly, daily *Rollup) {
 	r, order := f.rollupOrdered(true)
-	return r, dailyOf(r, order, f.arrays)
+	d := dailyOf(r, order, f.arrays)
+	freeOrders.put(order)
+	return r, d
 }
 
 // rollupOrdered returns the sorted sums and, if withOrder, the rank of each
@@ -195,7 +197,8 @@ func (f *fanoutBuilder) rollupOrdered(withOrder bool) (*Rollup, []uint32) {
 func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string, withOrder bool) (*Rollup, []uint32) {
 	// The bucket and type part of the key is the event's: pack it once per
 	// event.
-	evKey := make([]uint64, len(f.events))
+	evKey := freeUint64s.get(len(f.events)) // every element set below
+	defer freeUint64s.put(evKey)
 	for i, e := range f.events {
 		idx := (uint64(e.bucket) - uint64(l.minBucket)) / l.step //nolint:gosec // modular difference: the offset
 		evKey[i] = idx<<l.bucketShift | uint64(rank[e.typ])
@@ -220,7 +223,7 @@ func (f *fanoutBuilder) rollupPacked(l keyLayout, rank []uint16, names []string,
 	r := f.arrays.newSortedRollup(f.measures, rows)
 	var order []uint32
 	if withOrder {
-		order = make([]uint32, rows)
+		order = freeOrders.get(rows) // every row's set below
 	}
 	row := -1
 	for i, it := range items {
@@ -284,7 +287,7 @@ func (f *fanoutBuilder) rollupComparedOrdered(rank []uint16, names []string, wit
 	r := f.arrays.newSortedRollup(f.measures, rows)
 	var order []uint32
 	if withOrder {
-		order = make([]uint32, rows)
+		order = freeOrders.get(rows) // every row's set below
 	}
 	row := -1
 	for i, e := range entries {
@@ -341,7 +344,7 @@ func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool
 	d := arrays.newSortedRollup(len(f.Sums), n) // at most as many rows; trimmed below
 	var outOrder []uint32
 	if withOrder {
-		outOrder = make([]uint32, n)
+		outOrder = freeOrders.get(n) // every row's set below
 	}
 	var run []int32 // the rows of a run in coarser order
 	row := -1
@@ -390,7 +393,7 @@ func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool
 		d.Sums[m] = d.Sums[m][:rows:rows]
 	}
 	if outOrder != nil {
-		outOrder = outOrder[:rows:rows]
+		outOrder = outOrder[:rows] // its full capacity goes back to freeOrders
 	}
 	return d, outOrder
 }
@@ -401,13 +404,19 @@ func coarsen(f *Rollup, order []uint32, bucket func(int64) int64, withOrder bool
 func (f *fanoutBuilder) rollupsWith(coarser []schema.Grain) (hourly, daily *Rollup, more []GrainRollup) {
 	r, order := f.rollupOrdered(true)
 	if len(coarser) == 0 {
-		return r, dailyOf(r, order, f.arrays), nil
+		daily = dailyOf(r, order, f.arrays)
+		freeOrders.put(order)
+		return r, daily, nil
 	}
-	daily, order = coarsen(r, order, dayOf, true, f.arrays)
+	finer := order
+	daily, order = coarsen(r, finer, dayOf, true, f.arrays)
+	freeOrders.put(finer)
 	prev := daily
 	for i, g := range coarser {
 		var c *Rollup
-		c, order = coarsen(prev, order, g.Bucket, i < len(coarser)-1, f.arrays)
+		finer = order
+		c, order = coarsen(prev, finer, g.Bucket, i < len(coarser)-1, f.arrays)
+		freeOrders.put(finer)
 		more = append(more, GrainRollup{Grain: g, Rollup: c})
 		prev = c
 	}

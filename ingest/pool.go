@@ -88,6 +88,11 @@ var (
 	freeEvents = freeList[int64]{maxBytes: maxFreeBytes}
 	freeSums   = freeList[schema.Sum128]{maxBytes: maxFreeBytes}
 	freeLinks  = freeList[fanoutLink]{maxBytes: maxFreeBytes}
+	// The scratch arrays of a fan-out's sums: the ranks of the rows'
+	// depths and types (rollupOrdered, coarsen) and the events' packed
+	// keys (rollupPacked).
+	freeOrders  = freeList[uint32]{maxBytes: maxFreeBytes}
+	freeUint64s = freeList[uint64]{maxBytes: maxFreeBytes}
 	// A batch's decoded records and their chains (records).
 	freeDecoded   = freeList[decoded]{maxBytes: maxFreeBytes}
 	freeAncestors = freeList[Ancestor]{maxBytes: maxFreeBytes}
@@ -101,7 +106,7 @@ var (
 // its arrays are plain allocations that the garbage collector frees.
 type rollupArrays struct {
 	keys     [][]RollupKey
-	events   [][]int64
+	events   [][]int64 // the rollups' Events, and the events' Measures (records.measures)
 	sums     [][]schema.Sum128
 	accepted []Accepted
 }

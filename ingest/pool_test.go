@@ -173,7 +173,7 @@ func (s *copySink) Write(_ context.Context, b *Batch) error {
 	s.batches = append(s.batches, tables)
 	ids := make([]string, len(b.Events))
 	for i, e := range b.Events {
-		ids[i] = fmt.Sprintf("%s@%d", e.ID, e.Offset)
+		ids[i] = fmt.Sprintf("%s@%d:%v", e.ID, e.Offset, e.Measures)
 	}
 	s.events = append(s.events, ids)
 	return nil
@@ -246,7 +246,7 @@ func TestBatchesBackToBackAreExact(t *testing.T) {
 		ids := make([]string, n)
 		for j, e := range evs {
 			recs[j] = Record{Topic: "events", Partition: 0, Offset: offset + int64(j), Value: []byte(e.json())}
-			ids[j] = fmt.Sprintf("%s@%d", e.id, offset+int64(j))
+			ids[j] = fmt.Sprintf("%s@%d:%v", e.id, offset+int64(j), []int64{e.amount, e.quantity})
 		}
 		wantIDs = append(wantIDs, ids)
 		offset += int64(n)
