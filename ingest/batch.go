@@ -331,9 +331,10 @@ func (p *Processor) attempt(ctx context.Context, epoch int64, in Intent, recs []
 	if in.Replay {
 		p.log().Info("replayed batch", "topic", in.Topic, "partition", in.Partition, "first", in.First, "last", in.Last)
 	}
-	// Nothing reads b's rollups any more: the Sink copied them (arrays is
-	// nil for a Sink that may keep them), and b goes no further. On the
-	// error paths above the arrays are left to the garbage collector.
+	// Nothing reads b's rollups and events any more: the Sink copied them
+	// (arrays is nil for a Sink that may keep them), and b goes no
+	// further. On the error paths above the arrays are left to the garbage
+	// collector.
 	arrays.release()
 	return in, false, nil
 }
