@@ -43,7 +43,9 @@ type ClickHouseSink struct {
 // Write inserts the batch's events, its rollup of each grain (hourly,
 // daily, then any coarser), the as-is rollup, then its acknowledgement,
 // shard by shard on a cluster. The ack goes last: a row in ingest_acks
-// means the range is fully written, on every shard.
+// means the range is fully written, on every shard. It keeps no reference
+// to the batch once it returns: the Processor then reuses the batch's
+// arrays (copiesBatch, pool.go).
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 	err := s.perShard(func(conn driver.Conn, i, n int) error {
 		return s.writeParts(ctx, conn, b.shard(i, n))
