@@ -308,15 +308,15 @@ func attribute(h history, events map[string]synth.Event, asIs, skip bool) (hourl
 	return hourly, daily
 }
 
-// TestLivingHierarchyMatchesOracles interleaves 100,000 events with more
-// than 300 random hierarchy changes — moves of leaves and of large subtrees,
+// TestLivingHierarchyMatchesOracles interleaves 60,000 events with 200
+// random hierarchy changes — moves of leaves and of large subtrees,
 // moves back, suspensions, creations, renames and back-dated corrections,
 // made with plain SQL and the CLI — while three workers and a relay run.
 // After the streams drain, rollup_hourly and rollup_daily must equal the
 // as-was oracle, rollup_daily_current the as-is oracle, and entities must
 // match PostgreSQL, exactly.
 func TestLivingHierarchyMatchesOracles(t *testing.T) {
-	runLiving(t, 5000, 100000, 330, false)
+	runLiving(t, 5000, 60000, 200, false)
 }
 
 // TestLivingHierarchySkipPolicy is the same with suspended ancestors
@@ -324,7 +324,7 @@ func TestLivingHierarchyMatchesOracles(t *testing.T) {
 // apply the policy, the as-was one with the status at the event's time and
 // the as-is one with the current status.
 func TestLivingHierarchySkipPolicy(t *testing.T) {
-	runLiving(t, 2000, 30000, 150, true)
+	runLiving(t, 2000, 20000, 100, true)
 }
 
 func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
@@ -336,6 +336,7 @@ func runLiving(t *testing.T, nEntities, nEvents, nChanges int, skip bool) {
 func runLivingGrains(t *testing.T, nEntities, nEvents, nChanges int, skip, weekly bool) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	nEntities, nEvents, nChanges = scaled(t, nEntities, 500), scaled(t, nEvents, 5000), scaled(t, nChanges, 60)
 	e := newEnv(t, 4)
 	e.vars = append(e.vars, "CANOPY_KAFKA_HIERARCHY_TOPIC="+e.name+".hierarchy")
 	if skip {

@@ -227,6 +227,7 @@ func (e *env) setUp(seed int64, entities, events int) *scenario {
 // setUpAt is setUp with events (and changes) from start over span.
 func (e *env) setUpAt(seed int64, entities, events int, start time.Time, span time.Duration) *scenario {
 	e.t.Helper()
+	entities, events = scaled(e.t, entities, 200), scaled(e.t, events, 2000)
 	rng := rand.New(rand.NewPCG(uint64(seed), 7))
 	forest := hierarchy.Synthesize(entities, seed)
 	var csv bytes.Buffer
@@ -318,7 +319,7 @@ func seedFromEnv(t testing.TB) int64 {
 	return time.Now().UnixNano() % 1000000
 }
 
-// TestPipelineMatchesOracle sends a hierarchy with history and 200,000
+// TestPipelineMatchesOracle sends a hierarchy with history and 120,000
 // events (2% repeated ids, random order, across a month boundary) through
 // real Kafka and two workers, and checks every rollup row and every stored
 // event against the oracle, exactly.
@@ -326,7 +327,7 @@ func TestPipelineMatchesOracle(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 4)
-	sc := e.setUp(seed, 10000, 200000)
+	sc := e.setUp(seed, 10000, 120000)
 	keys, values := sc.records()
 	// Poison records mixed in at random places must each reach the dead
 	// letters with the class written here by hand, and stall nothing.

@@ -24,7 +24,7 @@ import (
 // configuration. The events span 2026-10-27 … 11-04: two ISO weeks, the
 // first straddling a month end (its rows lie in October's partition).
 func TestLivingHierarchyWeeklyGrain(t *testing.T) {
-	runLivingGrains(t, 2000, 30000, 150, false, true)
+	runLivingGrains(t, 2000, 20000, 100, false, true)
 }
 
 // addWeeklyGrain points canopy at a canopy.yaml that adds the weekly grain
