@@ -22,7 +22,7 @@ type ingestResult struct {
 	name         string
 	events       int
 	elapsed      time.Duration
-	cpu          map[string]time.Duration // by process: worker, driver, kafka, clickhouse, postgres
+	cpu          map[string]time.Duration // by process: worker, driver, kafka, clickhouse, postgres (and "postgres backends": its own connections)
 	rowsPerEvent float64                  // rollup rows written per event
 	peakRSS      int64                    // bytes, the largest worker's
 	heapPerEnt   int                      // worker heap bytes per entity after loading the hierarchy
@@ -100,7 +100,7 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 		b.Logf("checkpoint: %v", err)
 	}
 	pgBefore := e.pgInserts(b)
-	cpu := startCPU()
+	cpu := startCPUIn(e.name) // also the workers' PostgreSQL backends apart
 	start := time.Now()
 	if err := produceAll(ctx, e.kafka, e.topic, bd.gen, synth.Event.JSON, nil); err != nil {
 		b.Fatal(err)

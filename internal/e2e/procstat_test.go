@@ -66,6 +66,35 @@ func procCPU(pid int, children bool) time.Duration {
 	return time.Duration(ticks) * clockTick
 }
 
+// pgBackendsCPU is the CPU time used so far by the PostgreSQL backends,
+// children of the postmaster pid, that are connected to database db: the
+// process title PostgreSQL gives a backend is "postgres: USER DB HOST
+// STATE". A backend that has exited is no longer counted (its time went
+// to the postmaster's cutime); Canopy's pooled connections last the run.
+func pgBackendsCPU(postmaster int, db string) time.Duration {
+	var ticks int64
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f := statFields(pid)
+		if len(f) < 13 || atoi(f[1]) != int64(postmaster) {
+			continue
+		}
+		title, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		words := strings.Fields(strings.ReplaceAll(string(title), "\x00", " "))
+		if len(words) >= 3 && words[0] == "postgres:" && words[2] == db {
+			ticks += atoi(f[11]) + atoi(f[12])
+		}
+	}
+	return time.Duration(ticks) * clockTick
+}
+
 // statFields returns /proc/PID/stat after the command name: field 0 is the
 // state, field 1 the parent pid, fields 11 and 12 utime and stime.
 func statFields(pid int) []string {
@@ -87,11 +116,16 @@ func atoi(s string) int64 { v, _ := strconv.ParseInt(s, 10, 64); return v }
 // start and stop.
 type cpuMeter struct {
 	pids  map[string]int
+	pgDB  string // if set, also "postgres backends": those connected to it
 	start map[string]time.Duration
 }
 
-func startCPU() *cpuMeter {
-	m := &cpuMeter{pids: serverPIDs(), start: map[string]time.Duration{}}
+func startCPU() *cpuMeter { return startCPUIn("") }
+
+// startCPUIn is startCPU, also measuring the PostgreSQL backends connected
+// to database db apart ("postgres backends").
+func startCPUIn(db string) *cpuMeter {
+	m := &cpuMeter{pids: serverPIDs(), pgDB: db, start: map[string]time.Duration{}}
 	for name, d := range m.sample() {
 		m.start[name] = d
 	}
@@ -102,6 +136,9 @@ func (m *cpuMeter) sample() map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, pid := range m.pids {
 		out[name] = procCPU(pid, name == "postgres")
+		if name == "postgres" && m.pgDB != "" {
+			out["postgres backends"] = pgBackendsCPU(pid, m.pgDB)
+		}
 	}
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
