@@ -232,16 +232,17 @@ func poisonReleases(t *testing.T) {
 	t.Cleanup(func() { poisonReleased.Store(false) })
 }
 
-func TestBatchesBackToBackAreExact(t *testing.T) {
-	poisonReleases(t)
-	tree := movingTree{n: 20_000}
-	s := &copySink{}
-	p := poolTestProcessor(s, tree)
+// processPoolTestBatches runs poolTestBatches through p, one after the
+// other, with event ids prefixed by prefix, and returns each batch's
+// expected rows by table (computed from the events alone) and its events
+// as "id@offset:[amount quantity]".
+func processPoolTestBatches(t *testing.T, p *Processor, tree movingTree, prefix string) ([]map[string]map[rowKey]rowSum, [][]string) {
+	t.Helper()
 	var wants []map[string]map[rowKey]rowSum
 	var wantIDs [][]string
 	offset := int64(0)
 	for i, n := range poolTestBatches {
-		evs := testEvents(uint64(i), fmt.Sprintf("b%d", i), n, tree.n)
+		evs := testEvents(uint64(i), fmt.Sprintf("%s%d", prefix, i), n, tree.n)
 		recs := make([]Record, n)
 		ids := make([]string, n)
 		for j, e := range evs {
@@ -255,6 +256,15 @@ func TestBatchesBackToBackAreExact(t *testing.T) {
 		}
 		wants = append(wants, expectedRows(tree, evs))
 	}
+	return wants, wantIDs
+}
+
+func TestBatchesBackToBackAreExact(t *testing.T) {
+	poisonReleases(t)
+	tree := movingTree{n: 20_000}
+	s := &copySink{}
+	p := poolTestProcessor(s, tree)
+	wants, wantIDs := processPoolTestBatches(t, p, tree, "b")
 	if len(s.batches) != len(poolTestBatches) {
 		t.Fatalf("%d batches written, want %d", len(s.batches), len(poolTestBatches))
 	}
@@ -280,20 +290,7 @@ func TestKeptBatchesAreNotReused(t *testing.T) {
 	tree := movingTree{n: 20_000}
 	s := &memSink{}
 	p := poolTestProcessor(s, tree)
-	var wants []map[string]map[rowKey]rowSum
-	offset := int64(0)
-	for i, n := range poolTestBatches {
-		evs := testEvents(uint64(i), fmt.Sprintf("k%d", i), n, tree.n)
-		recs := make([]Record, n)
-		for j, e := range evs {
-			recs[j] = Record{Topic: "events", Partition: 0, Offset: offset + int64(j), Value: []byte(e.json())}
-		}
-		offset += int64(n)
-		if got, err := p.Process(context.Background(), 1, recs); err != nil || got != n {
-			t.Fatalf("batch %d: processed %d of %d: %v", i, got, n, err)
-		}
-		wants = append(wants, expectedRows(tree, evs))
-	}
+	wants, _ := processPoolTestBatches(t, p, tree, "k")
 	if len(s.batches) != len(poolTestBatches) {
 		t.Fatalf("%d batches written, want %d", len(s.batches), len(poolTestBatches))
 	}
