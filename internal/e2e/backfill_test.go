@@ -104,7 +104,7 @@ func TestBackfillFilesMatchOracle(t *testing.T) {
 	}
 }
 
-// TestBackfillResumesAfterKill SIGKILLs a backfill of 150,000 events three
+// TestBackfillResumesAfterKill SIGKILLs a backfill of 500,000 events three
 // times at random moments and starts it again each time with the same
 // arguments; the final rollups must equal the oracle.
 func TestBackfillResumesAfterKill(t *testing.T) {
@@ -114,7 +114,7 @@ func TestBackfillResumesAfterKill(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
-	sc := e.setUp(seed, 5000, 150000)
+	sc := e.setUp(seed, 5000, 500000)
 	file := filepath.Join(t.TempDir(), "history.ndjson.gz")
 	writeNDJSON(t, file, sc.events)
 	rng := rand.New(rand.NewPCG(uint64(seed), 9))
