@@ -521,11 +521,7 @@ func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, 
 			addDaily(moved, &d.ev, d.current, 1)
 		}
 	}
-	if coarser := schema.CoarserGrains(p.Grains); len(coarser) > 0 {
-		b.Hourly, b.Daily, b.Coarser = hourly.rollupsWith(coarser)
-	} else {
-		b.Hourly, b.Daily = hourly.rollups()
-	}
+	b.Hourly, b.Daily, b.Coarser = hourly.rollupsWith(schema.CoarserGrains(p.Grains))
 	b.AsIs = b.Daily
 	if moved != nil {
 		b.AsIs = Merge(b.Daily, moved)

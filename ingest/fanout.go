@@ -163,10 +163,8 @@ func (f *fanoutBuilder) rollup() *Rollup {
 // rollups returns the sorted sums, and for an hourly builder also the
 // daily ones summed from them (dailyOf).
 func (f *fanoutBuilder) rollups() (hourly, daily *Rollup) {
-	r, order := f.rollupOrdered(true)
-	d := dailyOf(r, order, f.arrays)
-	freeOrders.put(order)
-	return r, d
+	hourly, daily, _ = f.rollupsWith(nil)
+	return hourly, daily
 }
 
 // rollupOrdered returns the sorted sums and, if withOrder, the rank of each
