@@ -52,16 +52,7 @@ func procCPU(pid int, children bool) time.Duration {
 	ticks := atoi(f[11]) + atoi(f[12]) // utime, stime
 	if children {
 		ticks += atoi(f[13]) + atoi(f[14]) // cutime, cstime
-		ents, _ := os.ReadDir("/proc")
-		for _, e := range ents {
-			child, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			if cf := statFields(child); len(cf) > 12 && atoi(cf[1]) == int64(pid) {
-				ticks += atoi(cf[11]) + atoi(cf[12])
-			}
-		}
+		eachChild(pid, func(_ int, cf []string) { ticks += atoi(cf[11]) + atoi(cf[12]) })
 	}
 	return time.Duration(ticks) * clockTick
 }
@@ -73,26 +64,32 @@ func procCPU(pid int, children bool) time.Duration {
 // to the postmaster's cutime); Canopy's pooled connections last the run.
 func pgBackendsCPU(postmaster int, db string) time.Duration {
 	var ticks int64
+	eachChild(postmaster, func(pid int, f []string) {
+		title, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil {
+			return
+		}
+		words := strings.Fields(strings.ReplaceAll(string(title), "\x00", " "))
+		if len(words) >= 3 && words[0] == "postgres:" && words[2] == db {
+			ticks += atoi(f[11]) + atoi(f[12])
+		}
+	})
+	return time.Duration(ticks) * clockTick
+}
+
+// eachChild calls fn with the pid and statFields of every running child
+// of parent.
+func eachChild(parent int, fn func(pid int, stat []string)) {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		f := statFields(pid)
-		if len(f) < 13 || atoi(f[1]) != int64(postmaster) {
-			continue
-		}
-		title, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		words := strings.Fields(strings.ReplaceAll(string(title), "\x00", " "))
-		if len(words) >= 3 && words[0] == "postgres:" && words[2] == db {
-			ticks += atoi(f[11]) + atoi(f[12])
+		if f := statFields(pid); len(f) > 12 && atoi(f[1]) == int64(parent) {
+			fn(pid, f)
 		}
 	}
-	return time.Duration(ticks) * clockTick
 }
 
 // statFields returns /proc/PID/stat after the command name: field 0 is the
