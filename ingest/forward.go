@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/canopyhq/canopy/internal/backoff"
@@ -53,9 +55,16 @@ type Outcomes interface {
 // and a rerun skips the recorded ones; a stride interrupted by a kill is
 // sent again, and its records are then duplicates of the first copies
 // (records without an event id are dead-lettered again).
+//
+// A rerun that skips strides also waits for them: an earlier run may have
+// been killed after forwarding them but before the workers got to them. It
+// cannot tell which by-id offsets those records took, so it waits for every
+// record that was in the by-id topic when it started and that Group had not
+// committed yet.
 type Forward struct {
 	Client       *kgo.Client
 	Target       string // the by-id topic
+	Group        string // the workers' consumer group of Target
 	Strides      StrideLog
 	Outcomes     Outcomes
 	BatchRecords int // records per stride; default 25000
@@ -78,6 +87,7 @@ type Forward struct {
 type forwarding struct {
 	st      BackfillStats
 	offsets map[int32][]Range // by-id offsets written, by partition
+	backlog map[int32]Range   // by-id offsets not yet committed by Group when the run began
 	sources []Source          // source ranges forwarded, adjacent strides merged
 	chained bool              // the last stride was forwarded, not skipped
 	sent    int64
@@ -93,6 +103,12 @@ func (f *Forward) Run(ctx context.Context, inputs []Input) (BackfillStats, error
 		return BackfillStats{}, ctx.Err()
 	}
 	fw := &forwarding{st: BackfillStats{DeadLettered: map[Class]int64{}}, offsets: map[int32][]Range{}}
+	if err := f.retry(ctx, "read the by-id topic's offsets", func() (err error) {
+		fw.backlog, err = f.backlog(ctx)
+		return err
+	}); err != nil {
+		return fw.st, err
+	}
 	var before int64
 	for _, in := range inputs {
 		var stride []Record
@@ -207,6 +223,25 @@ func addOffset(rs []Range, partition int32, o int64) []Range {
 	return slices.Insert(rs, i, Range{Partition: partition, First: o, Last: o})
 }
 
+// mergeRange adds r to the sorted, disjoint ranges rs of one partition.
+// The backlog ends where this run's own offsets begin, so r is almost
+// always put in front.
+func mergeRange(rs []Range, r Range) []Range {
+	out := make([]Range, 0, len(rs)+1)
+	for _, x := range rs {
+		switch {
+		case x.Last+1 < r.First:
+			out = append(out, x)
+		case r.Last+1 < x.First:
+			out = append(out, r)
+			r = x
+		default:
+			r.First, r.Last = min(r.First, x.First), max(r.Last, x.Last)
+		}
+	}
+	return append(out, r)
+}
+
 // produce sends recs until Kafka has acknowledged every one, sending again
 // only those that failed.
 func (f *Forward) produce(ctx context.Context, recs []*kgo.Record) error {
@@ -253,11 +288,67 @@ func (f *Forward) retry(ctx context.Context, what string, fn func() error) error
 	}
 }
 
-// await returns once the workers have acknowledged every forwarded offset.
+// backlog returns, by partition of the by-id topic, the offsets from the
+// group's committed offset (or the log start, if later or nothing is
+// committed) to the end: the records the workers have not finished.
+func (f *Forward) backlog(ctx context.Context) (map[int32]Range, error) {
+	adm := kadm.NewClient(f.Client)
+	starts, err := adm.ListStartOffsets(ctx, f.Target)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start offsets: %w", err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, f.Target)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("end offsets: %w", err)
+	}
+	committed := kadm.OffsetResponses{}
+	if f.Group != "" {
+		committed, err = adm.FetchOffsets(ctx, f.Group)
+		if errors.Is(err, kerr.GroupIDNotFound) {
+			committed, err = kadm.OffsetResponses{}, nil
+		}
+		if err == nil {
+			err = committed.Error()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("offsets committed by group %s: %w", f.Group, err)
+		}
+	}
+	out := map[int32]Range{}
+	ends.Each(func(end kadm.ListedOffset) {
+		from := int64(0)
+		if s, ok := starts.Lookup(f.Target, end.Partition); ok {
+			from = s.Offset
+		}
+		if c, ok := committed.Lookup(f.Target, end.Partition); ok {
+			from = max(from, c.At)
+		}
+		if from < end.Offset {
+			out[end.Partition] = Range{Partition: end.Partition, First: from, Last: end.Offset - 1}
+		}
+	})
+	return out, nil
+}
+
+// await returns once the workers have acknowledged every forwarded offset
+// and, if strides were skipped, the backlog.
 func (f *Forward) await(ctx context.Context, fw *forwarding) error {
 	open := map[int32][]Range{}
 	for p, rs := range fw.offsets {
 		open[p] = slices.Clone(rs)
+	}
+	total := fw.sent
+	if fw.st.Skipped > 0 {
+		for p, r := range fw.backlog {
+			open[p] = mergeRange(open[p], r)
+			total += r.Last - r.First + 1
+		}
 	}
 	poll := cmp.Or(f.Poll, 500*time.Millisecond)
 	for {
@@ -285,14 +376,14 @@ func (f *Forward) await(ctx context.Context, fw *forwarding) error {
 			}
 		}
 		if f.Waiting != nil {
-			f.Waiting(fw.sent-waiting, fw.sent)
+			f.Waiting(total-waiting, total)
 		}
 		if len(open) == 0 {
 			return nil
 		}
 		if !wait.Sleep(ctx, poll) {
 			return fmt.Errorf("%w: %d of %d forwarded records not acknowledged yet; the workers will still process them",
-				ctx.Err(), waiting, fw.sent)
+				ctx.Err(), waiting, total)
 		}
 	}
 }

@@ -309,3 +309,74 @@ func TestForwardExtendsAStride(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardRerunWaitsForSkippedStrides is a backfill killed after
+// forwarding every stride but before the workers got to them: the rerun
+// skips every stride, and still returns only once the workers have
+// acknowledged what the group had not committed when it began.
+func TestForwardRerunWaitsForSkippedStrides(t *testing.T) {
+	const topic, group = "byid", "workers"
+	cluster, cl := fakeByID(t, topic, 3)
+	in := recordsInput{name: "file:history"}
+	for i := range 120 {
+		in.recs = append(in.recs, Record{Topic: in.name, Offset: int64(i),
+			Value: fmt.Appendf(nil, `{"event_id":"e%d","entity_id":1,"occurred_at":"2026-11-01T00:00:00Z","type":"sale"}`, i)})
+	}
+	model := &modelWorkers{t: t, brokers: cluster.ListenAddrs(), topic: topic, unacked: 1 << 30}
+	var waited [][2]int64
+	f := &Forward{Client: cl, Target: topic, Group: group, Strides: &memStrides{done: map[Source]int64{}}, Outcomes: model,
+		BatchRecords: 25, Poll: time.Millisecond, Waiting: func(acked, sent int64) { waited = append(waited, [2]int64{acked, sent}) }}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := f.Run(ctx, []Input{in}); err == nil {
+		t.Fatal("first run returned without its records acknowledged")
+	}
+
+	// The workers' group has committed all of partition 0, and nothing of
+	// the others.
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end0, _ := ends.Lookup(topic, 0)
+	var commit kadm.Offsets
+	commit.Add(kadm.Offset{Topic: topic, Partition: 0, At: end0.Offset, LeaderEpoch: -1})
+	if _, err := adm.CommitOffsets(context.Background(), group, commit); err != nil {
+		t.Fatal(err)
+	}
+	model.looks, model.unacked, waited = 0, 4, nil
+	st, err := f.Run(context.Background(), []Input{in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Skipped != 120 || st.Accepted != 0 {
+		t.Fatalf("rerun: %+v, want all 120 skipped", st)
+	}
+	pending := 120 - end0.Offset
+	if len(waited) < 2 || waited[0] != [2]int64{0, pending} || waited[len(waited)-1] != [2]int64{pending, pending} {
+		t.Fatalf("rerun's waiting reports %v, want it to wait for the %d records of partitions 1 and 2 until all were acknowledged",
+			waited, pending)
+	}
+}
+
+// mergeRange keeps a partition's ranges sorted and disjoint, joining what
+// overlaps or touches.
+func TestMergeRange(t *testing.T) {
+	rs := []Range{{First: 5, Last: 9}, {First: 20, Last: 29}, {First: 40, Last: 40}}
+	for _, c := range []struct {
+		add  Range
+		want []Range
+	}{
+		{Range{First: 0, Last: 3}, []Range{{First: 0, Last: 3}, {First: 5, Last: 9}, {First: 20, Last: 29}, {First: 40, Last: 40}}},
+		{Range{First: 0, Last: 4}, []Range{{First: 0, Last: 9}, {First: 20, Last: 29}, {First: 40, Last: 40}}},
+		{Range{First: 10, Last: 19}, []Range{{First: 5, Last: 29}, {First: 40, Last: 40}}},
+		{Range{First: 12, Last: 15}, []Range{{First: 5, Last: 9}, {First: 12, Last: 15}, {First: 20, Last: 29}, {First: 40, Last: 40}}},
+		{Range{First: 0, Last: 50}, []Range{{First: 0, Last: 50}}},
+		{Range{First: 42, Last: 50}, []Range{{First: 5, Last: 9}, {First: 20, Last: 29}, {First: 40, Last: 40}, {First: 42, Last: 50}}},
+	} {
+		if got := mergeRange(slices.Clone(rs), c.add); !slices.Equal(got, c.want) {
+			t.Errorf("mergeRange(%v, %v) = %v, want %v", rs, c.add, got, c.want)
+		}
+	}
+}

@@ -53,8 +53,10 @@ event_id that also arrives through Kafka counts once.
 
 With ingest.dedup=partitioned the workers own the event ids, so backfill
 forwards the records to the by-id topic (kafka.byid_topic), waits until the
-workers have acknowledged every one, and then reports what became of them:
-run it while workers run.`,
+workers have acknowledged every one, and then reports what became of them.
+With no worker in the group it runs one itself while it waits. A rerun also
+waits for the records an interrupted run forwarded (it reports them as
+already done).`,
 		Example: `  canopy backfill history/2025-*.ndjson.gz
   canopy backfill --topic canopy.events.archive --from 2026-01-01 --to 2026-02-01
   canopy backfill --query "SELECT id, user_id, created_at, kind, total FROM sales" \

@@ -237,6 +237,7 @@ func forward(ctx context.Context, cfg *config, log *slog.Logger, inputs []ingest
 	f := &ingest.Forward{
 		Client:       cl,
 		Target:       target,
+		Group:        cfg.get("kafka.group"),
 		Strides:      &pgledger.Ledger{Pool: pool},
 		Outcomes:     &ingest.ClickHouseSink{Conn: ch, Schema: chs},
 		BatchRecords: batch,
