@@ -114,7 +114,7 @@ func TestBackfillResumesAfterKill(t *testing.T) {
 	seed := seedFromEnv(t)
 	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
 	e := newEnv(t, 1)
-	sc := e.setUp(seed, 5000, 500000)
+	sc := e.setUp(seed, 5000, 150000)
 	file := filepath.Join(t.TempDir(), "history.ndjson.gz")
 	writeNDJSON(t, file, sc.events)
 	rng := rand.New(rand.NewPCG(uint64(seed), 9))
