@@ -24,8 +24,9 @@ import (
 // BenchmarkPipeline measures the worker end to end on real services: events
 // are produced to Kafka first, then workers drain them into ClickHouse; the
 // time from the workers' start to the last ack gives events/s. It reports
-// rollup rows written per event (after in-batch aggregation) and the worker's
-// heap bytes per entity after loading the hierarchy.
+// rollup rows written per event (after in-batch aggregation), the workers'
+// CPU time per million events (their start, hierarchy load included) and
+// the worker's heap bytes per entity after loading the hierarchy.
 //
 // Sizes: CANOPY_BENCH_ENTITIES (default 1,000,000), CANOPY_BENCH_EVENTS
 // (default 5,000,000), CANOPY_BENCH_WORKERS (default 1). Run it with
@@ -57,10 +58,14 @@ func BenchmarkPipeline(b *testing.B) {
 			accepted += m[`canopy_records_total{outcome="accepted"}`]
 		}
 		perEntity := logInt(b, ws[0].log, `heap_bytes_per_entity=(\d+)`)
+		var cpu time.Duration
 		for _, w := range ws {
 			w.stop(b)
+			c, _ := workerUsage(w)
+			cpu += c
 		}
 		b.ReportMetric(float64(events)/elapsed.Seconds(), "events/s")
+		b.ReportMetric(cpu.Seconds()/float64(events)*1e6, "worker-cpu-s/1M-events")
 		b.ReportMetric(rows/accepted, "rollup-rows/event")
 		b.ReportMetric(float64(perEntity), "worker-heap-B/entity")
 		b.Logf("%d workers drained %d events in %s: %.0f events/s, %.2f rollup rows per event (hourly+daily), %d heap bytes per entity",
