@@ -59,8 +59,8 @@ type Outcomes interface {
 // A rerun that skips strides also waits for them: an earlier run may have
 // been killed after forwarding them but before the workers got to them. It
 // cannot tell which by-id offsets those records took, so it waits for every
-// record that was in the by-id topic when it started and that Group had not
-// committed yet.
+// record in the by-id topic that Group had not committed when it finished
+// forwarding.
 type Forward struct {
 	Client       *kgo.Client
 	Target       string // the by-id topic
@@ -87,7 +87,6 @@ type Forward struct {
 type forwarding struct {
 	st      BackfillStats
 	offsets map[int32][]Range // by-id offsets written, by partition
-	backlog map[int32]Range   // by-id offsets not yet committed by Group when the run began
 	sources []Source          // source ranges forwarded, adjacent strides merged
 	chained bool              // the last stride was forwarded, not skipped
 	sent    int64
@@ -103,12 +102,6 @@ func (f *Forward) Run(ctx context.Context, inputs []Input) (BackfillStats, error
 		return BackfillStats{}, ctx.Err()
 	}
 	fw := &forwarding{st: BackfillStats{DeadLettered: map[Class]int64{}}, offsets: map[int32][]Range{}}
-	if err := f.retry(ctx, "read the by-id topic's offsets", func() (err error) {
-		fw.backlog, err = f.backlog(ctx)
-		return err
-	}); err != nil {
-		return fw.st, err
-	}
 	var before int64
 	for _, in := range inputs {
 		var stride []Record
@@ -224,8 +217,7 @@ func addOffset(rs []Range, partition int32, o int64) []Range {
 }
 
 // mergeRange adds r to the sorted, disjoint ranges rs of one partition.
-// The backlog ends where this run's own offsets begin, so r is almost
-// always put in front.
+// The backlog takes in this run's own offsets, which lie at its end.
 func mergeRange(rs []Range, r Range) []Range {
 	out := make([]Range, 0, len(rs)+1)
 	for _, x := range rs {
@@ -343,10 +335,21 @@ func (f *Forward) await(ctx context.Context, fw *forwarding) error {
 	for p, rs := range fw.offsets {
 		open[p] = slices.Clone(rs)
 	}
-	total := fw.sent
 	if fw.st.Skipped > 0 {
-		for p, r := range fw.backlog {
+		var backlog map[int32]Range
+		if err := f.retry(ctx, "read the by-id topic's offsets", func() (err error) {
+			backlog, err = f.backlog(ctx)
+			return err
+		}); err != nil {
+			return err
+		}
+		for p, r := range backlog {
 			open[p] = mergeRange(open[p], r)
+		}
+	}
+	var total int64 // records to wait for: fw.sent, and the backlog if any
+	for _, rs := range open {
+		for _, r := range rs {
 			total += r.Last - r.First + 1
 		}
 	}
