@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 
+	"github.com/canopyhq/canopy/internal/cputime"
 	"github.com/canopyhq/canopy/schema"
 )
 
@@ -281,13 +281,8 @@ func BenchmarkClickHouseSinkWrite(b *testing.B) {
 	batch.Hourly, batch.Daily = hourly.rollup(), daily.rollup()
 	batch.AsIs = batch.Daily
 	b.ReportAllocs()
-	cpu := func() time.Duration {
-		var ru syscall.Rusage
-		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
-	start := cpu()
-	defer func() { b.ReportMetric(float64((cpu()-start).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+	start := cputime.Self()
+	defer func() { b.ReportMetric(float64((cputime.Self()-start).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
 	for b.Loop() {
 		batch.Intent.First += int64(len(evs))
 		batch.Intent.Last = batch.Intent.First + int64(len(evs)) - 1

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	chproto "github.com/ClickHouse/clickhouse-go/v2/lib/proto"
 
+	"github.com/canopyhq/canopy/internal/cputime"
 	"github.com/canopyhq/canopy/internal/synth"
 	"github.com/canopyhq/canopy/schema"
 )
@@ -56,15 +56,6 @@ func (ownAllLedger) Begin(_ context.Context, _ int64, in Intent, claims []Claim)
 		owned[c.Offset] = true
 	}
 	return in, owned, nil
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // encodingConn is a driver.Conn whose batches are real driver columns,
@@ -172,11 +163,11 @@ func BenchmarkProcessorBatch(b *testing.B) {
 	b.ReportAllocs()
 	var cpu time.Duration
 	for b.Loop() {
-		c0 := cpuTime(b)
+		c0 := cputime.Self()
 		if got, err := p.Process(context.Background(), 1, recs); err != nil || got != n {
 			b.Fatalf("processed %d of %d: %v", got, n, err)
 		}
-		cpu += cpuTime(b) - c0
+		cpu += cputime.Self() - c0
 	}
 	// CPU time, garbage collection on the other cores included: what the
 	// worker's CPU seconds per event count.
@@ -221,13 +212,13 @@ func BenchmarkProcessorSmallBatches(b *testing.B) {
 	b.ReportAllocs()
 	var cpu time.Duration
 	for b.Loop() {
-		c0 := cpuTime(b)
+		c0 := cputime.Self()
 		for i := 0; i < n; i += batch {
 			if got, err := p.Process(context.Background(), 1, recs[i:i+batch]); err != nil || got != batch {
 				b.Fatalf("processed %d of %d: %v", got, batch, err)
 			}
 		}
-		cpu += cpuTime(b) - c0
+		cpu += cputime.Self() - c0
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/n, "cpu-ns/event")
 }

@@ -3,9 +3,10 @@ package idstate
 import (
 	"context"
 	"math/rand/v2"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/canopyhq/canopy/internal/cputime"
 )
 
 // benchLog makes n entries with random 32-byte ids, one millisecond apart,
@@ -67,7 +68,7 @@ func BenchmarkClaim(b *testing.B) {
 			batch := bc.batch
 			log := benchLog(r, b.N*batch, bc.dupEvery, start.Add(prefill*time.Millisecond), prefill)
 			b.ResetTimer()
-			cpu0 := cpuTime(b)
+			cpu0 := cputime.Self()
 			dups := 0
 			for i := range b.N {
 				owned, err := s.Claim(0, log[i*batch:(i+1)*batch])
@@ -80,7 +81,7 @@ func BenchmarkClaim(b *testing.B) {
 					}
 				}
 			}
-			cpu := cpuTime(b) - cpu0
+			cpu := cputime.Self() - cpu0
 			b.StopTimer()
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*batch), "cpu-ns/entry")
 			if bc.dupEvery > 0 && dups == 0 {
@@ -90,15 +91,6 @@ func BenchmarkClaim(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // settle flushes and compacts s, so that a benchmark does not pay for the

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/canopyhq/canopy/internal/cputime"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -137,10 +138,7 @@ func (m *cpuMeter) sample() map[string]time.Duration {
 			out["postgres backends"] = pgBackendsCPU(pid, m.pgDB)
 		}
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		out["driver"] = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	out["driver"] = cputime.Self()
 	return out
 }
 
