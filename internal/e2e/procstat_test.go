@@ -2,13 +2,14 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/canopyhq/canopy/internal/cputime"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/canopyhq/canopy/internal/cputime"
 )
 
 // clockTick is the unit of /proc/PID/stat's CPU times (USER_HZ, 100 on
