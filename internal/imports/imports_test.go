@@ -22,6 +22,7 @@ var allowed = map[string][]string{
 	"internal/wait":        {},
 	"internal/synth":       {},
 	"internal/benchreport": {},
+	"internal/cputime":     {},
 	"internal/imports":     {},
 	"internal/e2e":         {},
 	"ingest/idstate":       {},
