@@ -1,6 +1,7 @@
 package idstate
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -439,4 +440,32 @@ func TestClaimAnyOrder(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOtherFormatDropped opens a directory written in another value format:
+// its ids and marks are dropped, so the partition is rebuilt from the log
+// rather than read in a format this code would misread.
+func TestOtherFormatDropped(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Horizon: time.Hour}
+	r := rand.New(rand.NewPCG(9, 9))
+	log, want := randomLog(r, logSpec{n: 500, ids: 20, horizon: o.Horizon}, base)
+	s := openT(t, dir, o)
+	diff(t, "first run", log, claimAll(t, s, 1, log, [][2]int{{0, len(log)}}), want)
+	if err := s.db.Set(formatKey, binary.AppendUvarint(nil, valueFormat-1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openT(t, dir, o)
+	defer s.Close()
+	if _, ok := s.Through(1); ok {
+		t.Fatal("Through survived a format change; the partition would not be rebuilt")
+	}
+	if ids, _ := s.Size(); ids != 0 {
+		t.Fatalf("Size after a format change = %d ids, want 0", ids)
+	}
+	diff(t, "rebuilt", log, claimAll(t, s, 1, log, randomSplits(r, len(log), 50)), want)
 }
