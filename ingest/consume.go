@@ -421,8 +421,7 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 				h.bytes -= len(r.Key) + len(r.Value)
 				w.bytes -= len(r.Key) + len(r.Value)
 			}
-			clear(h.recs[:out.done]) // let the processed records go
-			h.recs = h.recs[out.done:]
+			h.recs = dropFront(h.recs, out.done)
 			h.waiting = out.needMore
 			switch {
 			case out.failed:
@@ -452,6 +451,22 @@ func (w *Worker) processAll(ctx context.Context) map[string]map[int32]kgo.EpochO
 		commits[r.k.topic][r.k.partition] = kgo.EpochOffset{Epoch: -1, Offset: r.next}
 	}
 	return commits
+}
+
+// dropFront returns recs without its first n records, letting them go. When
+// no more records remain than were dropped it moves them to the front, so
+// that the partition's next fetches append into the same array: sliding the
+// window forward instead left the array's head behind, and buffer then
+// copied the records held into a new array about once a batch.
+func dropFront(recs []Record, n int) []Record {
+	rest := len(recs) - n
+	if rest > n {
+		clear(recs[:n])
+		return recs[n:]
+	}
+	copy(recs, recs[n:])
+	clear(recs[rest:]) // the dropped records, and the copies of those moved
+	return recs[:rest]
 }
 
 // outcome is what one turn of a partition did.

@@ -281,3 +281,43 @@ func TestFailingPartitionIsPausedOthersGoOn(t *testing.T) {
 		t.Fatalf("largest batch %d records, cap 100", sink.maxBatch)
 	}
 }
+
+func TestDropFront(t *testing.T) {
+	mk := func(n int) []Record {
+		recs := make([]Record, n, n+4)
+		for i := range recs {
+			recs[i] = Record{Offset: int64(i), Value: []byte{byte(i)}}
+		}
+		return recs
+	}
+	for _, tc := range []struct{ n, drop int }{{10, 10}, {10, 6}, {10, 5}, {10, 4}, {10, 0}, {0, 0}} {
+		recs := mk(tc.n)
+		full := recs[:cap(recs)]
+		got := dropFront(recs, tc.drop)
+		if len(got) != tc.n-tc.drop {
+			t.Fatalf("%+v: %d records left, want %d", tc, len(got), tc.n-tc.drop)
+		}
+		for i, r := range got {
+			if r.Offset != int64(tc.drop+i) || len(r.Value) != 1 || r.Value[0] != byte(tc.drop+i) {
+				t.Fatalf("%+v: record %d is offset %d, want %d", tc, i, r.Offset, tc.drop+i)
+			}
+		}
+		// Whatever the array holds outside got is zero: nothing dropped
+		// stays reachable through it.
+		start := 0
+		if len(got) > 0 {
+			start = int(cap(full) - cap(got)) // got's place in the array
+		}
+		for i := range full[:tc.n] {
+			if i >= start && i < start+len(got) {
+				continue
+			}
+			if full[i].Value != nil {
+				t.Fatalf("%+v: array element %d still holds a record", tc, i)
+			}
+		}
+		if tc.drop >= tc.n-tc.drop && tc.n > 0 && cap(got) != cap(full) {
+			t.Fatalf("%+v: capacity %d, want the whole array's %d (moved to the front)", tc, cap(got), cap(full))
+		}
+	}
+}
