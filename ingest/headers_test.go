@@ -91,3 +91,24 @@ func TestFailureHeadersRoundTrip(t *testing.T) {
 		t.Fatal("a release marker without a key was read as one")
 	}
 }
+
+// The source topic of the by-id records is made a string once, not once per
+// record, and a record naming another topic still gets its own name.
+func TestDecodeOriginInternsTopic(t *testing.T) {
+	hs := SourceHeaders(Source{Topic: "canopy.events", Partition: 3, First: 42, Last: 42})
+	if got := DecodeOrigin(hs).Source.Topic; got != "canopy.events" {
+		t.Fatalf("topic %q", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = DecodeOrigin(hs) }); n != 0 {
+		t.Errorf("DecodeOrigin of the same topic again: %v allocations, want 0", n)
+	}
+	other := SourceHeaders(Source{Topic: "backfill", Partition: 0, First: 7, Last: 7})
+	for range 3 {
+		if got := DecodeOrigin(other).Source.Topic; got != "backfill" {
+			t.Fatalf("topic %q, want backfill", got)
+		}
+		if got := DecodeOrigin(hs).Source.Topic; got != "canopy.events" {
+			t.Fatalf("topic %q, want canopy.events", got)
+		}
+	}
+}
