@@ -11,8 +11,7 @@ import (
 
 // Entry is one record of a by-id partition.
 type Entry struct {
-	// ID is the event id, MinIDLen to MaxIDLen bytes. The state keeps its
-	// 128-bit hash, not the id.
+	// ID is the event id, MinIDLen to MaxIDLen bytes, kept whole.
 	ID []byte
 	// Offset is the record's offset in the by-id partition.
 	Offset int64
@@ -48,9 +47,6 @@ func (s *Store) Claim(p int32, entries []Entry) (owned []bool, err error) {
 	sc := s.scratch.Get().(*scratch)
 	defer s.scratch.Put(sc)
 	sc.reset()
-	for i := range entries {
-		sc.hs = append(sc.hs, hashID(entries[i].ID))
-	}
 
 	// Every Pebble read happens first, in key order; the decisions then
 	// see Pebble through those results and this call's own writes through
@@ -66,7 +62,7 @@ func (s *Store) Claim(p int32, entries []Entry) (owned []bool, err error) {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := s.write(p, sc, b); err != nil {
+	if err := s.write(p, sc, b, entries); err != nil {
 		return nil, fmt.Errorf("idstate: claim partition %d: %w", p, err)
 	}
 	last := entries[len(entries)-1].Offset
@@ -140,7 +136,8 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 			v = sc.vals[l.val.off : l.val.off+l.val.n]
 		}
 		if sc.wrote(l.seg) { // the overlay holds the Pebble value and more
-			if sp, ok := sc.overlay[segID{l.seg, sc.hs[i]}]; ok {
+			sc.key = appendIDKey(sc.key[:0], p, l.seg, e.ID)
+			if sp, ok := sc.overlay[string(sc.key)]; ok {
 				v = sc.arena[sp.off : sp.off+sp.n]
 			}
 		}
@@ -156,7 +153,8 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 		if a.seg < lo || (a.minOff > e.Offset && a.seg != own) || fetched(lks, a.seg) {
 			continue
 		}
-		sp, ok := sc.overlay[segID{a.seg, sc.hs[i]}]
+		sc.key = appendIDKey(sc.key[:0], p, a.seg, e.ID)
+		sp, ok := sc.overlay[string(sc.key)]
 		if !ok {
 			continue
 		}
@@ -185,7 +183,7 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 			lks[k].rec = true
 		}
 	}
-	return true, s.record(sc, e, sc.hs[i], t, own, cur)
+	return true, s.record(p, sc, e, t, own, cur)
 }
 
 // decision accumulates what the lookups of one entry found.
@@ -220,9 +218,9 @@ func (s *Store) fold(d *decision, v []byte, seg uint32) error {
 	return nil
 }
 
-// record adds e (id hash h, at time t, segment own) to its id key, whose
-// current value is cur, keeping occurrences in offset order.
-func (s *Store) record(sc *scratch, e *Entry, h idHash, t int64, own uint32, cur []byte) error {
+// record adds e (at time t, segment own) to its id key, whose current value
+// is cur, keeping occurrences in offset order.
+func (s *Store) record(p int32, sc *scratch, e *Entry, t int64, own uint32, cur []byte) error {
 	start := int64(own) * s.seg
 	n := occ{off: e.Offset, ms: t, tomb: e.Release}
 	off := len(sc.arena)
@@ -245,7 +243,8 @@ func (s *Store) record(sc *scratch, e *Entry, h idHash, t int64, own uint32, cur
 		}
 	}
 	v := sc.arena[off:]
-	sc.overlay[segID{own, h}] = span{off: int32(off), n: int32(len(v))}
+	sc.key = appendIDKey(sc.key[:0], p, own, e.ID)
+	sc.overlay[string(sc.key)] = span{off: int32(off), n: int32(len(v))}
 	if i, ok := slices.BinarySearchFunc(sc.added, own, cmpSeg); ok {
 		sc.added[i].n++
 		sc.added[i].minOff = min(sc.added[i].minOff, e.Offset)

@@ -38,21 +38,14 @@
 // time segments of width Options.Segment so that expiry drops whole
 // segments with a range deletion, never a delete per id:
 //
-//	'i' partition(4) segment(4) hash(16) -> (uvarint offset<<1|release, uvarint ms into segment)...
-//	'm' partition(4) 't'                 -> uvarint through offset
-//	'm' partition(4) 'c' segment(4)      -> uvarint occurrences, uvarint smallest offset
-//	's' "seg"                            -> uvarint segment width in ms
-//	's' "fmt"                            -> uvarint value format (3: hashed ids)
+//	'i' partition(4) segment(4) id  -> (uvarint offset<<1|release, uvarint ms into segment)...
+//	'm' partition(4) 't'            -> uvarint through offset
+//	'm' partition(4) 'c' segment(4) -> uvarint occurrences, uvarint smallest offset
+//	's' "seg"                       -> uvarint segment width in ms
+//	's' "fmt"                       -> uvarint value format (2: with releases)
 //
 // partition is big-endian with the sign bit flipped, segment is big-endian
-// unix milliseconds divided by the segment width, and hash is the first 16
-// bytes of the id's SHA-256: ids of any length cost the same, and two ids
-// with the same hash are taken for one. With n ids held within a horizon,
-// over all partitions, the odds that any two share a hash are below
-// n²/2¹²⁹ (5·10⁻¹⁹ at 18·10⁹ ids, 30,000 events/s for 7 days), far below
-// those of losing a disk; and SHA-256 makes a pair that collides on
-// purpose cost about 2⁶⁴ hashes to find.
-//
-// A value lists the occurrences of the id in that segment in offset order;
-// there is more than one only when Segment is wider than Horizon.
+// unix milliseconds divided by the segment width. A value lists the
+// occurrences of the id in that segment in offset order; there is more than
+// one only when Segment is wider than Horizon.
 package idstate

@@ -1,7 +1,9 @@
 package idstate
 
 import (
+	"bytes"
 	"cmp"
+	"encoding/binary"
 	"slices"
 	"sort"
 
@@ -11,8 +13,6 @@ import (
 // scratch is the per-call working memory of Claim, pooled so that a batch
 // allocates little beyond its overlay keys.
 type scratch struct {
-	// hs are the entries' id hashes, in entry order.
-	hs []idHash
 	// lks are the Pebble reads of every entry, entry i's being
 	// lks[first[i]:first[i+1]]; vals holds the values found.
 	lks   []lookup
@@ -22,7 +22,7 @@ type scratch struct {
 	// overlay holds the value of every id key written in this call, so
 	// later entries see it before the batch is committed; arena holds
 	// the values.
-	overlay map[segID]span
+	overlay map[string]span
 	arena   []byte
 	added   []segInfo // occurrences added per segment in this call
 	key     []byte
@@ -42,32 +42,18 @@ type lookup struct {
 	rec    bool // the entry was recorded under this key
 }
 
-// segID names an id key of the partition: a segment and an id hash.
-type segID struct {
-	seg uint32
-	h   idHash
-}
-
-// seek orders lookups by key: seg, then the id hash.
+// seek orders lookups by key: seg, then the id, whose first 8 bytes
+// (zero-padded, big-endian) settle most comparisons.
 type seek struct {
-	segID
+	seg   uint32
+	hi    uint64
 	lk    int32
 	entry int32
 }
 
-func (a *seek) cmp(b *seek) int {
-	if c := cmp.Compare(a.seg, b.seg); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(a.h.hi, b.h.hi); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.h.lo, b.h.lo)
-}
-
 func (sc *scratch) reset() {
 	clear(sc.overlay)
-	sc.hs, sc.lks, sc.first, sc.ord, sc.vals = sc.hs[:0], sc.lks[:0], sc.first[:0], sc.ord[:0], sc.vals[:0]
+	sc.lks, sc.first, sc.ord, sc.vals = sc.lks[:0], sc.first[:0], sc.ord[:0], sc.vals[:0]
 	sc.arena, sc.added, sc.occs = sc.arena[:0], sc.added[:0], sc.occs[:0]
 }
 
@@ -99,7 +85,7 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 		e := &entries[i]
 		sc.first = append(sc.first, int32(len(sc.lks)))
 		own, lo := s.segsOf(e.Time.UnixMilli())
-		h := sc.hs[i]
+		hi := idHi(e.ID)
 		j := sort.Search(len(pt.segs), func(j int) bool { return pt.segs[j].seg >= lo })
 		hasOwn := false
 		for _, c := range pt.segs[j:] {
@@ -107,16 +93,24 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 				continue
 			}
 			hasOwn = hasOwn || c.seg == own
-			sc.ord = append(sc.ord, seek{segID: segID{c.seg, h}, lk: int32(len(sc.lks)), entry: int32(i)})
+			sc.ord = append(sc.ord, seek{seg: c.seg, hi: hi, lk: int32(len(sc.lks)), entry: int32(i)})
 			sc.lks = append(sc.lks, lookup{seg: c.seg, val: span{n: -1}})
 		}
 		if !hasOwn {
-			sc.ord = append(sc.ord, seek{segID: segID{own, h}, lk: int32(len(sc.lks)), entry: int32(i)})
+			sc.ord = append(sc.ord, seek{seg: own, hi: hi, lk: int32(len(sc.lks)), entry: int32(i)})
 			sc.lks = append(sc.lks, lookup{seg: own, val: span{n: -1}, noRead: true})
 		}
 	}
 	sc.first = append(sc.first, int32(len(sc.lks)))
-	slices.SortFunc(sc.ord, func(a, b seek) int { return a.cmp(&b) })
+	slices.SortFunc(sc.ord, func(a, b seek) int {
+		if c := cmp.Compare(a.seg, b.seg); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.hi, b.hi); c != 0 {
+			return c
+		}
+		return bytes.Compare(entries[a.entry].ID, entries[b.entry].ID)
+	})
 
 	lower, upper := partSpan(prefixID, p)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper, UseL6Filters: true})
@@ -129,13 +123,14 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 		if sc.lks[o.lk].noRead {
 			continue
 		}
-		if prev != nil && prev.segID == o.segID {
+		id := entries[o.entry].ID
+		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
 			sc.lks[o.lk].val = sc.lks[prev.lk].val // the same id twice in the batch
 			continue
 		}
 		prev = o
-		sc.key = appendIDKey(sc.key[:0], p, o.seg, o.h)
-		if !it.SeekPrefixGE(sc.key) || string(it.Key()) != string(sc.key) {
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
+		if !it.SeekPrefixGE(sc.key) || !bytes.Equal(it.Key(), sc.key) {
 			if err := it.Error(); err != nil {
 				it.Close()
 				return err
@@ -155,22 +150,31 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 
 // write sets, in key order, the final value of every key recorded in this
 // call: the memtable takes sorted inserts much faster than random ones.
-func (s *Store) write(p int32, sc *scratch, b *pebble.Batch) error {
+func (s *Store) write(p int32, sc *scratch, b *pebble.Batch, entries []Entry) error {
 	var prev *seek
 	for k := range sc.ord {
 		o := &sc.ord[k]
 		if !sc.lks[o.lk].rec {
 			continue
 		}
-		if prev != nil && prev.segID == o.segID {
+		id := entries[o.entry].ID
+		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
 			continue // recorded twice in this call; the overlay has the final value
 		}
 		prev = o
-		sc.key = appendIDKey(sc.key[:0], p, o.seg, o.h)
-		sp := sc.overlay[o.segID]
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
+		sp := sc.overlay[string(sc.key)]
 		if err := b.Set(sc.key, sc.arena[sp.off:sp.off+sp.n], nil); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// idHi is the first 8 bytes of id, zero-padded, as a big-endian number:
+// ordering by it agrees with bytes.Compare whenever it differs.
+func idHi(id []byte) uint64 {
+	var b [8]byte
+	copy(b[:], id)
+	return binary.BigEndian.Uint64(b[:])
 }

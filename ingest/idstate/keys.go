@@ -1,7 +1,6 @@
 package idstate
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 )
@@ -18,24 +17,12 @@ const (
 // partBytes encodes p so that byte order matches numeric order.
 func partBytes(p int32) uint32 { return uint32(p) ^ 1<<31 }
 
-// idHash is the 128-bit hash that stands for an id in the state: the first
-// 16 bytes of its SHA-256, as two big-endian halves. Two ids with the same
-// hash are taken for the same id; see the package doc for the odds.
-type idHash struct{ hi, lo uint64 }
-
-func hashID(id []byte) idHash {
-	sum := sha256.Sum256(id)
-	return idHash{binary.BigEndian.Uint64(sum[:8]), binary.BigEndian.Uint64(sum[8:16])}
-}
-
-// appendIDKey appends the key of the id hashed to h in segment seg of
-// partition p.
-func appendIDKey(dst []byte, p int32, seg uint32, h idHash) []byte {
+// appendIDKey appends the key of id in segment seg of partition p.
+func appendIDKey(dst []byte, p int32, seg uint32, id []byte) []byte {
 	dst = append(dst, prefixID)
 	dst = binary.BigEndian.AppendUint32(dst, partBytes(p))
 	dst = binary.BigEndian.AppendUint32(dst, seg)
-	dst = binary.BigEndian.AppendUint64(dst, h.hi)
-	return binary.BigEndian.AppendUint64(dst, h.lo)
+	return append(dst, id...)
 }
 
 // idSpan returns the bounds of p's ids in segments [from, to).
@@ -85,8 +72,7 @@ var segmentKey = []byte{prefixConf, 's', 'e', 'g'}
 // formatKey holds the value format (uvarint); valueFormat is this code's.
 var formatKey = []byte{prefixConf, 'f', 'm', 't'}
 
-// Format 1 had no release bit; 2 kept the id whole in the key.
-const valueFormat = 3
+const valueFormat = 2 // 1 (no key) had no release bit
 
 func thruKey(p int32) []byte {
 	k := binary.BigEndian.AppendUint32([]byte{prefixMeta}, partBytes(p))
