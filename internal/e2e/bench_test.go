@@ -25,8 +25,9 @@ import (
 // are produced to Kafka first, then workers drain them into ClickHouse; the
 // time from the workers' start to the last ack gives events/s. It reports
 // rollup rows written per event (after in-batch aggregation), the workers'
-// CPU time per million events (their start, hierarchy load included) and
-// the worker's heap bytes per entity after loading the hierarchy.
+// CPU time per million events (their start, hierarchy load included), the
+// servers' CPU time per million events from the workers' start to the last
+// ack, and the worker's heap bytes per entity after loading the hierarchy.
 //
 // Sizes: CANOPY_BENCH_ENTITIES (default 1,000,000), CANOPY_BENCH_EVENTS
 // (default 5,000,000), CANOPY_BENCH_WORKERS (default 1). Run it with
@@ -46,9 +47,11 @@ func BenchmarkPipeline(b *testing.B) {
 
 		b.ResetTimer()
 		start := time.Now()
+		servers := startCPU()
 		ws, addrs := e.startWorkers(workers)
 		e.waitAcked(uint64(events), 2*time.Hour)
 		elapsed := time.Since(start)
+		serverCPU := servers.stop()
 		b.StopTimer()
 
 		var rows, accepted float64
@@ -68,6 +71,11 @@ func BenchmarkPipeline(b *testing.B) {
 		b.ReportMetric(cpu.Seconds()/float64(events)*1e6, "worker-cpu-s/1M-events")
 		b.ReportMetric(rows/accepted, "rollup-rows/event")
 		b.ReportMetric(float64(perEntity), "worker-heap-B/entity")
+		for _, name := range []string{"clickhouse", "kafka", "postgres"} {
+			if d, ok := serverCPU[name]; ok {
+				b.ReportMetric(d.Seconds()/float64(events)*1e6, name+"-cpu-s/1M-events")
+			}
+		}
 		b.Logf("%d workers drained %d events in %s: %.0f events/s, %.2f rollup rows per event (hourly+daily), %d heap bytes per entity",
 			workers, events, elapsed.Round(time.Millisecond), float64(events)/elapsed.Seconds(), rows/accepted, perEntity)
 	}
