@@ -321,3 +321,68 @@ func TestDropFront(t *testing.T) {
 		}
 	}
 }
+
+// A backlog must make full batches: a busy partition's batch is what a
+// poll brought of it, and with Kafka's default of 1 MiB per partition and
+// fetch, a backlog of small events went to ClickHouse in batches of about
+// 11,000, each costing its inserts and parts.
+func TestBacklogFillsBatches(t *testing.T) {
+	const topic, total = "events", 40000
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	// Uncompressed, so the fetch limit counts the events' own bytes.
+	producer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	recs := make([]*kgo.Record, total)
+	size := 0
+	for i := range recs {
+		recs[i] = &kgo.Record{Value: []byte(ev(fmt.Sprintf("backlog-event-%08d", i), 1+i%3, "1"))}
+		size += len(recs[i].Value)
+	}
+	if err := producer.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if size <= 2<<20 {
+		t.Fatalf("the backlog is %d bytes: too small to tell a 1 MiB fetch from a larger one", size)
+	}
+
+	p, ledger, sink := newTestProcessor()
+	p.Ledger = ledger
+	w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: "g", Owner: "w"}, p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		sink.mu.Lock()
+		n := len(sink.batches)
+		sink.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no batch written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if got := sink.batches[0].Counts.Records; got != total {
+		t.Fatalf("the first batch of a %d-byte backlog took %d of its %d records, want all", size, got, total)
+	}
+}
