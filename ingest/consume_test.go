@@ -161,7 +161,13 @@ func TestWorkerRecoversLeaseWhenStillAssigned(t *testing.T) {
 	if err := producer.ProduceSync(context.Background(), &kgo.Record{Value: []byte(ev("x", 1, "1"))}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	waitForBatch(t, sink, 20*time.Second, "the partition stayed stuck after its lease was taken")
+}
+
+// waitForBatch waits until sink holds a batch, failing with msg after d.
+func waitForBatch(t *testing.T, sink *memSink, d time.Duration, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		sink.mu.Lock()
 		n := len(sink.batches)
@@ -170,9 +176,9 @@ func TestWorkerRecoversLeaseWhenStillAssigned(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the partition stayed stuck after its lease was taken")
+			t.Fatal(msg)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -363,19 +369,7 @@ func TestBacklogFillsBatches(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		sink.mu.Lock()
-		n := len(sink.batches)
-		sink.mu.Unlock()
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no batch written")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitForBatch(t, sink, 60*time.Second, "no batch written")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
