@@ -328,11 +328,10 @@ func TestDropFront(t *testing.T) {
 	}
 }
 
-// A backlog must make full batches: a busy partition's batch is what a
-// poll brought of it, and with Kafka's default of 1 MiB per partition and
-// fetch, a backlog of small events went to ClickHouse in batches of about
-// 11,000, each costing its inserts and parts.
-func TestBacklogFillsBatches(t *testing.T) {
+// A backlog's batches are what one fetch brings of a partition:
+// FetchMaxPartitionBytes must reach the Kafka client, and with the default
+// (Kafka's 1 MiB) a backlog larger than that is split.
+func TestFetchSizeSetsBacklogBatches(t *testing.T) {
 	const topic, total = "events", 40000
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
 	if err != nil {
@@ -356,27 +355,35 @@ func TestBacklogFillsBatches(t *testing.T) {
 	if err := producer.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	if size <= 2<<20 {
-		t.Fatalf("the backlog is %d bytes: too small to tell a 1 MiB fetch from a larger one", size)
+	if size <= 2*DefaultFetchMaxPartitionBytes || size >= 8<<20 {
+		t.Fatalf("the backlog is %d bytes: it must lie between twice the default fetch and 8 MiB", size)
 	}
 
-	p, ledger, sink := newTestProcessor()
-	p.Ledger = ledger
-	w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: "g", Owner: "w"}, p, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
+	firstBatch := func(group string, fetch int) uint32 {
+		p, ledger, sink := newTestProcessor()
+		p.Ledger = ledger
+		w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w", FetchMaxPartitionBytes: fetch},
+			p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		waitForBatch(t, sink, 60*time.Second, "no batch written")
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		return sink.batches[0].Counts.Records
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	waitForBatch(t, sink, 60*time.Second, "no batch written")
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if got := firstBatch("g8", 8<<20); got != total {
+		t.Fatalf("fetching 8 MiB, the first batch of a %d-byte backlog took %d of its %d records, want all", size, got, total)
 	}
-	sink.mu.Lock()
-	defer sink.mu.Unlock()
-	if got := sink.batches[0].Counts.Records; got != total {
-		t.Fatalf("the first batch of a %d-byte backlog took %d of its %d records, want all", size, got, total)
+	if got := firstBatch("g1", 0); got >= total/2 {
+		t.Fatalf("fetching the default %d bytes, the first batch of a %d-byte backlog took %d of its %d records, want under half",
+			DefaultFetchMaxPartitionBytes, size, got, total)
 	}
 }

@@ -101,13 +101,14 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		}
 	}
 	w, err := ingest.NewWorker(ingest.WorkerConfig{
-		Brokers:        cfg.brokers(),
-		Topic:          topic,
-		RetryTopic:     retryTopic,
-		Group:          cfg.get("kafka.group"),
-		Owner:          fmt.Sprintf("%s-%d", hostname, os.Getpid()),
-		MaxPollRecords: cfg.int("ingest.max_poll_records"),
-		SessionTimeout: cfg.duration("ingest.session_timeout"),
+		Brokers:                cfg.brokers(),
+		Topic:                  topic,
+		RetryTopic:             retryTopic,
+		Group:                  cfg.get("kafka.group"),
+		Owner:                  fmt.Sprintf("%s-%d", hostname, os.Getpid()),
+		MaxPollRecords:         cfg.int("ingest.max_poll_records"),
+		FetchMaxPartitionBytes: cfg.int("ingest.fetch_max_partition_mb") << 20,
+		SessionTimeout:         cfg.duration("ingest.session_timeout"),
 		// The by-id topic is written by the router alone; anyone may write
 		// the events topic.
 		TrustHeaders:       cfg.partitioned(),
