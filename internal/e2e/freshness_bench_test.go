@@ -1,0 +1,56 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/canopyhq/canopy/internal/synth"
+)
+
+// BenchmarkFreshness is the freshness measurement of BenchmarkContenders on
+// its own, for comparing worker changes in minutes rather than the report's
+// hour: Canopy (1 worker, ingest.dedup as CANOPY_BENCH_DEDUP says:
+// partitioned, the default, or postgres) ingests CANOPY_BENCH_EVENTS events
+// (default 1,000,000) over CANOPY_BENCH_ENTITIES entities (default
+// 1,000,000), uniformly; then a new worker takes over, and events are
+// produced at CANOPY_BENCH_FRESHNESS_RATE per second (default half the
+// ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30), each timed
+// from its Produce call to the first poll of ingest_acks that covers it. The
+// ingest is checked against the oracle, as in the report. Worker settings
+// come from the environment (CANOPY_INGEST_FETCH_MAX_PARTITION_MB=8, …).
+func BenchmarkFreshness(b *testing.B) {
+	entities := envInt(b, "CANOPY_BENCH_ENTITIES", 1_000_000)
+	events := envInt(b, "CANOPY_BENCH_EVENTS", 1_000_000)
+	seconds := envInt(b, "CANOPY_BENCH_FRESHNESS_SECONDS", 30)
+	rate := float64(envInt(b, "CANOPY_BENCH_FRESHNESS_RATE", 0))
+	var partitioned bool
+	switch d := os.Getenv("CANOPY_BENCH_DEDUP"); d {
+	case "", "partitioned":
+		partitioned = true
+	case "postgres":
+	default:
+		b.Fatalf("CANOPY_BENCH_DEDUP: %q is neither partitioned nor postgres", d)
+	}
+	bd := newBenchData(entities, events).workload(synth.Uniform)
+	full := bd.oracle(bd.gen)
+	for i := 0; i < b.N; i++ {
+		r, e := bd.runCanopy(b, 1, partitioned)
+		v, err := checkCH(context.Background(), e.ch, rollupCheckSQL(e.chDB+".rollup_daily"), full.total)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s: %.0f events/s; %s", r.name, r.rate(), v)
+		at := rate
+		if at == 0 {
+			at = r.rate() / 2
+		}
+		f := bd.runFreshness(b, e, at, seconds)
+		b.Logf("freshness at %.0f events/s: p50 %s p99 %s", f.rate, f.p50, f.p99)
+		b.ReportMetric(r.rate(), "ingest-events/s")
+		b.ReportMetric(f.rate, "fresh-events/s")
+		b.ReportMetric(f.p50.Seconds(), "p50-s")
+		b.ReportMetric(f.p99.Seconds(), "p99-s")
+		_ = e.ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+e.chDB)
+	}
+}
