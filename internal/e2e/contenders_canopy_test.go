@@ -91,8 +91,11 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 		waitReady(b, a)
 	}
 	ctx := context.Background()
-	// The import's after-effects (autovacuum and analyze of a million new
-	// rows, the checkpoint) are not ingest work: settle them before the clock.
+	// The import's after-effects (the restater writing the million new
+	// entities to ClickHouse's entities table, autovacuum and analyze of
+	// the new rows, the checkpoint) are not ingest work: settle them before
+	// the clock.
+	e.waitRestated(10 * time.Minute)
 	if _, err := e.pg.Exec(ctx, "VACUUM ANALYZE"); err != nil {
 		b.Fatal(err)
 	}
