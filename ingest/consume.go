@@ -316,6 +316,17 @@ func (w *Worker) Run(ctx context.Context) error {
 // failure, a lost lease, a retry not due) it returns within a second, or
 // when the next partition's rest ends, even if nothing new arrived, so a
 // quiet partition is retried, not stuck.
+//
+// The records a poll returns were fetched while the last turn ran, just
+// after its poll: franz-go keeps one fetch buffered and sends the next
+// only once that one is taken. Whatever reached the broker during the
+// turn would wait in Kafka for the whole next turn. So when a poll took a
+// fetch that was waiting (it returned at once), poll also waits for the
+// fetch that taking it sent, which brings what arrived meanwhile: an
+// event then waits for about one turn instead of two (docs/scaling.md,
+// "Freshness: one turn, not two"). That wait is at most FetchMaxWait
+// (the broker answers sooner once FetchMinBytes wait). A poll that had to
+// wait got records just fetched, and does not wait again.
 func (w *Worker) poll(ctx context.Context) kgo.Fetches {
 	w.mu.Lock()
 	timeout, pending := time.Second, false
@@ -330,11 +341,31 @@ func (w *Worker) poll(ctx context.Context) kgo.Fetches {
 	}
 	w.mu.Unlock()
 	if !pending {
-		return w.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
+		timeout = 0
 	}
-	pctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return w.cl.PollRecords(pctx, w.cfg.MaxPollRecords)
+	start := time.Now()
+	fetches := w.pollFor(ctx, timeout, w.cfg.MaxPollRecords)
+	// A poll that had to wait took a fetch that has just returned: fresh.
+	stale := time.Since(start) < w.cfg.FetchMaxWait/5
+	if n := fetches.NumRecords(); stale && n > 0 && n < w.cfg.MaxPollRecords {
+		// The broker holds the fetch until FetchMinBytes or FetchMaxWait;
+		// twice that is for the round trip.
+		if fresh := w.pollFor(ctx, 2*w.cfg.FetchMaxWait, w.cfg.MaxPollRecords-n); !fresh.IsClientClosed() {
+			fetches = append(fetches, fresh...)
+		}
+	}
+	return fetches
+}
+
+// pollFor polls for up to limit records, waiting at most timeout (0: until
+// records come or ctx ends).
+func (w *Worker) pollFor(ctx context.Context, timeout time.Duration, limit int) kgo.Fetches {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	return w.cl.PollRecords(ctx, limit)
 }
 
 func (w *Worker) buffer(fetches kgo.Fetches) {

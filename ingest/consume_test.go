@@ -387,3 +387,106 @@ func TestFetchSizeSetsBacklogBatches(t *testing.T) {
 			DefaultFetchMaxPartitionBytes, size, got, total)
 	}
 }
+
+// gatedSink holds its first Write until open is closed.
+type gatedSink struct {
+	*memSink
+	entered, open chan struct{}
+	once          sync.Once
+}
+
+func (s *gatedSink) Write(ctx context.Context, b *Batch) error {
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.entered)
+		<-s.open
+	}
+	return s.memSink.Write(ctx, b)
+}
+
+// TestPollTakesWhatArrivedDuringTheTurn: records that reach Kafka while a
+// batch is being written go into the next batch, not the one after. b
+// arrives during the first batch's turn and is fetched then (the one fetch
+// franz-go keeps buffered); the c records arrive after that fetch
+// returned, so only the fetch sent when the next poll takes b brings them.
+func TestPollTakesWhatArrivedDuringTheTurn(t *testing.T) {
+	const topic, maxWait = "events", time.Second
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	// Uncompressed, so FetchMinBytes counts the events' own bytes.
+	producer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	produce := func(prefix string, n int) {
+		t.Helper()
+		recs := make([]*kgo.Record, n)
+		for i := range recs {
+			recs[i] = &kgo.Record{Value: []byte(ev(fmt.Sprintf("%s-%08d", prefix, i), 3, "1"))}
+		}
+		if err := producer.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	p, ledger, mem := newTestProcessor()
+	p.Ledger = ledger
+	sink := &gatedSink{memSink: mem, entered: make(chan struct{}), open: make(chan struct{})}
+	p.Sink = sink
+	w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: "g", Owner: "w", FetchMaxWait: maxWait},
+		p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	const many = 12000 // about 1.4 MB, over FetchMinBytes (1 MiB)
+	produce("a", 1)
+	select {
+	case <-sink.entered:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first batch was not written")
+	}
+	produce("b", 1)
+	time.Sleep(3 * maxWait) // the buffered fetch returns with b
+	produce("c", many)
+	time.Sleep(maxWait)
+	close(sink.open)
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		mem.mu.Lock()
+		var sizes []uint32
+		total := 0
+		for _, b := range mem.batches {
+			sizes = append(sizes, b.Counts.Records)
+			total += int(b.Counts.Records)
+		}
+		mem.mu.Unlock()
+		if len(sizes) >= 2 && sizes[1] < 2 {
+			t.Fatalf("batches of %v records: the second took b alone, leaving the c records that were waiting in Kafka for a later turn", sizes)
+		}
+		if total == 2+many {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("batches of %v records after 60 s, want %d records in all", sizes, 2+many)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
