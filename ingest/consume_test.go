@@ -328,24 +328,32 @@ func TestDropFront(t *testing.T) {
 	}
 }
 
-// A backlog's batches are what one fetch brings of a partition:
-// FetchMaxPartitionBytes must reach the Kafka client, and with the default
-// (Kafka's 1 MiB) a backlog larger than that is split.
-func TestFetchSizeSetsBacklogBatches(t *testing.T) {
-	const topic, total = "events", 40000
+// uncompressedTopic starts a kfake broker with topic (one partition) and a
+// producer to it that does not compress, so fetch sizes count the events'
+// own bytes; both close with the test.
+func uncompressedTopic(t *testing.T, topic string) ([]string, *kgo.Client) {
+	t.Helper()
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cluster.Close()
+	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()
-	// Uncompressed, so the fetch limit counts the events' own bytes.
 	producer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
 		kgo.ProducerBatchCompression(kgo.NoCompression()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer producer.Close()
+	t.Cleanup(producer.Close)
+	return brokers, producer
+}
+
+// A backlog's batches are what one fetch brings of a partition:
+// FetchMaxPartitionBytes must reach the Kafka client, and with the default
+// (Kafka's 1 MiB) a backlog larger than that is split.
+func TestFetchSizeSetsBacklogBatches(t *testing.T) {
+	const topic, total = "events", 40000
+	brokers, producer := uncompressedTopic(t, topic)
 	recs := make([]*kgo.Record, total)
 	size := 0
 	for i := range recs {
@@ -412,19 +420,7 @@ func (s *gatedSink) Write(ctx context.Context, b *Batch) error {
 // returned, so only the fetch sent when the next poll takes b brings them.
 func TestPollTakesWhatArrivedDuringTheTurn(t *testing.T) {
 	const topic, maxWait = "events", time.Second
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	brokers := cluster.ListenAddrs()
-	// Uncompressed, so FetchMinBytes counts the events' own bytes.
-	producer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
-		kgo.ProducerBatchCompression(kgo.NoCompression()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer producer.Close()
+	brokers, producer := uncompressedTopic(t, topic)
 	produce := func(prefix string, n int) {
 		t.Helper()
 		recs := make([]*kgo.Record, n)
