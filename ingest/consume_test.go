@@ -348,6 +348,25 @@ func uncompressedTopic(t *testing.T, topic string) ([]string, *kgo.Client) {
 	return brokers, producer
 }
 
+// runWorker runs a worker of cfg and p until the returned stop is called,
+// which fails the test if Run failed.
+func runWorker(t *testing.T, cfg WorkerConfig, p *Processor) (stop func()) {
+	t.Helper()
+	w, err := NewWorker(cfg, p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // A backlog's batches are what one fetch brings of a partition:
 // FetchMaxPartitionBytes must reach the Kafka client, and with the default
 // (Kafka's 1 MiB) a backlog larger than that is split.
@@ -370,19 +389,9 @@ func TestFetchSizeSetsBacklogBatches(t *testing.T) {
 	firstBatch := func(group string, fetch int) uint32 {
 		p, ledger, sink := newTestProcessor()
 		p.Ledger = ledger
-		w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w", FetchMaxPartitionBytes: fetch},
-			p, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
+		stop := runWorker(t, WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w", FetchMaxPartitionBytes: fetch}, p)
 		waitForBatch(t, sink, 60*time.Second, "no batch written")
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 		sink.mu.Lock()
 		defer sink.mu.Unlock()
 		return sink.batches[0].Counts.Records
@@ -436,20 +445,7 @@ func TestPollTakesWhatArrivedDuringTheTurn(t *testing.T) {
 	p.Ledger = ledger
 	sink := &gatedSink{memSink: mem, entered: make(chan struct{}), open: make(chan struct{})}
 	p.Sink = sink
-	w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: "g", Owner: "w", FetchMaxWait: maxWait},
-		p, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer runWorker(t, WorkerConfig{Brokers: brokers, Topic: topic, Group: "g", Owner: "w", FetchMaxWait: maxWait}, p)()
 
 	const many = 12000 // about 1.4 MB, over FetchMinBytes (1 MiB)
 	produce("a", 1)
