@@ -167,8 +167,9 @@ func (f *Forward) stride(ctx context.Context, fw *forwarding, recs []Record) err
 	}
 	mark := kgo.RecordHeader{Key: HeaderBackfill, Value: []byte("1")}
 	out := make([]*kgo.Record, len(recs))
+	made := newByIDRecords(f.Target, len(recs))
 	for i, r := range recs {
-		out[i] = toByID(f.Target, r.Value, r.Headers, Source{Topic: r.Topic, Partition: r.Partition, First: r.Offset}, mark)
+		out[i] = made.add(r.Value, r.Headers, Source{Topic: r.Topic, Partition: r.Partition, First: r.Offset}, mark)
 	}
 	if err := f.produce(ctx, out); err != nil {
 		return err

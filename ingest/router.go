@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -179,7 +180,12 @@ func (r *Router) Run(ctx context.Context) error {
 // due takes every buffered record that may go now, in order per partition,
 // and pauses fetching from a retry partition whose next record is not due.
 func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.EpochOffset) {
-	var out []*kgo.Record
+	n := 0
+	for _, recs := range r.buf {
+		n += len(recs)
+	}
+	out := make([]*kgo.Record, 0, n)
+	made := newByIDRecords(r.cfg.Target, n)
 	commits := map[string]map[int32]kgo.EpochOffset{}
 	var pause, resume map[string][]int32
 	for k, recs := range r.buf {
@@ -195,7 +201,7 @@ func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.Epo
 					}
 				}
 			}
-			out = append(out, r.byID(rec))
+			out = append(out, r.byID(made, rec))
 			n++
 		}
 		if n > 0 {
@@ -238,12 +244,13 @@ func earlier(a, b time.Time) time.Time {
 	return a
 }
 
-// byID is rec as a record of the by-id topic. The canopy.* headers of the
-// events topic's records are dropped (anyone may write there: a forged
-// replay or retry is an ordinary event); the retry topic's are kept. A
-// record too large to be an event goes truncated (see truncated), so the
-// by-id topic never refuses it and the by-id stage dead-letters it.
-func (r *Router) byID(rec *kgo.Record) *kgo.Record {
+// byID is rec as a record of the by-id topic, made by made. The canopy.*
+// headers of the events topic's records are dropped (anyone may write
+// there: a forged replay or retry is an ordinary event); the retry topic's
+// are kept. A record too large to be an event goes truncated (see
+// truncated), so the by-id topic never refuses it and the by-id stage
+// dead-letters it.
+func (r *Router) byID(made *byIDRecords, rec *kgo.Record) *kgo.Record {
 	hs := rec.Headers
 	if rec.Topic == r.cfg.Topic {
 		hs = withoutCanopyHeaders(hs)
@@ -251,23 +258,49 @@ func (r *Router) byID(rec *kgo.Record) *kgo.Record {
 	src := Source{Topic: rec.Topic, Partition: rec.Partition, First: rec.Offset}
 	if len(rec.Value) > cmp.Or(r.cfg.MaxRecordBytes, DefaultMaxRecordBytes) {
 		value, cut := truncated(rec.Value) // no event id: any partition dead-letters it
-		return toByID(r.cfg.Target, value, hs, src, cut...)
+		return made.add(value, hs, src, cut...)
 	}
-	return toByID(r.cfg.Target, rec.Value, hs, src)
+	return made.add(rec.Value, hs, src)
 }
 
-// toByID is a record of the by-id topic keyed by the event id of value. It
-// keeps the canopy.* headers but for the retry's due time and, unless they
-// name a source already, adds source headers naming src (its First
-// offset), so failures and dead letters point at where the record came
-// from. extra headers are appended.
-func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source, extra ...kgo.RecordHeader) *kgo.Record {
-	out := &kgo.Record{Topic: target, Value: value}
-	if id, ok := EventIDOf(value); ok {
-		out.Key = []byte(id)
-	} // else no id: the by-id stage dead-letters it, from whichever partition
+// byIDRecords makes records of the by-id topic, a poll's worth at a time,
+// with a few allocations in all: the records, their header lists and the
+// source headers' values are cut from arrays they share. Each record's
+// headers are a full slice expression, so appending to them copies and
+// never reaches the next record's.
+type byIDRecords struct {
+	target string
+	recs   []kgo.Record
+	hdrs   []kgo.RecordHeader
+	vals   []byte
+	// The source of the last record, and its topic and partition as
+	// header values, shared by the records of one source partition.
+	src         Source
+	topic, part []byte
+}
 
-	hs := make([]kgo.RecordHeader, 0, len(headers)+3+len(extra))
+// newByIDRecords is ready for about n records of the topic target.
+func newByIDRecords(target string, n int) *byIDRecords {
+	return &byIDRecords{
+		target: target,
+		recs:   make([]kgo.Record, 0, n),
+		hdrs:   make([]kgo.RecordHeader, 0, 3*n),
+		vals:   make([]byte, 0, 8*n),
+	}
+}
+
+// add returns a record of the by-id topic keyed by the event id of value
+// (routeKey). It keeps the canopy.* headers but for the retry's due time
+// and, unless they name a source already, adds source headers naming src
+// (its First offset), so failures and dead letters point at where the
+// record came from. extra headers are appended.
+func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, extra ...kgo.RecordHeader) *kgo.Record {
+	if len(b.recs) == cap(b.recs) {
+		b.recs = make([]kgo.Record, 0, max(64, 2*cap(b.recs))) // the records made so far stay where they are
+	}
+	b.recs = append(b.recs, kgo.Record{Topic: b.target, Key: routeKey(value), Value: value})
+	out := &b.recs[len(b.recs)-1]
+	first := len(b.hdrs)
 	sourced := false
 	for _, h := range headers {
 		switch h.Key {
@@ -278,12 +311,21 @@ func toByID(target string, value []byte, headers []kgo.RecordHeader, src Source,
 		case HeaderSourceTopic:
 			sourced = true
 		}
-		hs = append(hs, h)
+		b.hdrs = append(b.hdrs, h)
 	}
 	if !sourced {
-		hs = append(hs, SourceHeaders(src)...)
+		if b.topic == nil || src.Topic != b.src.Topic || src.Partition != b.src.Partition {
+			b.src, b.topic, b.part = src, []byte(src.Topic), strconv.AppendInt(nil, int64(src.Partition), 10)
+		}
+		at := len(b.vals)
+		b.vals = strconv.AppendInt(b.vals, src.First, 10)
+		b.hdrs = append(b.hdrs,
+			kgo.RecordHeader{Key: HeaderSourceTopic, Value: b.topic},
+			kgo.RecordHeader{Key: HeaderSourcePartition, Value: b.part},
+			kgo.RecordHeader{Key: HeaderSourceOffset, Value: b.vals[at:len(b.vals):len(b.vals)]})
 	}
-	out.Headers = append(hs, extra...)
+	b.hdrs = append(b.hdrs, extra...)
+	out.Headers = b.hdrs[first:len(b.hdrs):len(b.hdrs)]
 	return out
 }
 
