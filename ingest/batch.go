@@ -377,7 +377,10 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 		seen = make(map[string]bool, len(recs))
 	}
 	for i, r := range recs {
-		o := originOf(r)
+		o := Origin{RetryOf: -1}
+		if !sourceOnly(r.Headers) {
+			o = originOf(r)
+		} // else failure reads the source, the one thing o lacks, if it fails
 		if a.every {
 			if c, ok := releaseIn(r, &o); ok {
 				a.claims = append(a.claims, c) // frees a dead-lettered owner's id; not an event
@@ -737,6 +740,10 @@ func hasClass(fs []Failure, c Class) bool {
 
 // failure is the failure of r (whose headers say o) with class c.
 func (p *Processor) failure(r Record, o *Origin, ev *Event, c Class, msg string) Failure {
+	if !o.Known {
+		full := originOf(r) // o may have been read only in part (sourceOnly)
+		o = &full
+	}
 	f := Failure{
 		Source:   Source{Topic: r.Topic, TopicID: r.TopicID, Partition: r.Partition, First: r.Offset, Last: r.Offset},
 		Key:      r.Key,

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/canopyhq/canopy/schema"
 )
 
@@ -446,5 +448,55 @@ func TestReplayUnderOtherConfigurationRefused(t *testing.T) {
 	p.Suspended = SuspendedInclude
 	if n, err := p.Process(ctx, epoch, recs); err != nil || n != 2 || s.batches[0].Counts.Accepted != 2 {
 		t.Fatalf("replay with its own configuration: n=%d err=%v", n, err)
+	}
+}
+
+// capturedDLQ keeps what is dead-lettered.
+type capturedDLQ struct{ fs []Failure }
+
+func (d *capturedDLQ) Publish(_ context.Context, fs []Failure) error {
+	d.fs = append(d.fs, fs...)
+	return nil
+}
+
+// A record the router copied carries only source headers (and its
+// producer's own); the decoder reads that source only when the record
+// fails, and the failure must still name it, not the by-id copy.
+func TestFailureNamesTheRoutedSource(t *testing.T) {
+	p, l, _ := newTestProcessor()
+	dlq := &capturedDLQ{}
+	p.DLQ = dlq
+	epoch, _ := l.Acquire(context.Background(), Source{Topic: "byid", Partition: 2}, "me")
+	routed := func(off int64, value string, extra ...kgo.RecordHeader) Record {
+		hs := append([]kgo.RecordHeader{{Key: "trace", Value: []byte("x")}},
+			SourceHeaders(Source{Topic: "events", Partition: 5, First: 70 + off})...)
+		return Record{Topic: "byid", Partition: 2, Offset: off, Value: []byte(value), Headers: append(hs, extra...)}
+	}
+	recs := []Record{
+		routed(1, `{not json`),
+		routed(2, ev("c", 99, "1")), // unknown entity
+		routed(3, `{not json`, kgo.RecordHeader{Key: HeaderAttempts, Value: []byte("2")}),
+		{Topic: "byid", Partition: 2, Offset: 4, Value: []byte(`{not json`)}, // names no source
+	}
+	if n, err := p.Process(context.Background(), epoch, recs); err != nil || n != len(recs) {
+		t.Fatalf("Process = %d, %v", n, err)
+	}
+	want := []struct {
+		src      Source
+		attempts uint32
+	}{
+		{Source{Topic: "events", Partition: 5, First: 71, Last: 71}, 1},
+		{Source{Topic: "events", Partition: 5, First: 72, Last: 72}, 1},
+		{Source{Topic: "events", Partition: 5, First: 73, Last: 73}, 3},
+		{Source{Topic: "byid", Partition: 2, First: 4, Last: 4}, 1},
+	}
+	if len(dlq.fs) != len(want) {
+		t.Fatalf("%d dead letters, want %d: %+v", len(dlq.fs), len(want), dlq.fs)
+	}
+	for i, f := range dlq.fs {
+		f.Source.TopicID = ""
+		if f.Source != want[i].src || f.Attempts != want[i].attempts {
+			t.Errorf("dead letter %d: source %+v, attempts %d; want %+v, %d", i, f.Source, f.Attempts, want[i].src, want[i].attempts)
+		}
 	}
 }

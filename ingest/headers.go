@@ -207,6 +207,25 @@ func internTopic(b []byte) string {
 	return s
 }
 
+// sourceOnly reports whether the only canopy headers of hs are source
+// headers, as on every record the router copies from the events topic:
+// then DecodeOrigin finds no retry, replay, release, backfill or cut
+// payload, only (at most) a source, and a caller that needs no source
+// may skip it.
+func sourceOnly(hs []kgo.RecordHeader) bool {
+	for _, h := range hs {
+		if !strings.HasPrefix(h.Key, "canopy.") {
+			continue
+		}
+		switch h.Key {
+		case HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // originOf is DecodeOrigin of r's headers.
 func originOf(r Record) Origin { return DecodeOrigin(r.Headers) }
 
