@@ -180,12 +180,12 @@ func (r *Router) Run(ctx context.Context) error {
 // due takes every buffered record that may go now, in order per partition,
 // and pauses fetching from a retry partition whose next record is not due.
 func (r *Router) due(now time.Time) ([]*kgo.Record, map[string]map[int32]kgo.EpochOffset) {
-	n := 0
+	total := 0
 	for _, recs := range r.buf {
-		n += len(recs)
+		total += len(recs)
 	}
-	out := make([]*kgo.Record, 0, n)
-	made := newByIDRecords(r.cfg.Target, n)
+	out := make([]*kgo.Record, 0, total)
+	made := newByIDRecords(r.cfg.Target, total)
 	commits := map[string]map[int32]kgo.EpochOffset{}
 	var pause, resume map[string][]int32
 	for k, recs := range r.buf {
@@ -257,7 +257,7 @@ func (r *Router) byID(made *byIDRecords, rec *kgo.Record) *kgo.Record {
 	}
 	src := Source{Topic: rec.Topic, Partition: rec.Partition, First: rec.Offset}
 	if len(rec.Value) > cmp.Or(r.cfg.MaxRecordBytes, DefaultMaxRecordBytes) {
-		value, cut := truncated(rec.Value) // no event id: any partition dead-letters it
+		value, cut := truncated(rec.Value) // keyed by what the prefix holds, if anything: any partition dead-letters it
 		return made.add(value, hs, src, cut...)
 	}
 	return made.add(rec.Value, hs, src)
