@@ -278,11 +278,17 @@ func EncodeFailure(f Failure) []kgo.RecordHeader {
 
 // SourceHeaders name src (its First offset) as the record a copy stands for.
 func SourceHeaders(src Source) []kgo.RecordHeader {
-	return []kgo.RecordHeader{
-		{Key: HeaderSourceTopic, Value: []byte(src.Topic)},
-		{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(int(src.Partition)))},
-		{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(src.First, 10))},
-	}
+	return appendSource(make([]kgo.RecordHeader, 0, 3), []byte(src.Topic),
+		strconv.AppendInt(nil, int64(src.Partition), 10), strconv.AppendInt(nil, src.First, 10))
+}
+
+// appendSource appends to hs the source headers whose values are topic,
+// partition and offset (in decimal), as SourceHeaders makes them.
+func appendSource(hs []kgo.RecordHeader, topic, partition, offset []byte) []kgo.RecordHeader {
+	return append(hs,
+		kgo.RecordHeader{Key: HeaderSourceTopic, Value: topic},
+		kgo.RecordHeader{Key: HeaderSourcePartition, Value: partition},
+		kgo.RecordHeader{Key: HeaderSourceOffset, Value: offset})
 }
 
 // ReplayHeaders are the headers of a dead letter sent through ingestion

@@ -273,9 +273,9 @@ type byIDRecords struct {
 	recs   []kgo.Record
 	hdrs   []kgo.RecordHeader
 	vals   []byte
-	// The source of the last record, and its topic and partition as
-	// header values, shared by the records of one source partition.
-	src         Source
+	// The source partition of the last record, and its topic and
+	// partition as header values, shared by that partition's records.
+	src         partitionKey
 	topic, part []byte
 }
 
@@ -314,15 +314,12 @@ func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, 
 		b.hdrs = append(b.hdrs, h)
 	}
 	if !sourced {
-		if b.topic == nil || src.Topic != b.src.Topic || src.Partition != b.src.Partition {
-			b.src, b.topic, b.part = src, []byte(src.Topic), strconv.AppendInt(nil, int64(src.Partition), 10)
+		if k := (partitionKey{src.Topic, src.Partition}); b.topic == nil || k != b.src {
+			b.src, b.topic, b.part = k, []byte(src.Topic), strconv.AppendInt(nil, int64(src.Partition), 10)
 		}
 		at := len(b.vals)
 		b.vals = strconv.AppendInt(b.vals, src.First, 10)
-		b.hdrs = append(b.hdrs,
-			kgo.RecordHeader{Key: HeaderSourceTopic, Value: b.topic},
-			kgo.RecordHeader{Key: HeaderSourcePartition, Value: b.part},
-			kgo.RecordHeader{Key: HeaderSourceOffset, Value: b.vals[at:len(b.vals):len(b.vals)]})
+		b.hdrs = appendSource(b.hdrs, b.topic, b.part, b.vals[at:len(b.vals):len(b.vals)])
 	}
 	b.hdrs = append(b.hdrs, extra...)
 	out.Headers = b.hdrs[first:len(b.hdrs):len(b.hdrs)]

@@ -131,13 +131,13 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 		heapPerEnt: logInt(b, ws[0].log, `heap_bytes_per_entity=(\d+)`),
 		how:        how,
 	}
-	r.cpu["worker"] = -workersBefore
 	for _, w := range ws {
 		w.stop(b)
 		c, rss := workerUsage(w)
 		r.cpu["worker"] += c
 		r.peakRSS = max(r.peakRSS, rss)
 	}
+	r.cpu["worker"] -= workersBefore
 	// After the workers exit, so their backends have flushed their counters.
 	r.pgInserts = insertsSince(pgBefore, e.pgInserts(b))
 	delete(r.cpu, "driver") // the producer; not part of Canopy
