@@ -59,6 +59,12 @@ func NewDecoder(ms schema.Measures, maxBytes int) *Decoder {
 
 // Decode parses raw into ev (reusing ev.Measures). The error, if any, is a
 // *PoisonError.
+//
+// It checks that raw is JSON while it reads the fields, in one pass: a
+// field's error is kept while the rest is checked, so a record that is not
+// valid JSON is refused as such wherever its fault lies, as it would be by
+// json.Valid before the fields were read. TestDecodeMatchesEncodingJSON and
+// FuzzDecodeMatchesEncodingJSON hold it to a decoder built on encoding/json.
 func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	if len(raw) > d.maxBytes {
 		return poison(ClassOversize, "record of %d bytes exceeds the limit of %d", len(raw), d.maxBytes)
@@ -66,95 +72,150 @@ func (d *Decoder) Decode(raw []byte, ev *Event) error {
 	if !utf8.Valid(raw) {
 		return poison(ClassInvalidUTF8, "record is not valid UTF-8")
 	}
-	if !validJSON(raw) {
-		return poison(ClassInvalidJSON, "record is not valid JSON")
-	}
-	s := scanner{b: raw}
-	s.space()
-	if s.i >= len(s.b) || s.b[s.i] != '{' {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		if !validJSON(raw) {
+			return errInvalidJSON()
+		}
 		return poison(ClassNotObject, "record is JSON but not an object")
 	}
-	s.i++
+	d.reset(ev)
+	var st fieldsRead
+	var bad error // the first field's error, once raw is known to be JSON
+	if i = skipSpace(raw, i+1); i < len(raw) && raw[i] == '}' {
+		i++
+	} else {
+		for {
+			// A key starts at i.
+			if i >= len(raw) || raw[i] != '"' {
+				return errInvalidJSON()
+			}
+			end := endOfString(raw, i)
+			if end < 0 {
+				return errInvalidJSON()
+			}
+			key := raw[i:end]
+			if i = skipSpace(raw, end); i >= len(raw) || raw[i] != ':' {
+				return errInvalidJSON()
+			}
+			i = skipSpace(raw, i+1)
+			if end = endOfValue(raw, i, 1); end < 0 {
+				return errInvalidJSON()
+			}
+			if bad == nil {
+				k, _ := unquoteBytes(key) // a valid string: no error
+				bad = d.field(&st, k, raw[i:end], ev)
+			}
+			if i = skipSpace(raw, end); i >= len(raw) {
+				return errInvalidJSON()
+			}
+			if raw[i] == '}' {
+				i++
+				break
+			}
+			if raw[i] != ',' {
+				return errInvalidJSON()
+			}
+			i = skipSpace(raw, i+1)
+		}
+	}
+	if skipSpace(raw, i) != len(raw) {
+		return errInvalidJSON()
+	}
+	if bad != nil {
+		return bad
+	}
+	return st.missing()
+}
 
+func errInvalidJSON() error { return poison(ClassInvalidJSON, "record is not valid JSON") }
+
+// reset makes ev.Measures one zero per measure.
+func (d *Decoder) reset(ev *Event) {
 	if cap(ev.Measures) < len(d.measures) {
 		ev.Measures = make([]int64, len(d.measures))
 	}
 	ev.Measures = ev.Measures[:len(d.measures)]
-	for i := range ev.Measures {
-		ev.Measures[i] = 0
-	}
-	var have struct{ id, entity, at, typ bool }
-	var seenMeasure uint64 // bit per measure index < schema.MaxMeasures (64)
-	var seenOther map[string]bool
+	clear(ev.Measures)
+}
 
-	for {
-		key, val, more := s.field()
-		if !more {
-			break
-		}
-		dup := false
-		switch string(key) { // compared, not allocated
-		case "event_id":
-			dup, have.id = have.id, true
-			if !dup {
-				if err := decodeString(val, "event_id", maxEventIDBytes, &ev.ID); err != nil {
-					return err
-				}
-			}
-		case "entity_id":
-			dup, have.entity = have.entity, true
-			if !dup {
-				if err := decodeEntityID(val, &ev.EntityID); err != nil {
-					return err
-				}
-			}
-		case "occurred_at":
-			dup, have.at = have.at, true
-			if !dup {
-				if err := decodeTime(val, &ev.OccurredAt); err != nil {
-					return err
-				}
-			}
-		case "type":
-			dup, have.typ = have.typ, true
-			if !dup {
-				if err := decodeString(val, "type", maxTypeBytes, &ev.Type); err != nil {
-					return err
-				}
-			}
-		default:
-			if mi, ok := d.index[string(key)]; ok && mi < schema.MaxMeasures { // Validate allows no more
-				dup = seenMeasure&(1<<mi) != 0
-				seenMeasure |= 1 << mi
-				if !dup {
-					v, err := decodeMeasure(val, d.measures[mi])
-					if err != nil {
-						return err
-					}
-					ev.Measures[mi] = v
-				}
-			} else {
-				// Unknown fields are ignored, but a repeated one is still an
-				// ambiguous record.
-				if seenOther == nil {
-					seenOther = map[string]bool{}
-				}
-				dup = seenOther[string(key)]
-				seenOther[string(key)] = true
+// fieldsRead is what Decode has read of a record's fields so far.
+type fieldsRead struct {
+	id, entity, at, typ bool
+	measures            uint64 // bit per measure index < schema.MaxMeasures (64)
+	other               map[string]bool
+}
+
+// field reads one top-level field of an event: key decoded, val its raw
+// (valid JSON) value.
+func (d *Decoder) field(st *fieldsRead, key, val []byte, ev *Event) error {
+	dup := false
+	switch string(key) { // compared, not allocated
+	case "event_id":
+		dup, st.id = st.id, true
+		if !dup {
+			if err := decodeString(val, "event_id", maxEventIDBytes, &ev.ID); err != nil {
+				return err
 			}
 		}
-		if dup {
-			return poison(ClassDuplicateKey, "field %q appears more than once", key)
+	case "entity_id":
+		dup, st.entity = st.entity, true
+		if !dup {
+			if err := decodeEntityID(val, &ev.EntityID); err != nil {
+				return err
+			}
+		}
+	case "occurred_at":
+		dup, st.at = st.at, true
+		if !dup {
+			if err := decodeTime(val, &ev.OccurredAt); err != nil {
+				return err
+			}
+		}
+	case "type":
+		dup, st.typ = st.typ, true
+		if !dup {
+			if err := decodeString(val, "type", maxTypeBytes, &ev.Type); err != nil {
+				return err
+			}
+		}
+	default:
+		if mi, ok := d.index[string(key)]; ok && mi < schema.MaxMeasures { // Validate allows no more
+			dup = st.measures&(1<<mi) != 0
+			st.measures |= 1 << mi
+			if !dup {
+				v, err := decodeMeasure(val, d.measures[mi])
+				if err != nil {
+					return err
+				}
+				ev.Measures[mi] = v
+			}
+		} else {
+			// Unknown fields are ignored, but a repeated one is still an
+			// ambiguous record.
+			if st.other == nil {
+				st.other = map[string]bool{}
+			}
+			dup = st.other[string(key)]
+			st.other[string(key)] = true
 		}
 	}
+	if dup {
+		return poison(ClassDuplicateKey, "field %q appears more than once", key)
+	}
+	return nil
+}
+
+// missing is the error for a required field not read, or nil.
+func (st *fieldsRead) missing() error {
 	switch {
-	case !have.id:
+	case !st.id:
 		return poison(ClassMissingField, "event_id is missing")
-	case !have.entity:
+	case !st.entity:
 		return poison(ClassMissingField, "entity_id is missing")
-	case !have.at:
+	case !st.at:
 		return poison(ClassMissingField, "occurred_at is missing")
-	case !have.typ:
+	case !st.typ:
 		return poison(ClassMissingField, "type is missing")
 	}
 	return nil
@@ -318,10 +379,11 @@ func parseTime(b []byte) (time.Time, error) {
 	return time.Parse(time.RFC3339Nano, string(b))
 }
 
-// scanner walks JSON without checking it: Decode runs it over what
-// validJSON accepted. It never reads past the end of what it is given, so
-// routeKey may run it over any bytes: out of bytes, a value ends at the
-// end (an unterminated string is nil) and field reports no more.
+// scanner walks JSON without checking it, to find an event's id: over what
+// validJSON accepted (EventIDOf), where it reads the fields Decode reads,
+// or over any bytes (routeKey). It never reads past the end of what it is
+// given: out of bytes, a value ends at the end (an unterminated string is
+// nil) and field reports no more.
 type scanner struct {
 	b []byte
 	i int

@@ -1,9 +1,14 @@
 package ingest
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/canopyhq/canopy/schema"
 )
@@ -101,12 +106,98 @@ func TestDecodePoison(t *testing.T) {
 	}
 }
 
+// decodeByEncodingJSON is Decode's oracle: the same field rules
+// (Decoder.field) over fields that encoding/json finds, in order, in a
+// record json.Valid accepts.
+func decodeByEncodingJSON(d *Decoder, raw []byte, ev *Event) error {
+	switch i := skipSpace(raw, 0); {
+	case len(raw) > d.maxBytes:
+		return poison(ClassOversize, "record of %d bytes exceeds the limit of %d", len(raw), d.maxBytes)
+	case !utf8.Valid(raw):
+		return poison(ClassInvalidUTF8, "record is not valid UTF-8")
+	case !json.Valid(raw):
+		return poison(ClassInvalidJSON, "record is not valid JSON")
+	case raw[i] != '{':
+		return poison(ClassNotObject, "record is JSON but not an object")
+	}
+	d.reset(ev)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil {
+		return fmt.Errorf("oracle: %w", err)
+	}
+	var st fieldsRead
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("oracle: %w", err)
+		}
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return fmt.Errorf("oracle: %w", err)
+		}
+		if err := d.field(&st, []byte(key.(string)), val, ev); err != nil {
+			return err
+		}
+	}
+	return st.missing()
+}
+
+// sameDecode fails t unless Decode and its oracle agree on raw: the same
+// poison (class and message), or the same event.
+func sameDecode(t *testing.T, d *Decoder, raw []byte) {
+	t.Helper()
+	var got, want Event
+	gotErr, wantErr := d.Decode(raw, &got), decodeByEncodingJSON(d, raw, &want)
+	if wantErr != nil {
+		if _, ok := IsPoison(wantErr); !ok {
+			t.Fatalf("oracle on %q: %v", raw, wantErr)
+		}
+	}
+	switch {
+	case (gotErr == nil) != (wantErr == nil), gotErr != nil && gotErr.Error() != wantErr.Error():
+		t.Fatalf("Decode(%.200q) = %v, want %v", raw, gotErr, wantErr)
+	case gotErr == nil && (got.ID != want.ID || got.EntityID != want.EntityID || !got.OccurredAt.Equal(want.OccurredAt) ||
+		got.Type != want.Type || !slices.Equal(got.Measures, want.Measures)):
+		t.Fatalf("Decode(%.200q) = %+v, want %+v", raw, got, want)
+	}
+}
+
+var decodeCases = []string{
+	`{"event_id":"9f3c2a","entity_id":4711,"occurred_at":"2026-11-26T10:15:00Z","type":"sale","amount":"129.90","quantity":3}`,
+	`{"a":[{"b":"\"}"}],"event_id":"x"}`, `[`, `{}`, ` { } `, `{"event_id":"a"} x`, `{"event_id":"a",}`, `{"event_id":"a" "type":"t"}`,
+	`{"event_id":5,"x":[}`, `{"type":"t","type":"u","x":}`, `{"type":"t","type":"u"}`, `{"a\u0062":1,"ab":2}`,
+	`{"event_id":"a\"b","entity_id":3,"occurred_at":"2026-01-01T00:00:00Z","type":"s\u00e4le"}`, `{"event_id":"a"}}`,
+	`{"amount":1e400,"event_id":"a","entity_id":1,"occurred_at":"2026-01-01T00:00:00Z","type":"t"}`, `{"event_id"}`,
+	`{"event_id":"a","entity_id":1,"occurred_at":"2026-01-01T00:00:00Z","type":"t","quantity":null}` + "\n\t ",
+	"{\"event_id\":\"\x01\"}", `{"event_id":"a","entity_id":1,"occurred_at":"2026-01-01T00:00:00Z","type":"t","n":{"m":[1,2,{"o":null}]}}`,
+	`{"event_id":"a","entity_id":01}`, `{"event_id":"a","entity_id":-}`, `{"event_id":tru}`, `{"event_id":"\ud800"}`, `{:1}`, `{"a":1,,"b":2}`,
+}
+
+// Decode finds what a decoder built on encoding/json finds: the same
+// event, or the same poison, whatever is wrong with the record and where.
+func TestDecodeMatchesEncodingJSON(t *testing.T) {
+	d := NewDecoder(schema.DefaultMeasures(), 1<<16)
+	cases := append([]string{}, decodeCases...)
+	for _, depth := range []int{1, 9998, 9999, 10000} {
+		// The record's object is one level: its fields may nest 9999 more.
+		cases = append(cases, `{"x":`+strings.Repeat("[", depth)+strings.Repeat("]", depth)+`}`,
+			`{"x":`+strings.Repeat(`{"a":`, depth)+"1"+strings.Repeat("}", depth)+`,"event_id":"a"}`)
+	}
+	for _, c := range cases {
+		sameDecode(t, d, []byte(c))
+		for n := range min(len(c), 300) { // and prefixes, which most often are not JSON
+			sameDecode(t, d, []byte(c[:n]))
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
-	f.Add([]byte(`{"event_id":"9f3c2a","entity_id":4711,"occurred_at":"2026-11-26T10:15:00Z","type":"sale","amount":"129.90","quantity":3}`))
-	f.Add([]byte(`{"a":[{"b":"\"}"}],"event_id":"x"}`))
-	f.Add([]byte(`[`))
+	for _, c := range decodeCases {
+		f.Add([]byte(c))
+	}
 	d := NewDecoder(schema.DefaultMeasures(), 0)
 	f.Fuzz(func(t *testing.T, raw []byte) {
+		sameDecode(t, d, raw)
 		var ev Event
 		err := d.Decode(raw, &ev)
 		if err != nil {
