@@ -34,7 +34,8 @@ const MaxUnits = 999_999_999_999_999_999
 // scale are ErrTooManyDecimals (rounding money silently is worse than refusing
 // it); magnitudes past 18 digits are ErrNumberRange.
 func ParseDecimal(s []byte, scale int) (int64, error) {
-	neg, digits, exp, err := splitNumber(s)
+	var buf [maxNumberBytes]byte
+	neg, digits, exp, err := splitNumber(s, &buf)
 	if err != nil {
 		return 0, err
 	}
@@ -72,7 +73,8 @@ func ParseDecimal(s []byte, scale int) (int64, error) {
 // ParseInt parses a JSON number literal whose value is an exact integer that
 // fits an int64 ("3", "3.0" and "3e2" are integers; "3.5" is not).
 func ParseInt(s []byte) (int64, error) {
-	neg, digits, exp, err := splitNumber(s)
+	var buf [maxNumberBytes]byte
+	neg, digits, exp, err := splitNumber(s, &buf)
 	if err != nil {
 		return 0, err
 	}
@@ -115,10 +117,15 @@ func ParseInt(s []byte) (int64, error) {
 	return int64(u), nil
 }
 
+// maxNumberBytes is the longest number literal parsed; longer is a syntax
+// error.
+const maxNumberBytes = 64
+
 // splitNumber splits a JSON number into sign, significant digits (integer and
-// fraction concatenated) and a base-10 exponent applying to those digits.
-func splitNumber(s []byte) (neg bool, digits []byte, exp int, err error) {
-	if len(s) == 0 || len(s) > 64 {
+// fraction concatenated, in buf: the caller's, so it need not be allocated)
+// and a base-10 exponent applying to those digits.
+func splitNumber(s []byte, buf *[maxNumberBytes]byte) (neg bool, digits []byte, exp int, err error) {
+	if len(s) == 0 || len(s) > maxNumberBytes {
 		return false, nil, 0, ErrNumberSyntax
 	}
 	i := 0
@@ -134,8 +141,7 @@ func splitNumber(s []byte) (neg bool, digits []byte, exp int, err error) {
 	if len(intPart) == 0 || (len(intPart) > 1 && intPart[0] == '0') {
 		return false, nil, 0, ErrNumberSyntax
 	}
-	digits = make([]byte, 0, len(s))
-	digits = append(digits, intPart...)
+	digits = append(buf[:0], intPart...)
 	if i < len(s) && s[i] == '.' {
 		i++
 		fs := i
