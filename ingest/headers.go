@@ -89,6 +89,12 @@ type Origin struct {
 	ReleaseOf int64
 }
 
+// canopyHeaderPrefix starts the key of every header Canopy writes.
+const canopyHeaderPrefix = "canopy."
+
+// isCanopyHeader reports whether key is one of Canopy's headers.
+func isCanopyHeader(key string) bool { return strings.HasPrefix(key, canopyHeaderPrefix) }
+
 // DecodeOrigin reads the canopy headers of a record in one pass over them;
 // where a header repeats, its first value counts. Malformed headers are
 // ignored: the record is then treated as new.
@@ -107,7 +113,7 @@ func DecodeOrigin(hs []kgo.RecordHeader) Origin {
 	}
 	var topic, part, off, rawBytes, rawSum []byte
 	for _, h := range hs {
-		if !strings.HasPrefix(h.Key, "canopy.") {
+		if !isCanopyHeader(h.Key) {
 			continue
 		}
 		switch h.Key {
@@ -214,7 +220,7 @@ func internTopic(b []byte) string {
 // may skip it.
 func sourceOnly(hs []kgo.RecordHeader) bool {
 	for _, h := range hs {
-		if !strings.HasPrefix(h.Key, "canopy.") {
+		if !isCanopyHeader(h.Key) {
 			continue
 		}
 		switch h.Key {

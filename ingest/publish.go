@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -41,7 +40,7 @@ func (f *Failure) fit() {
 func withoutCanopyHeaders(hs []kgo.RecordHeader) []kgo.RecordHeader {
 	kept := 0
 	for _, h := range hs {
-		if !strings.HasPrefix(h.Key, "canopy.") {
+		if !isCanopyHeader(h.Key) {
 			kept++
 		}
 	}
@@ -50,7 +49,7 @@ func withoutCanopyHeaders(hs []kgo.RecordHeader) []kgo.RecordHeader {
 	}
 	out := make([]kgo.RecordHeader, 0, kept)
 	for _, h := range hs {
-		if !strings.HasPrefix(h.Key, "canopy.") {
+		if !isCanopyHeader(h.Key) {
 			out = append(out, h)
 		}
 	}
