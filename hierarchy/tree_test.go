@@ -328,6 +328,33 @@ func BenchmarkTreeAncestors(b *testing.B) {
 	b.ReportMetric(float64(links)/float64(b.N), "links/op")
 }
 
+// BenchmarkTreeAncestorsAsOfCold is the worker's lookup (AncestorsAsOf, as
+// of the tree's version) for ids drawn at random from all 1,000,000, so
+// that, as in a worker, most links are not in any cache.
+func BenchmarkTreeAncestorsAsOfCold(b *testing.B) {
+	const n = 1_000_000
+	tr := buildTree(b, n, 0.05)
+	rng := rand.New(rand.NewPCG(7, 8))
+	ids := make([]int64, 1<<20)
+	for i := range ids {
+		ids[i] = rng.Int64N(n) + 1
+	}
+	asOf := tr.Version()
+	dst := make([]Ancestor, 0, MaxDepth)
+	links := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		var ok bool
+		dst, ok = tr.AncestorsAsOf(ids[i&(1<<20-1)], day(15), asOf, dst[:0])
+		if !ok {
+			b.Fatal("unknown id")
+		}
+		links += len(dst)
+	}
+	b.ReportMetric(float64(links)/float64(b.N), "links/op")
+}
+
 func BenchmarkTreeAncestorsParallel(b *testing.B) {
 	const n = 1_000_000
 	tr := buildTree(b, n, 0.05)
@@ -435,3 +462,4 @@ func TestTreeSubtreeAndRelated(t *testing.T) {
 		t.Errorf("subtree does not start at its root: %v", got)
 	}
 }
+
