@@ -270,42 +270,56 @@ func (t *Tree) Ancestors(id int64, at time.Time, dst []Ancestor) ([]Ancestor, bo
 // produce the same rows. An entity none of whose versions is that old is
 // unknown.
 func (t *Tree) AncestorsAsOf(id int64, at time.Time, asOf int64, dst []Ancestor) ([]Ancestor, bool) {
+	dst, ok, _ := t.AncestorsAsOfLatest(id, at, asOf, dst)
+	return dst, ok
+}
+
+// AncestorsAsOfLatest is AncestorsAsOf that also reports, as latest, that
+// every link of the chain is its entity's latest version as of asOf. The
+// chain is then also the one at any time after every ValidFrom (the
+// hierarchy as it is at asOf), and a caller that needs both need not walk
+// twice.
+func (t *Tree) AncestorsAsOfLatest(id int64, at time.Time, asOf int64, dst []Ancestor) (_ []Ancestor, ok, latest bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	idx, ok := t.find(id)
 	if !ok || t.status[idx] == statusNone {
-		return dst, false
+		return dst, false, false
 	}
 	n0 := len(dst)
 	atm := micros(at)
+	latest = true
 	for depth := 0; depth < MaxDepth; depth++ {
-		p, s, ok := t.versionAsOf(idx, atm, asOf)
+		p, s, ok, last := t.versionAsOf(idx, atm, asOf)
 		if !ok {
 			break
 		}
+		latest = latest && last
 		dst = append(dst, Ancestor{ID: t.nodes[idx].id, Depth: uint8(depth), Status: s})
 		if p < 0 {
-			return dst, true
+			return dst, true, latest
 		}
 		idx = p
 		if t.status[idx] == statusNone {
 			break
 		}
 	}
-	return dst[:n0], false
+	return dst[:n0], false, false
 }
 
 // versionAsOf is versionAt restricted to versions with Seq <= asOf; ok is
-// false when the entity has no such version.
-func (t *Tree) versionAsOf(idx int32, at, asOf int64) (int32, Status, bool) {
+// false when the entity has no such version. latest reports that the
+// version is the entity's latest one as of asOf, the one it gives for any
+// time after every ValidFrom.
+func (t *Tree) versionAsOf(idx int32, at, asOf int64) (_ int32, _ Status, ok, latest bool) {
 	n := &t.nodes[idx]
 	if n.seq <= asOf {
 		if n.from <= at || n.older < 0 {
-			return n.parent, t.status[idx], true
+			return n.parent, t.status[idx], true, true
 		}
 		if asOf >= t.version && len(t.ovDead) == 0 {
 			p, s := t.versionAt(idx, at)
-			return p, s, true
+			return p, s, true, false
 		}
 	}
 	// Versions are listed newest ValidFrom first: the first eligible one
@@ -329,11 +343,11 @@ func (t *Tree) versionAsOf(idx int32, at, asOf int64) (int32, Status, bool) {
 			}
 		}
 		if t.ovFrom[v] <= at {
-			return t.ovParent[v], t.ovStatus[v], true
+			return t.ovParent[v], t.ovStatus[v], true, false
 		}
 		fp, fs, found = t.ovParent[v], t.ovStatus[v], true
 	}
-	return fp, fs, found
+	return fp, fs, found, false
 }
 
 // versionAt returns the parent and status of entity idx at time at.
@@ -343,7 +357,7 @@ func (t *Tree) versionAt(idx int32, at int64) (int32, Status) {
 		return n.parent, t.status[idx]
 	}
 	if len(t.ovDead) > 0 {
-		p, s, _ := t.versionAsOf(idx, at, math.MaxInt64-1)
+		p, s, _, _ := t.versionAsOf(idx, at, math.MaxInt64-1)
 		return p, s
 	}
 	v := n.older

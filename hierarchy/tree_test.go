@@ -463,3 +463,64 @@ func TestTreeSubtreeAndRelated(t *testing.T) {
 	}
 }
 
+// A chain AncestorsAsOfLatest calls latest is the entity's chain as the
+// tree is at asOf: the one AncestorsAsOf gives at a time after every
+// ValidFrom, statuses included. Over a random history with moves, status
+// changes and back-dated corrections, at every version.
+func TestTreeLatestChainIsTheCurrentOne(t *testing.T) {
+	const n, changes = 200, 120
+	rng := rand.New(rand.NewPCG(11, 12))
+	tr := NewTree()
+	seq := int64(0)
+	for id := int64(1); id <= n; id++ {
+		seq++
+		p := int64(0)
+		if id > 1 && rng.IntN(5) > 0 {
+			p = 1 + rng.Int64N(id-1) // parents below ids: acyclic
+		}
+		if err := tr.Apply(Change{Seq: seq, ID: id, ParentID: p, Status: StatusActive, ValidFrom: day(0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	statuses := []Status{StatusActive, StatusActive, StatusSuspended}
+	for range changes {
+		id := 2 + rng.Int64N(n-1)
+		seq++
+		c := Change{Seq: seq, ID: id, ParentID: 1 + rng.Int64N(id-1), Status: statuses[rng.IntN(len(statuses))],
+			ValidFrom: day(rng.IntN(40))} // often before the entity's latest: back-dated
+		if err := tr.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	future := day(100_000)
+	var latest, notLatest, differ int
+	for asOf := int64(1); asOf <= seq; asOf += 7 {
+		for id := int64(1); id <= n; id++ {
+			at := day(rng.IntN(45) - 2)
+			got, ok, isLatest := tr.AncestorsAsOfLatest(id, at, asOf, nil)
+			want, wantOK := tr.AncestorsAsOf(id, at, asOf, nil)
+			if ok != wantOK || !slices.Equal(got, want) {
+				t.Fatalf("AncestorsAsOfLatest(%d, %s, %d) = %v %v, AncestorsAsOf %v %v", id, at.Format(time.DateOnly), asOf, got, ok, want, wantOK)
+			}
+			now, nowOK := tr.AncestorsAsOf(id, future, asOf, nil)
+			switch {
+			case !ok:
+			case isLatest:
+				latest++
+				if !nowOK || !slices.Equal(got, now) {
+					t.Fatalf("AncestorsAsOfLatest(%d, %s, %d) = %v, called latest, but as it is: %v", id, at.Format(time.DateOnly), asOf, got, now)
+				}
+			default:
+				notLatest++
+				if !slices.Equal(got, now) {
+					differ++
+				}
+			}
+		}
+	}
+	// Both answers occur, and chains that are not the current one do.
+	if latest < 100 || notLatest < 100 || differ < 50 {
+		t.Fatalf("latest %d, not latest %d (of which differ from the current chain %d): the history is too plain", latest, notLatest, differ)
+	}
+	t.Logf("latest %d, not latest %d, of which %d differ from the current chain", latest, notLatest, differ)
+}

@@ -446,12 +446,15 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 // d.chain is nil) or its current chain is broken.
 func (p *Processor) expand(a *records, d *decoded, v int64) bool {
 	start := len(a.chains)
-	chain, ok := expand(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
+	chain, ok, latest := expand(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
 	if !ok {
 		return false
 	}
 	a.chains = append(a.chains, chain...)
 	d.chain = a.chains[start:len(a.chains):len(a.chains)]
+	if latest {
+		return true // the as-is chain is the same
+	}
 	start = len(a.chains)
 	current, ok := expandCurrent(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
 	if !ok {

@@ -292,14 +292,25 @@ func TestSuspendedPolicy(t *testing.T) {
 	r := &mapResolver{parent: map[int64]int64{1: 0, 2: 1, 3: 2}}
 	sus := suspendedResolver{r, map[int64]bool{2: true}}
 	e := &Event{EntityID: 3}
-	chain, _ := expand(sus, e, 0, SuspendedSkip, nil)
-	if len(chain) != 2 || chain[0].ID != 3 || chain[1].ID != 1 || chain[1].Depth != 2 {
-		t.Fatalf("skip policy chain = %+v", chain)
+	// Through Ancestors, and through AncestorsLatest.
+	for _, res := range []Resolver{sus, latestResolver{sus}} {
+		chain, _, _ := expand(res, e, 0, SuspendedSkip, nil)
+		if len(chain) != 2 || chain[0].ID != 3 || chain[1].ID != 1 || chain[1].Depth != 2 {
+			t.Fatalf("%T: skip policy chain = %+v", res, chain)
+		}
+		chain, _, _ = expand(res, e, 0, SuspendedInclude, nil)
+		if len(chain) != 3 {
+			t.Fatalf("%T: include policy chain = %+v", res, chain)
+		}
 	}
-	chain, _ = expand(sus, e, 0, SuspendedInclude, nil)
-	if len(chain) != 3 {
-		t.Fatalf("include policy chain = %+v", chain)
-	}
+}
+
+// latestResolver answers AncestorsLatest, every chain as-is.
+type latestResolver struct{ Resolver }
+
+func (l latestResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []Ancestor) ([]Ancestor, bool, bool) {
+	chain, ok := l.Ancestors(id, at, asOf, dst)
+	return chain, ok, ok
 }
 
 type suspendedResolver struct {

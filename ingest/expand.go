@@ -24,6 +24,14 @@ type Resolver interface {
 	Version() int64
 }
 
+// LatestResolver is a Resolver that also tells, with a chain, that every
+// link is its entity's latest version as of asOf: the chain is then the
+// entity's chain as the hierarchy is at asOf (as-is, at EndOfTime), and a
+// batch need not resolve that one too.
+type LatestResolver interface {
+	AncestorsLatest(id int64, at time.Time, asOf int64, dst []Ancestor) (chain []Ancestor, ok, latest bool)
+}
+
 // Refresher is implemented by a Resolver that can catch up with its store
 // on demand. Before a batch dead-letters an event for an unknown entity, the
 // processor asks it to catch up once: an entity created a moment before its
@@ -51,9 +59,19 @@ const (
 var EndOfTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 
 // expand returns the chain of ev's entity as it was at the event's time,
-// with the policy applied.
-func expand(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
-	return Chain(r, ev.EntityID, ev.OccurredAt, asOf, policy, buf)
+// with the policy applied; latest reports that it is also the chain as the
+// hierarchy is at asOf (what expandCurrent returns).
+func expand(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, buf []Ancestor) (_ []Ancestor, ok, latest bool) {
+	lr, can := r.(LatestResolver)
+	if !can {
+		chain, ok := Chain(r, ev.EntityID, ev.OccurredAt, asOf, policy, buf)
+		return chain, ok, false
+	}
+	chain, ok, latest := lr.AncestorsLatest(ev.EntityID, ev.OccurredAt, asOf, buf[:0])
+	if !ok {
+		return chain, false, false
+	}
+	return withPolicy(chain, policy), true, latest
 }
 
 // expandCurrent returns the chain of ev's entity as the hierarchy is at
@@ -67,8 +85,16 @@ func expandCurrent(r Resolver, ev *Event, asOf int64, policy SuspendedPolicy, bu
 // attributes an event of id at `at` to.
 func Chain(r Resolver, id int64, at time.Time, asOf int64, policy SuspendedPolicy, buf []Ancestor) ([]Ancestor, bool) {
 	chain, ok := r.Ancestors(id, at, asOf, buf[:0])
-	if !ok || policy == SuspendedInclude {
-		return chain, ok
+	if !ok {
+		return chain, false
+	}
+	return withPolicy(chain, policy), true
+}
+
+// withPolicy is chain with the policy applied (in place).
+func withPolicy(chain []Ancestor, policy SuspendedPolicy) []Ancestor {
+	if policy == SuspendedInclude {
+		return chain
 	}
 	out := chain[:1]
 	for _, a := range chain[1:] {
@@ -76,7 +102,7 @@ func Chain(r Resolver, id int64, at time.Time, asOf int64, policy SuspendedPolic
 			out = append(out, a)
 		}
 	}
-	return out, true
+	return out
 }
 
 // SameLinks reports whether two chains name the same entities at the same

@@ -334,15 +334,20 @@ func (r *treeResolver) Refresh(ctx context.Context) (int64, error) {
 }
 
 func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) ([]ingest.Ancestor, bool) {
+	dst, ok, _ := r.AncestorsLatest(id, at, asOf, dst)
+	return dst, ok
+}
+
+func (r *treeResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
 	var buf [32]hierarchy.Ancestor
-	chain, ok := r.t.AncestorsAsOf(id, at, asOf, buf[:0])
+	chain, ok, latest := r.t.AncestorsAsOfLatest(id, at, asOf, buf[:0])
 	if !ok {
-		return dst, false
+		return dst, false, false
 	}
 	for _, a := range chain {
 		dst = append(dst, ingest.Ancestor{ID: a.ID, Depth: a.Depth, Suspended: a.Status != hierarchy.StatusActive})
 	}
-	return dst, true
+	return dst, true, latest
 }
 
 // ensureRetryTopic creates the retry topic, with as many partitions as the
