@@ -306,47 +306,34 @@ func applyForest(tb testing.TB, tr *Tree, es []SynthEntity, extra float64) {
 }
 
 func BenchmarkTreeAncestors(b *testing.B) {
-	const n = 1_000_000
-	tr := buildTree(b, n, 0.05)
-	rng := rand.New(rand.NewPCG(5, 6))
-	ids := make([]int64, 4096)
-	for i := range ids {
-		ids[i] = rng.Int64N(n) + 1
-	}
-	dst := make([]Ancestor, 0, MaxDepth)
-	links := 0
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; b.Loop(); i++ {
-		var ok bool
-		dst, ok = tr.Ancestors(ids[i&4095], day(15), dst[:0])
-		if !ok {
-			b.Fatal("unknown id")
-		}
-		links += len(dst)
-	}
-	b.ReportMetric(float64(links)/float64(b.N), "links/op")
+	tr := buildTree(b, 1_000_000, 0.05)
+	benchChains(b, 4096, 5, func(id int64, dst []Ancestor) ([]Ancestor, bool) { return tr.Ancestors(id, day(15), dst) })
 }
 
 // BenchmarkTreeAncestorsAsOfCold is the worker's lookup (AncestorsAsOf, as
 // of the tree's version) for ids drawn at random from all 1,000,000, so
 // that, as in a worker, most links are not in any cache.
 func BenchmarkTreeAncestorsAsOfCold(b *testing.B) {
-	const n = 1_000_000
-	tr := buildTree(b, n, 0.05)
-	rng := rand.New(rand.NewPCG(7, 8))
-	ids := make([]int64, 1<<20)
-	for i := range ids {
-		ids[i] = rng.Int64N(n) + 1
-	}
+	tr := buildTree(b, 1_000_000, 0.05)
 	asOf := tr.Version()
+	benchChains(b, 1<<20, 7, func(id int64, dst []Ancestor) ([]Ancestor, bool) { return tr.AncestorsAsOf(id, day(15), asOf, dst) })
+}
+
+// benchChains times lookup over n (a power of two) ids drawn from
+// 1..1,000,000 with seed, round and round.
+func benchChains(b *testing.B, n int, seed uint64, lookup func(id int64, dst []Ancestor) ([]Ancestor, bool)) {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	ids := make([]int64, n)
+	for i := range ids {
+		ids[i] = rng.Int64N(1_000_000) + 1
+	}
 	dst := make([]Ancestor, 0, MaxDepth)
 	links := 0
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		var ok bool
-		dst, ok = tr.AncestorsAsOf(ids[i&(1<<20-1)], day(15), asOf, dst[:0])
+		dst, ok = lookup(ids[i&(n-1)], dst[:0])
 		if !ok {
 			b.Fatal("unknown id")
 		}
