@@ -73,8 +73,15 @@ type Processor struct {
 // batch an earlier attempt recorded: the caller waits for more records.
 // While canopy rebuild pauses new batches it waits and tries again.
 func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (int, error) {
+	return p.ProcessWithin(ctx, epoch, recs, 0)
+}
+
+// ProcessWithin is Process with a new batch also capped at maxBytes of
+// record values (0: only MaxBatchBytes caps it). A batch recorded earlier
+// is replayed whole whatever its size.
+func (p *Processor) ProcessWithin(ctx context.Context, epoch int64, recs []Record, maxBytes int) (int, error) {
 	for {
-		n, err := p.process(ctx, epoch, recs)
+		n, err := p.process(ctx, epoch, recs, maxBytes)
 		if !errors.Is(err, ErrPaused) {
 			return n, err
 		}
@@ -86,7 +93,7 @@ func (p *Processor) Process(ctx context.Context, epoch int64, recs []Record) (in
 	}
 }
 
-func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (int, error) {
+func (p *Processor) process(ctx context.Context, epoch int64, recs []Record, maxBytes int) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
@@ -116,7 +123,7 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 	if !found {
 		// Records from the retry topic wait until they are due; only the
 		// due prefix makes a batch.
-		due := p.batchLen(recs)
+		due := p.batchLen(recs, maxBytes)
 		if due == 0 {
 			return 0, nil
 		}
@@ -149,10 +156,14 @@ func (p *Processor) process(ctx context.Context, epoch int64, recs []Record) (in
 
 // batchLen is how many of recs a new batch takes: the records due now (a
 // retry waits for its time, but never longer than the retry policy's
-// MaxBackoff after it was published), within MaxBatchRecords and
-// MaxBatchBytes (at least one record).
-func (p *Processor) batchLen(recs []Record) int {
+// MaxBackoff after it was published), within MaxBatchRecords, MaxBatchBytes
+// and maxBytes when it is not 0 (at least one record).
+func (p *Processor) batchLen(recs []Record, maxBytes int) int {
 	now := p.now()
+	capBytes := p.MaxBatchBytes
+	if maxBytes > 0 && (capBytes <= 0 || maxBytes < capBytes) {
+		capBytes = maxBytes
+	}
 	maxDelay := p.Retry.withDefaults().MaxBackoff
 	size := 0
 	for i, r := range recs {
@@ -165,7 +176,7 @@ func (p *Processor) batchLen(recs []Record) int {
 			}
 		}
 		size += len(r.Value)
-		if i > 0 && (p.MaxBatchRecords > 0 && i >= p.MaxBatchRecords || p.MaxBatchBytes > 0 && size > p.MaxBatchBytes) {
+		if i > 0 && (p.MaxBatchRecords > 0 && i >= p.MaxBatchRecords || capBytes > 0 && size > capBytes) {
 			return i
 		}
 	}

@@ -367,41 +367,76 @@ func runWorker(t *testing.T, cfg WorkerConfig, p *Processor) (stop func()) {
 	}
 }
 
-// A backlog's batches are what one fetch brings of a partition:
-// FetchMaxPartitionBytes must reach the Kafka client, and with the default
-// (Kafka's 1 MiB) a backlog larger than that is split.
-func TestFetchSizeSetsBacklogBatches(t *testing.T) {
+// A partition's batches are sized by how far behind it is. Behind (the
+// broker holds more than the fetches brought), a batch is what the fetches
+// brought: FetchMaxPartitionBytes must reach the Kafka client and size it.
+// At its head (all there is was fetched), a batch takes at most
+// HeadBatchBytes, so what arrived during a turn is acknowledged batch by
+// batch.
+func TestBatchesAreSizedByHowFarBehind(t *testing.T) {
 	const topic, total = "events", 40000
 	brokers, producer := uncompressedTopic(t, topic)
 	recs := make([]*kgo.Record, total)
-	size := 0
+	size, longest := 0, 0
 	for i := range recs {
 		recs[i] = &kgo.Record{Value: []byte(ev(fmt.Sprintf("backlog-event-%08d", i), 1+i%3, "1"))}
 		size += len(recs[i].Value)
+		longest = max(longest, len(recs[i].Value))
 	}
 	if err := producer.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	if size <= 2*DefaultFetchMaxPartitionBytes || size >= 8<<20 {
-		t.Fatalf("the backlog is %d bytes: it must lie between twice the default fetch and 8 MiB", size)
+	const fetch, head = 1 << 20, 256 << 10
+	if size <= 3*fetch || size >= DefaultFetchMaxPartitionBytes {
+		t.Fatalf("the backlog is %d bytes: it must lie between three 1 MiB fetches and the default fetch", size)
 	}
-
-	firstBatch := func(group string, fetch int) uint32 {
+	// batches drains the backlog with a new group and returns its batches'
+	// sizes in records, in order.
+	batches := func(group string, fetch, head int) []int {
 		p, ledger, sink := newTestProcessor()
 		p.Ledger = ledger
-		stop := runWorker(t, WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w", FetchMaxPartitionBytes: fetch}, p)
-		waitForBatch(t, sink, 60*time.Second, "no batch written")
-		stop()
-		sink.mu.Lock()
-		defer sink.mu.Unlock()
-		return sink.batches[0].Counts.Records
+		stop := runWorker(t, WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w",
+			FetchMaxPartitionBytes: fetch, HeadBatchBytes: head}, p)
+		defer stop()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			sink.mu.Lock()
+			var sizes []int
+			done := 0
+			for _, b := range sink.batches {
+				sizes = append(sizes, int(b.Counts.Records))
+				done += int(b.Counts.Records)
+			}
+			sink.mu.Unlock()
+			if done == total {
+				return sizes
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: batches of %v records after 60 s, want %d records in all", group, sizes, total)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
-	if got := firstBatch("g8", 8<<20); got != total {
-		t.Fatalf("fetching 8 MiB, the first batch of a %d-byte backlog took %d of its %d records, want all", size, got, total)
+	atMost := func(bytes int) int { return bytes/longest + 1 } // records a cap of bytes may take
+
+	// The default fetch brings the whole backlog at once: the partition is
+	// at its head, and every batch takes at most the head's cap.
+	got := batches("whole", 0, head)
+	for i, n := range got {
+		if n > atMost(head) {
+			t.Fatalf("the whole backlog fetched at once: batch %d of %v took %d records, over the head's cap (%d)", i, got, n, atMost(head))
+		}
 	}
-	if got := firstBatch("g1", 0); got >= total/2 {
-		t.Fatalf("fetching the default %d bytes, the first batch of a %d-byte backlog took %d of its %d records, want under half",
-			DefaultFetchMaxPartitionBytes, size, got, total)
+	// 1 MiB fetches: behind, a batch is what the fetches brought, more than
+	// the head's cap and less than the backlog; the tail, fetched once
+	// nothing more waited, goes in batches of the head's size.
+	got = batches("behind", fetch, head)
+	if got[0] <= atMost(head) || got[0] >= total/2 {
+		t.Fatalf("fetching 1 MiB of a %d-byte backlog, the first batch took %d of its %d records (batches %v): want more than the head's cap (%d), under half",
+			size, got[0], total, got, atMost(head))
+	}
+	if last := got[len(got)-1]; last > atMost(head) {
+		t.Fatalf("fetching 1 MiB, the last batch took %d records (batches %v), over the head's cap (%d)", last, got, atMost(head))
 	}
 }
 

@@ -144,32 +144,42 @@ func TestBatchLen(t *testing.T) {
 	for i := range recs {
 		recs[i] = record(int64(i), strings.Repeat("x", 100))
 	}
-	if n := p.batchLen(recs); n != 10 {
+	if n := p.batchLen(recs, 0); n != 10 {
 		t.Fatalf("uncapped = %d", n)
 	}
 	p.MaxBatchRecords = 4
-	if n := p.batchLen(recs); n != 4 {
+	if n := p.batchLen(recs, 0); n != 4 {
 		t.Fatalf("4 records = %d", n)
 	}
 	p.MaxBatchRecords, p.MaxBatchBytes = 0, 250
-	if n := p.batchLen(recs); n != 2 {
+	if n := p.batchLen(recs, 0); n != 2 {
 		t.Fatalf("250 bytes = %d", n)
 	}
+	// A per-call cap applies when it is the smaller one, either way round.
+	if n := p.batchLen(recs, 350); n != 2 {
+		t.Fatalf("250 bytes, call's cap 350 = %d", n)
+	}
+	if n := p.batchLen(recs, 150); n != 1 {
+		t.Fatalf("250 bytes, call's cap 150 = %d", n)
+	}
 	p.MaxBatchBytes = 1
-	if n := p.batchLen(recs); n != 1 {
+	if n := p.batchLen(recs, 0); n != 1 {
 		t.Fatalf("one record always = %d", n)
 	}
 	p.MaxBatchBytes = 0
+	if n := p.batchLen(recs, 350); n != 3 {
+		t.Fatalf("call's cap 350 alone = %d", n)
+	}
 	// A retry not due stops the batch; one due further off than the policy
 	// allows after its publication is due then.
 	later := func(at time.Time) []byte { return []byte(at.Format(time.RFC3339Nano)) }
 	recs[3].Headers = []kgo.RecordHeader{{Key: HeaderRetryAt, Value: later(now.Add(time.Minute))}}
-	if n := p.batchLen(recs); n != 3 {
+	if n := p.batchLen(recs, 0); n != 3 {
 		t.Fatalf("retry not due = %d", n)
 	}
 	recs[3].Headers[0].Value = later(now.Add(1000 * time.Hour))
 	recs[3].Time = now.Add(-2 * time.Minute) // published 2 min ago; MaxBackoff 1m
-	if n := p.batchLen(recs); n != 10 {
+	if n := p.batchLen(recs, 0); n != 10 {
 		t.Fatalf("forged far-off retry = %d", n)
 	}
 }

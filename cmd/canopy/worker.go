@@ -108,6 +108,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		Owner:                  fmt.Sprintf("%s-%d", hostname, os.Getpid()),
 		MaxPollRecords:         cfg.int("ingest.max_poll_records"),
 		FetchMaxPartitionBytes: cfg.int("ingest.fetch_max_partition_mb") << 20,
+		HeadBatchBytes:         cfg.int("ingest.head_batch_mb") << 20,
 		SessionTimeout:         cfg.duration("ingest.session_timeout"),
 		// The by-id topic is written by the router alone; anyone may write
 		// the events topic.
