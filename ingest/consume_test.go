@@ -400,14 +400,7 @@ func TestBatchesAreSizedByHowFarBehind(t *testing.T) {
 		defer stop()
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			sink.mu.Lock()
-			var sizes []int
-			done := 0
-			for _, b := range sink.batches {
-				sizes = append(sizes, int(b.Counts.Records))
-				done += int(b.Counts.Records)
-			}
-			sink.mu.Unlock()
+			sizes, done := batchSizes(sink)
 			if done == total {
 				return sizes
 			}
@@ -438,6 +431,18 @@ func TestBatchesAreSizedByHowFarBehind(t *testing.T) {
 	if last := got[len(got)-1]; last > atMost(head) {
 		t.Fatalf("fetching 1 MiB, the last batch took %d records (batches %v), over the head's cap (%d)", last, got, atMost(head))
 	}
+}
+
+// batchSizes returns the records of each batch sink has written, in order,
+// and their sum.
+func batchSizes(sink *memSink) (sizes []int, total int) {
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for _, b := range sink.batches {
+		sizes = append(sizes, int(b.Counts.Records))
+		total += int(b.Counts.Records)
+	}
+	return sizes, total
 }
 
 // gatedSink holds its first Write until open is closed.
@@ -497,14 +502,7 @@ func TestPollTakesWhatArrivedDuringTheTurn(t *testing.T) {
 
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		mem.mu.Lock()
-		var sizes []uint32
-		total := 0
-		for _, b := range mem.batches {
-			sizes = append(sizes, b.Counts.Records)
-			total += int(b.Counts.Records)
-		}
-		mem.mu.Unlock()
+		sizes, total := batchSizes(mem)
 		if len(sizes) >= 2 && sizes[1] < 2 {
 			t.Fatalf("batches of %v records: the second took b alone, leaving the c records that were waiting in Kafka for a later turn", sizes)
 		}
