@@ -167,6 +167,8 @@ func TestBadSettingsRefused(t *testing.T) {
 			[]string{"ingest.max_poll_records", "flag --ingest-max-poll-records", "a whole number from 1"}},
 		{"negative size", "", nil, []string{"--ingest-max-buffered-mb=-1"},
 			[]string{"ingest.max_buffered_mb", "out of range"}},
+		{"zero head batch", "", map[string]string{"CANOPY_INGEST_HEAD_BATCH_MB": "0"}, nil,
+			[]string{"ingest.head_batch_mb", "env CANOPY_INGEST_HEAD_BATCH_MB", "out of range"}},
 		{"zero type cap", "", nil, []string{"--ingest-max-types-per-batch=0"},
 			[]string{"ingest.max_types_per_batch", "from -1 to", "not 0"}},
 		{"negative duration", "", nil, []string{"--relay-outbox-retention=-1h"},
