@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"testing"
@@ -13,8 +14,9 @@ import (
 // hour: Canopy (1 worker, ingest.dedup as CANOPY_BENCH_DEDUP says:
 // partitioned, the default, or postgres) ingests CANOPY_BENCH_EVENTS events
 // (default 1,000,000) over CANOPY_BENCH_ENTITIES entities (default
-// 1,000,000), uniformly; then a new worker takes over, and events are
-// produced at CANOPY_BENCH_FRESHNESS_RATE per second (default half the
+// 1,000,000), spread over them as CANOPY_BENCH_WORKLOAD says (uniform, the
+// default, or zipf, as in the report); then a new worker takes over, and
+// events are produced at CANOPY_BENCH_FRESHNESS_RATE per second (default half the
 // ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30), each timed
 // from its Produce call to the first poll of ingest_acks that covers it. The
 // ingest is checked against the oracle, as in the report, and its CPU per
@@ -35,7 +37,11 @@ func BenchmarkFreshness(b *testing.B) {
 	default:
 		b.Fatalf("CANOPY_BENCH_DEDUP: %q is neither partitioned nor postgres", d)
 	}
-	bd := newBenchData(entities, events).workload(synth.Uniform)
+	dist, err := synth.ParseDistribution(cmp.Or(os.Getenv("CANOPY_BENCH_WORKLOAD"), "uniform"))
+	if err != nil {
+		b.Fatalf("CANOPY_BENCH_WORKLOAD: %v", err)
+	}
+	bd := newBenchData(entities, events).workload(dist)
 	full := bd.oracle(bd.gen)
 	for i := 0; i < b.N; i++ {
 		r, e := bd.runCanopy(b, 1, partitioned)
