@@ -252,7 +252,7 @@ func newConfig() *config {
 	add("ingest.max_batch_mb", "32", "MiB of record values a new batch takes at most").intRange(1, 4096)
 	add("ingest.max_types_per_batch", "1000", "distinct event types a batch accepts; events of further types are dead-lettered as too_many_types (-1: no cap)").intRange(-1, 10_000_000).except(0)
 	add("ingest.fetch_max_partition_mb", "8", "MiB one fetch brings of one partition: a backlog's batches are about this large (docs/scaling.md)").intRange(1, 1024)
-	add("ingest.head_batch_mb", "2", "MiB of record values a new batch of a partition at its head takes at most, so that what arrives during a turn is acknowledged batch by batch (docs/scaling.md)").intRange(1, 4096)
+	add("ingest.head_batch_mb", "8", "MiB of record values a new batch of a partition at its head takes at most; smaller acknowledges what arrives during a turn batch by batch, at the cost of more INSERTs under load (docs/scaling.md)").intRange(1, 4096)
 	add("ingest.max_buffered_records", "200000", "records a partition may hold fetched but unprocessed before its fetching pauses").intRange(1, 100_000_000)
 	add("ingest.max_buffered_mb", "256", "MiB all partitions together may hold fetched but unprocessed before fetching pauses").intRange(1, 1<<20)
 	add("ingest.session_timeout", "10s", "consumer group session timeout").durationAtLeast(time.Millisecond)
