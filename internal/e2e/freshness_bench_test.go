@@ -20,8 +20,8 @@ import (
 // ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30), each timed
 // from its Produce call to the first poll of ingest_acks that covers it. The
 // ingest is checked against the oracle, as in the report, and its CPU per
-// event reported as the report's (the clock starts once the restater has
-// written the import); CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
+// event and the worker's peak RSS reported as the report's (the clock
+// starts once the restater has written the import); CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
 // Worker settings come from the environment
 // (CANOPY_INGEST_FETCH_MAX_PARTITION_MB=8, …).
 func BenchmarkFreshness(b *testing.B) {
@@ -54,6 +54,7 @@ func BenchmarkFreshness(b *testing.B) {
 		}
 		b.Logf("%s: %.0f events/s; %s", r.name, r.rate(), v)
 		b.ReportMetric(r.rate(), "ingest-events/s")
+		b.ReportMetric(float64(r.peakRSS)/(1<<20), "worker-peak-rss-MiB")
 		for _, proc := range []string{"worker", "kafka", "clickhouse", "postgres"} {
 			if c, ok := r.cpuPerMillion(proc); ok {
 				b.ReportMetric(c, proc+"-cpu-s/1M-events") // the report's figures, the restater's import done
