@@ -76,7 +76,7 @@ type WorkerConfig struct {
 // part of what arrived during a turn sooner, but every further batch pays
 // a whole batch's INSERTs, and a turn holds more than one batch's worth
 // only when the worker is loaded: at 37,000 zipf events/s (a little over
-// half load) a 2 MiB cap gave p99 8.0–8.6 s against 2.1–6.5 s with 8 MiB,
+// half load) a 2 MiB cap gave p99 7.6–8.6 s against 2.1–6.5 s with 8 MiB,
 // and at 30,000 uniform events/s the two were within noise
 // (docs/scaling.md). So by default the head's cap is the fetch's, and a
 // smaller one is a setting for those who want early acknowledgements at

@@ -16,12 +16,13 @@ import (
 // (default 1,000,000) over CANOPY_BENCH_ENTITIES entities (default
 // 1,000,000), spread over them as CANOPY_BENCH_WORKLOAD says (uniform, the
 // default, or zipf, as in the report); then a new worker takes over, and
-// events are produced at CANOPY_BENCH_FRESHNESS_RATE per second (default half the
-// ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30), each timed
-// from its Produce call to the first poll of ingest_acks that covers it. The
-// ingest is checked against the oracle, as in the report, and its CPU per
-// event and the worker's peak RSS reported as the report's (the clock
-// starts once the restater has written the import); CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
+// events are produced at CANOPY_BENCH_FRESHNESS_RATE per second (default
+// half the ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30),
+// each timed from its Produce call to the first poll of ingest_acks that
+// covers it. The ingest is checked against the oracle, as in the report,
+// and its CPU per event and the worker's peak RSS reported as the report's
+// (the clock starts once the restater has written the import);
+// CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
 // Worker settings come from the environment
 // (CANOPY_INGEST_FETCH_MAX_PARTITION_MB=8, …).
 func BenchmarkFreshness(b *testing.B) {
