@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -194,6 +195,9 @@ type config struct {
 	grains      []schema.Grain // rollup.grains, parsed
 	shards      [][]string     // clickhouse.shards, parsed: each shard's replicas
 	sec         security       // built by resolve from the TLS and SASL settings
+	// kafkaReached is set once awaitKafka got an answer with these settings
+	// (kafkaOpts says what it changes).
+	kafkaReached atomic.Bool
 }
 
 // The settings. Environment names are derived from keys: kafka.brokers →

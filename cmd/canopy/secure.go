@@ -192,6 +192,14 @@ func (c *config) saslMechanism(overTLS bool, sec *security) (sasl.Mechanism, err
 
 // kafkaOpts are the options every Kafka client starts from: the brokers,
 // TLS and SASL; extra (dev mode, tests, the client's own) follow.
+//
+// franz-go gives up at once on a connection that a broker closes before
+// its first answer, taking it for a listener that wants SASL. Once
+// awaitKafka has been answered with these settings, that guess is wrong:
+// such a close is a broker restarting (a rolling upgrade), and a record
+// produced into it must be retried like any other disconnect, not failed.
+// So clients made after the probe retry it; the probe itself keeps the
+// guess, and with it the clear error for a missing login.
 func (c *config) kafkaOpts(extra ...kgo.Opt) []kgo.Opt {
 	opts := []kgo.Opt{kgo.SeedBrokers(c.brokers()...)}
 	if c.sec.kafkaTLS != nil {
@@ -199,6 +207,9 @@ func (c *config) kafkaOpts(extra ...kgo.Opt) []kgo.Opt {
 	}
 	if c.sec.kafkaSASL != nil {
 		opts = append(opts, kgo.SASL(c.sec.kafkaSASL))
+	}
+	if c.kafkaReached.Load() {
+		opts = append(opts, kgo.AlwaysRetryEOF())
 	}
 	return append(opts, extra...)
 }
@@ -225,6 +236,7 @@ func awaitKafka(ctx context.Context, cfg *config, extra ...kgo.Opt) error {
 			}
 			return fmt.Errorf("kafka %s: %w", strings.Join(cfg.brokers(), ","), err)
 		}
+		cfg.kafkaReached.Store(true)
 		return nil
 	})
 }

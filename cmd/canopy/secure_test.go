@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -256,6 +257,39 @@ func TestSecuritySettingsBuilt(t *testing.T) {
 
 // TestHelpHidesSecrets: --help shows no password default, and every
 // password setting has its _file companion.
+// A broker that closes a connection before answering is, once the brokers
+// have answered these settings, a restart: clients made after awaitKafka
+// retry it instead of failing what they produce (the fault tests restart
+// Kafka under running workers). The probe itself does not, so a listener
+// that wants a login still fails it at once.
+func TestKafkaClientsRetryEOFOnceReached(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := resolved(t, map[string]string{"CANOPY_KAFKA_BROKERS": strings.Join(c.ListenAddrs(), ",")})
+	retries := func() bool {
+		cl, err := kgo.NewClient(cfg.kafkaOpts()...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		return cl.OptValue(kgo.AlwaysRetryEOF).(bool)
+	}
+	if retries() {
+		t.Fatal("clients retry a first-read EOF before the brokers answered")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := awaitKafka(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !retries() {
+		t.Fatal("clients made after awaitKafka give up on a first-read EOF")
+	}
+}
+
 func TestHelpHidesSecrets(t *testing.T) {
 	out, code, err := runRoot(t, nil, "--help")
 	if code != 0 {
