@@ -129,8 +129,10 @@ func newEnv(t testing.TB, partitions int32) *env {
 		t.Fatalf("clickhouse: %v", err)
 	}
 
+	// The fault tests restart the broker under this producer; a connection
+	// it closes before answering is that restart, not a missing login.
 	e.kafka, err = kgo.NewClient(kgo.SeedBrokers(svc.brokers...), kgo.ProducerLinger(5*time.Millisecond),
-		kgo.ProducerBatchMaxBytes(16<<20))
+		kgo.ProducerBatchMaxBytes(16<<20), kgo.AlwaysRetryEOF())
 	if err != nil {
 		t.Fatalf("kafka: %v", err)
 	}
@@ -262,6 +264,13 @@ func (w *worker) stop(t testing.TB) {
 // every ack.
 func (e *env) produce(keys, values [][]byte) {
 	e.t.Helper()
+	if err := e.send(keys, values); err != nil {
+		e.t.Fatalf("produce: %v", err)
+	}
+}
+
+// send is produce for any goroutine: it returns the error.
+func (e *env) send(keys, values [][]byte) error {
 	recs := make([]*kgo.Record, len(values))
 	for i := range values {
 		recs[i] = &kgo.Record{Topic: e.topic, Key: keys[i], Value: values[i]}
@@ -270,14 +279,15 @@ func (e *env) produce(keys, values [][]byte) {
 	for start := 0; start < len(recs); start += chunk {
 		end := min(start+chunk, len(recs))
 		if err := e.kafka.ProduceSync(context.Background(), recs[start:end]...).FirstErr(); err != nil {
-			e.t.Fatalf("produce: %v", err)
+			return err
 		}
 	}
+	return nil
 }
 
 // produceEvenly sends values in chunks spread evenly over [start,
 // start+over), so faults meet live traffic; the channel closes when all
-// are acknowledged.
+// are acknowledged, or when one fails (the test is then failed).
 func (e *env) produceEvenly(keys, values [][]byte, start time.Time, over time.Duration, chunks int) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
@@ -288,7 +298,10 @@ func (e *env) produceEvenly(keys, values [][]byte, start time.Time, over time.Du
 			if lo >= hi {
 				break
 			}
-			e.produce(keys[lo:hi], values[lo:hi])
+			if err := e.send(keys[lo:hi], values[lo:hi]); err != nil {
+				e.t.Errorf("produce records %d..%d: %v", lo, hi, err)
+				return
+			}
 			time.Sleep(time.Until(start.Add(time.Duration(c+1) * over / time.Duration(chunks))))
 		}
 	}()
@@ -331,9 +344,12 @@ func (e *env) waitAckedOf(n uint64, timeout time.Duration, whole bool) {
 		if err == nil && got >= n && (!whole || e.routedAndAcked(got)) {
 			return
 		}
+		if e.t.Failed() { // e.g. produceEvenly could not send: n will not come
+			break
+		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	e.t.Fatalf("after %s ingest_acks covers %d of %d records", timeout, got, n)
+	e.t.Fatalf("after %s ingest_acks covers %d of %d records", time.Since(deadline.Add(-timeout)).Round(time.Second), got, n)
 }
 
 // routedAndAcked reports whether the routers' committed offsets have
