@@ -29,7 +29,8 @@ type WorkerConfig struct {
 	// Owner is this member's name in partition leases, for operators
 	// reading them; no default here (canopy worker sets hostname-pid).
 	Owner string
-	// MaxPollRecords caps the records taken per poll; default 50000.
+	// MaxPollRecords caps the records taken per poll; default
+	// DefaultMaxPollRecords.
 	MaxPollRecords int
 	// FetchMaxWait is how long the broker may hold a fetch to fill
 	// FetchMinBytes; default 250ms.
@@ -86,6 +87,16 @@ const (
 	DefaultHeadBatchBytes         = DefaultFetchMaxPartitionBytes
 )
 
+// DefaultMaxPollRecords is WorkerConfig.MaxPollRecords' and
+// RouterConfig.MaxPoll's default. It is large enough that the byte caps
+// above, not the record count, size a batch: a poll's records are shared
+// by the partitions that had any, and 50,000 over four partitions made
+// batches of about 2 MB, a quarter of the fetch. On 2M zipf events at 1M
+// entities, 200,000 ingested about 1.2 times as fast with about 30% less
+// ClickHouse CPU per event, for about 35% more worker peak RSS
+// (docs/scaling.md).
+const DefaultMaxPollRecords = 200_000
+
 // headLag is how many records the broker may hold past those fetched for a
 // partition to still be at its head: a transactional producer's commit
 // marker is one, and records that arrived while the fetch returned a few.
@@ -103,7 +114,7 @@ func (c *WorkerConfig) Validate() error {
 		c.Group = "canopy"
 	}
 	if c.MaxPollRecords <= 0 {
-		c.MaxPollRecords = 50000
+		c.MaxPollRecords = DefaultMaxPollRecords
 	}
 	if c.FetchMaxWait <= 0 {
 		c.FetchMaxWait = 250 * time.Millisecond

@@ -23,7 +23,7 @@ type RouterConfig struct {
 	RetryTopic string // routed once due; "" for none
 	Target     string // the by-id topic
 	Group      string // the routers' consumer group
-	MaxPoll    int    // records per poll; default 50000
+	MaxPoll    int    // records per poll; default DefaultMaxPollRecords
 	// RetryBackoffMax caps the wait between attempts to produce.
 	RetryBackoffMax time.Duration
 	// MaxRetryDelay caps how long after it was published a retry waits for
@@ -70,7 +70,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 		return nil, errors.New("ingest: router needs a topic, a target and a group")
 	}
 	if cfg.MaxPoll <= 0 {
-		cfg.MaxPoll = 50000
+		cfg.MaxPoll = DefaultMaxPollRecords
 	}
 	if cfg.RetryBackoffMax <= 0 {
 		cfg.RetryBackoffMax = 10 * time.Second
