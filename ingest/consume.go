@@ -91,9 +91,9 @@ const (
 // RouterConfig.MaxPoll's default. It is large enough that the byte caps
 // above, not the record count, size a batch: a poll's records are shared
 // by the partitions that had any, and 50,000 over four partitions made
-// batches of about 2 MB, a quarter of the fetch. On 2M zipf events at 1M
-// entities, 200,000 ingested about 1.2 times as fast with about 30% less
-// ClickHouse CPU per event, for about 35% more worker peak RSS
+// batches of about 2 MB, a quarter of the fetch. On 2M events at 1M
+// entities, 200,000 ingested 1.15–1.6 times as fast with 15–50% less
+// ClickHouse CPU per event, for 15–50% more worker peak RSS
 // (docs/scaling.md).
 const DefaultMaxPollRecords = 200_000
 
