@@ -255,8 +255,6 @@ func TestSecuritySettingsBuilt(t *testing.T) {
 	}
 }
 
-// TestHelpHidesSecrets: --help shows no password default, and every
-// password setting has its _file companion.
 // A broker that closes a connection before answering is, once the brokers
 // have answered these settings, a restart: clients made after awaitKafka
 // retry it instead of failing what they produce (the fault tests restart
@@ -290,6 +288,8 @@ func TestKafkaClientsRetryEOFOnceReached(t *testing.T) {
 	}
 }
 
+// TestHelpHidesSecrets: --help shows no password default, and every
+// password setting has its _file companion.
 func TestHelpHidesSecrets(t *testing.T) {
 	out, code, err := runRoot(t, nil, "--help")
 	if code != 0 {
