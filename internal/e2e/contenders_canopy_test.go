@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -76,6 +77,7 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 		name = fmt.Sprintf("Canopy partitioned, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1])
 		how = "as Canopy, with ingest.dedup=partitioned (the default since issue 13): routed to the by-id topic, ids claimed in local state"
 	}
+	how += "; ClickHouse tables " + dedupEngine(b, e)
 	// Workers are ready once they follow the hierarchy's change topic to its
 	// end; the hierarchy stays still here, so the topic stays empty.
 	hierarchyTopic := e.name + ".hierarchy"
@@ -142,6 +144,30 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 	r.pgInserts = insertsSince(pgBefore, e.pgInserts(b))
 	delete(r.cpu, "driver") // the producer; not part of Canopy
 	return r, e
+}
+
+// dedupEngine returns the engine that `canopy migrate` chose for e's
+// rollup_daily, and fails b unless it deduplicates blocks: without
+// ZooKeeper (or Keeper, or non_replicated_deduplication_window) migrate
+// falls back to plain engines, which are cheaper to insert into but not
+// exactly-once, so figures measured on them would not be Canopy's.
+func dedupEngine(b *testing.B, e *env) string {
+	var engine, create string
+	err := e.ch.QueryRow(context.Background(),
+		"SELECT engine, create_table_query FROM system.tables WHERE database = ? AND name = 'rollup_daily'", e.chDB).Scan(&engine, &create)
+	if err != nil {
+		b.Fatalf("engine of %s.rollup_daily: %v", e.chDB, err)
+	}
+	switch {
+	case strings.HasPrefix(engine, "Replicated"):
+		return engine + " (block hashes in ZooKeeper)"
+	case strings.Contains(create, "non_replicated_deduplication_window"):
+		return engine + " with non_replicated_deduplication_window"
+	}
+	b.Fatalf("%s.rollup_daily is a plain %s: canopy migrate found no ZooKeeper or Keeper, so Canopy's tables "+
+		"do not deduplicate blocks and a measurement would not be of Canopy's exactly-once configuration; "+
+		"start it (scripts/services start zookeeper) and run again", e.chDB, engine)
+	return ""
 }
 
 // freshness is the delay from produce to visible at a steady rate.
