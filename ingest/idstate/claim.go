@@ -56,7 +56,7 @@ func (s *Store) Claim(p int32, entries []Entry) (owned []bool, err error) {
 	}
 	owned = make([]bool, len(entries))
 	for i := range entries {
-		if owned[i], err = s.decide(p, sc, entries, i); err != nil {
+		if owned[i], err = s.decide(sc, entries, i); err != nil {
 			return nil, fmt.Errorf("idstate: claim partition %d offset %d: %w", p, entries[i].Offset, err)
 		}
 	}
@@ -123,26 +123,25 @@ func (s *Store) validate(p int32, entries []Entry) error {
 
 // decide decides entries[i] from its fetched lookups and the overlay and,
 // when it is a new owner, records it in the overlay.
-func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, error) {
+func (s *Store) decide(sc *scratch, entries []Entry, i int) (bool, error) {
 	e := &entries[i]
 	t := e.Time.UnixMilli()
 	own, lo := s.segsOf(t)
 	d := decision{e: e, min: t - s.horizon}
 	var cur []byte // value of e's key in segment own
-	lks := sc.lks[sc.first[i]:sc.first[i+1]]
-	for _, l := range lks {
+	from := sc.first[i]
+	lks := sc.lks[from:sc.first[i+1]]
+	ownLk := int32(-1)
+	for k, l := range lks {
 		var v []byte
 		if l.val.n >= 0 {
 			v = sc.vals[l.val.off : l.val.off+l.val.n]
 		}
-		if sc.wrote(l.seg) { // the overlay holds the Pebble value and more
-			sc.key = appendIDKey(sc.key[:0], p, l.seg, e.ID)
-			if sp, ok := sc.overlay[string(sc.key)]; ok {
-				v = sc.arena[sp.off : sp.off+sp.n]
-			}
+		if w, ok := sc.overlaid(from + int32(k)); ok { // the Pebble value and more
+			v = w
 		}
 		if l.seg == own {
-			cur = v
+			cur, ownLk = v, from+int32(k)
 		}
 		if err := s.fold(&d, v, l.seg); err != nil {
 			return false, err
@@ -153,14 +152,9 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 		if a.seg < lo || (a.minOff > e.Offset && a.seg != own) || fetched(lks, a.seg) {
 			continue
 		}
-		sc.key = appendIDKey(sc.key[:0], p, a.seg, e.ID)
-		sp, ok := sc.overlay[string(sc.key)]
+		v, ok := sc.written(entries, a.seg, e.ID)
 		if !ok {
 			continue
-		}
-		v := sc.arena[sp.off : sp.off+sp.n]
-		if a.seg == own {
-			cur = v
 		}
 		if err := s.fold(&d, v, a.seg); err != nil {
 			return false, err
@@ -178,12 +172,8 @@ func (s *Store) decide(p int32, sc *scratch, entries []Entry, i int) (bool, erro
 	// A new owner, or the retry of the latest owner, which takes its place:
 	// a second copy of the same retry then finds itself behind it; or the
 	// release of the latest owner, after which the id is free.
-	for k := range lks {
-		if lks[k].seg == own {
-			lks[k].rec = true
-		}
-	}
-	return true, s.record(p, sc, e, t, own, cur)
+	lks[ownLk-from].rec = true // every entry has a lookup of its own segment
+	return true, s.record(sc, e, t, own, ownLk, cur)
 }
 
 // decision accumulates what the lookups of one entry found.
@@ -218,9 +208,9 @@ func (s *Store) fold(d *decision, v []byte, seg uint32) error {
 	return nil
 }
 
-// record adds e (at time t, segment own) to its id key, whose current value
-// is cur, keeping occurrences in offset order.
-func (s *Store) record(p int32, sc *scratch, e *Entry, t int64, own uint32, cur []byte) error {
+// record adds e (at time t, segment own, lookup lk) to its id key, whose
+// current value is cur, keeping occurrences in offset order.
+func (s *Store) record(sc *scratch, e *Entry, t int64, own uint32, lk int32, cur []byte) error {
 	start := int64(own) * s.seg
 	n := occ{off: e.Offset, ms: t, tomb: e.Release}
 	off := len(sc.arena)
@@ -242,9 +232,7 @@ func (s *Store) record(p int32, sc *scratch, e *Entry, t int64, own uint32, cur 
 			sc.arena = appendOcc(sc.arena, o, start)
 		}
 	}
-	v := sc.arena[off:]
-	sc.key = appendIDKey(sc.key[:0], p, own, e.ID)
-	sc.overlay[string(sc.key)] = span{off: int32(off), n: int32(len(v))}
+	sc.overlay[sc.lks[lk].grp] = span{off: int32(off), n: int32(len(sc.arena) - off)}
 	if i, ok := slices.BinarySearchFunc(sc.added, own, cmpSeg); ok {
 		sc.added[i].n++
 		sc.added[i].minOff = min(sc.added[i].minOff, e.Offset)
@@ -264,11 +252,6 @@ func cmpInt[T int64 | uint32](a, b T) int {
 		return 1
 	}
 	return 0
-}
-
-func hasSeg(segs []segInfo, seg uint32) bool {
-	_, ok := slices.BinarySearchFunc(segs, seg, cmpSeg)
-	return ok
 }
 
 // mergeCounts returns a new slice: segs with added counted in.

@@ -11,7 +11,7 @@ import (
 )
 
 // scratch is the per-call working memory of Claim, pooled so that a batch
-// allocates little beyond its overlay keys.
+// allocates next to nothing.
 type scratch struct {
 	// lks are the Pebble reads of every entry, entry i's being
 	// lks[first[i]:first[i+1]]; vals holds the values found.
@@ -19,10 +19,10 @@ type scratch struct {
 	first []int32
 	ord   []seek
 	vals  []byte
-	// overlay holds the value of every id key written in this call, so
-	// later entries see it before the batch is committed; arena holds
-	// the values.
-	overlay map[string]span
+	// overlay holds, per key group (see lookup.grp), the key's value as
+	// written in this call (n < 0: not written), so later entries see it
+	// before the batch is committed; arena holds the values.
+	overlay []span
 	arena   []byte
 	added   []segInfo // occurrences added per segment in this call
 	key     []byte
@@ -38,8 +38,9 @@ type span struct{ off, n int32 }
 type lookup struct {
 	seg    uint32
 	val    span
-	noRead bool // own segment absent from Pebble
-	rec    bool // the entry was recorded under this key
+	grp    int32 // the first lookup, in key order, of the same key: lookups of one key share its overlay slot
+	noRead bool  // own segment absent from Pebble
+	rec    bool  // the entry was recorded under this key
 }
 
 // seek orders lookups by key: seg, then the id, whose first 8 bytes
@@ -52,13 +53,49 @@ type seek struct {
 }
 
 func (sc *scratch) reset() {
-	clear(sc.overlay)
 	sc.lks, sc.first, sc.ord, sc.vals = sc.lks[:0], sc.first[:0], sc.ord[:0], sc.vals[:0]
-	sc.arena, sc.added, sc.occs = sc.arena[:0], sc.added[:0], sc.occs[:0]
+	sc.arena, sc.added, sc.occs, sc.overlay = sc.arena[:0], sc.added[:0], sc.occs[:0], sc.overlay[:0]
 }
 
-// wrote reports whether this call recorded an occurrence in seg.
-func (sc *scratch) wrote(seg uint32) bool { return hasSeg(sc.added, seg) }
+// cmpSeek orders lookups by key.
+func cmpSeek(entries []Entry, a, b seek) int {
+	if c := cmp.Compare(a.seg, b.seg); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.hi, b.hi); c != 0 {
+		return c
+	}
+	return bytes.Compare(entries[a.entry].ID, entries[b.entry].ID)
+}
+
+// written returns the value this call wrote under id's key in segment seg,
+// if it wrote one. The key need not be among the entry's own lookups: it is
+// found among every lookup of the call, in key order.
+func (sc *scratch) written(entries []Entry, seg uint32, id []byte) ([]byte, bool) {
+	k := seek{seg: seg, hi: idHi(id), entry: -1}
+	i, found := slices.BinarySearchFunc(sc.ord, k, func(o, k seek) int {
+		if c := cmp.Compare(o.seg, k.seg); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(o.hi, k.hi); c != 0 {
+			return c
+		}
+		return bytes.Compare(entries[o.entry].ID, id)
+	})
+	if !found {
+		return nil, false
+	}
+	return sc.overlaid(sc.ord[i].lk)
+}
+
+// overlaid returns the value this call wrote under the key of lookup lk.
+func (sc *scratch) overlaid(lk int32) ([]byte, bool) {
+	sp := sc.overlay[sc.lks[lk].grp]
+	if sp.n < 0 {
+		return nil, false
+	}
+	return sc.arena[sp.off : sp.off+sp.n], true
+}
 
 // fetched reports whether lks read segment seg.
 func fetched(lks []lookup, seg uint32) bool {
@@ -102,34 +139,38 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 		}
 	}
 	sc.first = append(sc.first, int32(len(sc.lks)))
-	slices.SortFunc(sc.ord, func(a, b seek) int {
-		if c := cmp.Compare(a.seg, b.seg); c != 0 {
-			return c
+	slices.SortFunc(sc.ord, func(a, b seek) int { return cmpSeek(entries, a, b) })
+	// Lookups of one key are adjacent in key order: the first is the
+	// group, whose overlay slot they share. A segment is read by all of
+	// its lookups or by none (noRead), so groups never mix the two.
+	sc.overlay = slices.Grow(sc.overlay[:0], len(sc.lks))[:len(sc.lks)]
+	for k := range sc.ord {
+		o := &sc.ord[k]
+		g := o.lk
+		if k > 0 {
+			if q := &sc.ord[k-1]; q.seg == o.seg && q.hi == o.hi && bytes.Equal(entries[q.entry].ID, entries[o.entry].ID) {
+				g = sc.lks[q.lk].grp
+			}
 		}
-		if c := cmp.Compare(a.hi, b.hi); c != 0 {
-			return c
-		}
-		return bytes.Compare(entries[a.entry].ID, entries[b.entry].ID)
-	})
+		sc.lks[o.lk].grp = g
+		sc.overlay[o.lk] = span{n: -1}
+	}
 
 	lower, upper := partSpan(prefixID, p)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper, UseL6Filters: true})
 	if err != nil {
 		return err
 	}
-	var prev *seek
 	for k := range sc.ord {
 		o := &sc.ord[k]
 		if sc.lks[o.lk].noRead {
 			continue
 		}
-		id := entries[o.entry].ID
-		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
-			sc.lks[o.lk].val = sc.lks[prev.lk].val // the same id twice in the batch
+		if g := sc.lks[o.lk].grp; g != o.lk {
+			sc.lks[o.lk].val = sc.lks[g].val // the same id twice in the batch, read already
 			continue
 		}
-		prev = o
-		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, entries[o.entry].ID)
 		if !it.SeekPrefixGE(sc.key) || !bytes.Equal(it.Key(), sc.key) {
 			if err := it.Error(); err != nil {
 				it.Close()
@@ -151,20 +192,20 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 // write sets, in key order, the final value of every key recorded in this
 // call: the memtable takes sorted inserts much faster than random ones.
 func (s *Store) write(p int32, sc *scratch, b *pebble.Batch, entries []Entry) error {
-	var prev *seek
+	last := int32(-1)
 	for k := range sc.ord {
 		o := &sc.ord[k]
 		if !sc.lks[o.lk].rec {
 			continue
 		}
-		id := entries[o.entry].ID
-		if prev != nil && prev.seg == o.seg && bytes.Equal(entries[prev.entry].ID, id) {
+		if g := sc.lks[o.lk].grp; g == last {
 			continue // recorded twice in this call; the overlay has the final value
+		} else {
+			last = g
 		}
-		prev = o
-		sc.key = appendIDKey(sc.key[:0], p, o.seg, id)
-		sp := sc.overlay[string(sc.key)]
-		if err := b.Set(sc.key, sc.arena[sp.off:sp.off+sp.n], nil); err != nil {
+		sc.key = appendIDKey(sc.key[:0], p, o.seg, entries[o.entry].ID)
+		v, _ := sc.overlaid(o.lk) // recorded: present
+		if err := b.Set(sc.key, v, nil); err != nil {
 			return err
 		}
 	}

@@ -100,7 +100,7 @@ func Open(dir string, o Options) (*Store, error) {
 		keep:    o.Keep.Milliseconds(),
 		parts:   map[int32]*part{},
 	}
-	s.scratch.New = func() any { return &scratch{overlay: map[string]span{}} }
+	s.scratch.New = func() any { return new(scratch) }
 	err = s.checkLayout()
 	if err == nil {
 		err = s.checkFormat()
