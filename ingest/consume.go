@@ -46,7 +46,8 @@ type WorkerConfig struct {
 	// this size, each acknowledged as soon as it is written, rather than as
 	// one. Default DefaultHeadBatchBytes; see DefaultFetchMaxPartitionBytes.
 	HeadBatchBytes int
-	// SessionTimeout is the group session timeout; default 10s. A member
+	// SessionTimeout is the group session timeout; default
+	// DefaultSessionTimeout. A member
 	// that is silent longer loses its partitions (a zombie if it wakes).
 	SessionTimeout time.Duration
 	// ShutdownTimeout bounds the final commit on shutdown; default 10s.
@@ -58,7 +59,9 @@ type WorkerConfig struct {
 	// processed yet: a partition holding MaxBufferedRecords, or every
 	// partition holding records while all together hold MaxBufferedBytes
 	// (of keys and values), is paused at the fetch until its batches go
-	// through. Defaults: 4 × MaxPollRecords and 256 MiB.
+	// through. Defaults: DefaultMaxBufferedRecords (or MaxPollRecords when
+	// that is larger, so one poll's records fit) and
+	// DefaultMaxBufferedBytes.
 	MaxBufferedRecords int
 	MaxBufferedBytes   int
 	// TrustHeaders says that only Canopy writes Topic (the by-id topic), so
@@ -97,6 +100,14 @@ const (
 // (docs/scaling.md).
 const DefaultMaxPollRecords = 200_000
 
+// Defaults of WorkerConfig's SessionTimeout, MaxBufferedRecords (per
+// partition) and MaxBufferedBytes (all partitions together).
+const (
+	DefaultSessionTimeout     = 10 * time.Second
+	DefaultMaxBufferedRecords = 200_000
+	DefaultMaxBufferedBytes   = 256 << 20
+)
+
 // headLag is how many records the broker may hold past those fetched for a
 // partition to still be at its head: a transactional producer's commit
 // marker is one, and records that arrived while the fetch returned a few.
@@ -126,7 +137,7 @@ func (c *WorkerConfig) Validate() error {
 		c.HeadBatchBytes = DefaultHeadBatchBytes
 	}
 	if c.SessionTimeout <= 0 {
-		c.SessionTimeout = 10 * time.Second
+		c.SessionTimeout = DefaultSessionTimeout
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -135,10 +146,10 @@ func (c *WorkerConfig) Validate() error {
 		c.RetryBackoffMax = 10 * time.Second
 	}
 	if c.MaxBufferedRecords <= 0 {
-		c.MaxBufferedRecords = 4 * c.MaxPollRecords
+		c.MaxBufferedRecords = max(DefaultMaxBufferedRecords, c.MaxPollRecords)
 	}
 	if c.MaxBufferedBytes <= 0 {
-		c.MaxBufferedBytes = 256 << 20
+		c.MaxBufferedBytes = DefaultMaxBufferedBytes
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ type RouterConfig struct {
 	// dead-lettered as oversize. Default DefaultMaxRecordBytes.
 	MaxRecordBytes int
 	// SessionTimeout is the group session timeout, as the worker's
-	// (ingest.session_timeout); default 10s. A router that dies holds its
+	// (ingest.session_timeout); default DefaultSessionTimeout. A router that dies holds its
 	// partitions this long.
 	SessionTimeout time.Duration
 	// ShutdownTimeout bounds leaving the group on shutdown; default 10s.
@@ -82,7 +82,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 		cfg.MaxRecordBytes = DefaultMaxRecordBytes
 	}
 	if cfg.SessionTimeout <= 0 {
-		cfg.SessionTimeout = 10 * time.Second
+		cfg.SessionTimeout = DefaultSessionTimeout
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
