@@ -77,7 +77,7 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 		name = fmt.Sprintf("Canopy partitioned, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1])
 		how = "as Canopy, with ingest.dedup=partitioned (the default since issue 13): routed to the by-id topic, ids claimed in local state"
 	}
-	how += "; ClickHouse tables " + dedupEngine(b, e)
+	how += "; ClickHouse tables " + e.engine
 	// Workers are ready once they follow the hierarchy's change topic to its
 	// end; the hierarchy stays still here, so the topic stays empty.
 	hierarchyTopic := e.name + ".hierarchy"
@@ -150,7 +150,8 @@ func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ing
 // rollup_daily, and fails b unless it deduplicates blocks: without
 // ZooKeeper (or Keeper, or non_replicated_deduplication_window) migrate
 // falls back to plain engines, which are cheaper to insert into but not
-// exactly-once, so figures measured on them would not be Canopy's.
+// exactly-once, so figures measured on them would not be Canopy's. Every
+// benchmark's env checks it (newEnv).
 func dedupEngine(b *testing.B, e *env) string {
 	var engine, create string
 	err := e.ch.QueryRow(context.Background(),

@@ -94,6 +94,9 @@ type env struct {
 	// topic under ingest.dedup=partitioned (the default), "" for topic under
 	// postgres.
 	ackTopic string
+	// engine is what canopy migrate chose for the rollups, in benchmarks
+	// only, which refuse one that does not deduplicate (dedupEngine).
+	engine string
 }
 
 func newEnv(t testing.TB, partitions int32) *env {
@@ -160,6 +163,9 @@ func newEnv(t testing.TB, partitions int32) *env {
 	t.Cleanup(e.close)
 	e.partitioned() // the default; e.postgres() pins the other mode
 	e.run("migrate")
+	if b, ok := t.(*testing.B); ok {
+		e.engine = dedupEngine(b, e)
+	}
 	return e
 }
 
