@@ -57,31 +57,23 @@ func (sc *scratch) reset() {
 	sc.arena, sc.added, sc.occs, sc.overlay = sc.arena[:0], sc.added[:0], sc.occs[:0], sc.overlay[:0]
 }
 
-// cmpSeek orders lookups by key.
-func cmpSeek(entries []Entry, a, b seek) int {
-	if c := cmp.Compare(a.seg, b.seg); c != 0 {
+// cmpKey orders lookup a against the key (seg, id, whose idHi is hi).
+func cmpKey(entries []Entry, a seek, seg uint32, hi uint64, id []byte) int {
+	if c := cmp.Compare(a.seg, seg); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(a.hi, b.hi); c != 0 {
+	if c := cmp.Compare(a.hi, hi); c != 0 {
 		return c
 	}
-	return bytes.Compare(entries[a.entry].ID, entries[b.entry].ID)
+	return bytes.Compare(entries[a.entry].ID, id)
 }
 
 // written returns the value this call wrote under id's key in segment seg,
 // if it wrote one. The key need not be among the entry's own lookups: it is
 // found among every lookup of the call, in key order.
 func (sc *scratch) written(entries []Entry, seg uint32, id []byte) ([]byte, bool) {
-	k := seek{seg: seg, hi: idHi(id), entry: -1}
-	i, found := slices.BinarySearchFunc(sc.ord, k, func(o, k seek) int {
-		if c := cmp.Compare(o.seg, k.seg); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(o.hi, k.hi); c != 0 {
-			return c
-		}
-		return bytes.Compare(entries[o.entry].ID, id)
-	})
+	hi := idHi(id)
+	i, found := slices.BinarySearchFunc(sc.ord, id, func(o seek, id []byte) int { return cmpKey(entries, o, seg, hi, id) })
 	if !found {
 		return nil, false
 	}
@@ -139,7 +131,7 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 		}
 	}
 	sc.first = append(sc.first, int32(len(sc.lks)))
-	slices.SortFunc(sc.ord, func(a, b seek) int { return cmpSeek(entries, a, b) })
+	slices.SortFunc(sc.ord, func(a, b seek) int { return cmpKey(entries, a, b.seg, b.hi, entries[b.entry].ID) })
 	// Lookups of one key are adjacent in key order: the first is the
 	// group, whose overlay slot they share. A segment is read by all of
 	// its lookups or by none (noRead), so groups never mix the two.
