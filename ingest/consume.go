@@ -47,8 +47,8 @@ type WorkerConfig struct {
 	// one. Default DefaultHeadBatchBytes; see DefaultFetchMaxPartitionBytes.
 	HeadBatchBytes int
 	// SessionTimeout is the group session timeout; default
-	// DefaultSessionTimeout. A member
-	// that is silent longer loses its partitions (a zombie if it wakes).
+	// DefaultSessionTimeout. A member that is silent longer loses its
+	// partitions (a zombie if it wakes).
 	SessionTimeout time.Duration
 	// ShutdownTimeout bounds the final commit on shutdown; default 10s.
 	ShutdownTimeout time.Duration

@@ -34,8 +34,8 @@ type RouterConfig struct {
 	// dead-lettered as oversize. Default DefaultMaxRecordBytes.
 	MaxRecordBytes int
 	// SessionTimeout is the group session timeout, as the worker's
-	// (ingest.session_timeout); default DefaultSessionTimeout. A router that dies holds its
-	// partitions this long.
+	// (ingest.session_timeout); default DefaultSessionTimeout. A router
+	// that dies holds its partitions this long.
 	SessionTimeout time.Duration
 	// ShutdownTimeout bounds leaving the group on shutdown; default 10s.
 	ShutdownTimeout time.Duration
