@@ -140,7 +140,7 @@ func (s *Store) fetch(p int32, pt *part, sc *scratch, entries []Entry) error {
 		o := &sc.ord[k]
 		g := o.lk
 		if k > 0 {
-			if q := &sc.ord[k-1]; q.seg == o.seg && q.hi == o.hi && bytes.Equal(entries[q.entry].ID, entries[o.entry].ID) {
+			if q := sc.ord[k-1]; cmpKey(entries, q, o.seg, o.hi, entries[o.entry].ID) == 0 {
 				g = sc.lks[q.lk].grp
 			}
 		}
@@ -190,11 +190,11 @@ func (s *Store) write(p int32, sc *scratch, b *pebble.Batch, entries []Entry) er
 		if !sc.lks[o.lk].rec {
 			continue
 		}
-		if g := sc.lks[o.lk].grp; g == last {
+		g := sc.lks[o.lk].grp
+		if g == last {
 			continue // recorded twice in this call; the overlay has the final value
-		} else {
-			last = g
 		}
+		last = g
 		sc.key = appendIDKey(sc.key[:0], p, o.seg, entries[o.entry].ID)
 		v, _ := sc.overlaid(o.lk) // recorded: present
 		if err := b.Set(sc.key, v, nil); err != nil {
