@@ -111,7 +111,11 @@ already done).`,
 					return err
 				}
 				bytes = false
-				log.Info("kafka range resolved", "topic", topic, "from", lo, "to", hi, "partitions", len(inputs))
+				var records int64
+				for _, in := range inputs {
+					records += in.Total()
+				}
+				log.Info("kafka range resolved", "topic", topic, "from", lo, "to", hi, "partitions", len(inputs), "records", records)
 			default:
 				f, clean, err := spoolQuery(ctx, cfg, log, query, queryDSN, mapping, spoolDir)
 				if err != nil {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/canopyhq/canopy/internal/synth"
@@ -47,7 +49,12 @@ func TestBackfillKafkaRangeMatchesOracle(t *testing.T) {
 	sc := e.setUp(seed, 1500, 30000)
 	ctx := context.Background()
 	archive := e.name + ".archive"
-	if _, err := e.admin.CreateTopic(ctx, 3, 1, nil, archive); err != nil {
+	// The records carry timestamps of early 2026: under the broker's
+	// default 7-day retention, its next retention check (every 5 minutes)
+	// deletes all of them, so the archive keeps its records forever, as an
+	// archive topic does.
+	forever := "-1"
+	if _, err := e.admin.CreateTopic(ctx, 3, 1, map[string]*string{"retention.ms": &forever}, archive); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = e.admin.DeleteTopics(context.Background(), archive) })
@@ -86,7 +93,8 @@ func TestBackfillKafkaRangeMatchesOracle(t *testing.T) {
 
 	out := e.run("backfill", "--topic", archive, "--from", "2026-01-15", "--to", "2026-02-15T00:00:00Z", "--batch", "700")
 	if !strings.Contains(out, "1 dead-lettered (invalid_json 1)") {
-		t.Fatalf("February backfill: %s", out)
+		t.Fatalf("February backfill: %s\nthe broker's offsets now: %s", out, offsetsByTime(ctx, e.admin, archive,
+			time.Date(2026, 1, 15, 0, 0, 0, 0, time.UTC), time.Date(2026, 2, 15, 0, 0, 0, 0, time.UTC)))
 	}
 	e.verify(sc.subset(months[1].evs))
 
@@ -195,4 +203,37 @@ func TestBackfillOverlapsLiveIngest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// offsetsByTime describes, for a failure message, each partition of topic:
+// its start and end offsets and the first offset at or after each of times.
+func offsetsByTime(ctx context.Context, adm *kadm.Client, topic string, times ...time.Time) string {
+	var b strings.Builder
+	show := func(what string, l kadm.ListedOffsets, err error) {
+		if err == nil {
+			err = l.Error()
+		}
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v; ", what, err)
+			return
+		}
+		fmt.Fprintf(&b, "%s:", what)
+		for p := int32(0); ; p++ {
+			o, ok := l.Lookup(topic, p)
+			if !ok {
+				break
+			}
+			fmt.Fprintf(&b, " p%d=%d", p, o.Offset)
+		}
+		b.WriteString("; ")
+	}
+	l, err := adm.ListStartOffsets(ctx, topic)
+	show("start", l, err)
+	l, err = adm.ListEndOffsets(ctx, topic)
+	show("end", l, err)
+	for _, at := range times {
+		l, err = adm.ListOffsetsAfterMilli(ctx, at.UnixMilli(), topic)
+		show(at.Format(time.RFC3339), l, err)
+	}
+	return b.String()
 }
