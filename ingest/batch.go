@@ -387,10 +387,11 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 	if !a.every {
 		seen = make(map[string]bool, len(recs))
 	}
-	for i, r := range recs {
+	for i := range recs {
+		r := &recs[i] // not a copy: a Record is 140 bytes
 		o := Origin{RetryOf: -1}
 		if !sourceOnly(r.Headers) {
-			o = originOf(r)
+			o = DecodeOrigin(r.Headers)
 		} // else failure reads the source, the one thing o lacks, if it fails
 		if a.every {
 			if c, ok := releaseIn(r, &o); ok {
@@ -404,19 +405,19 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 		if o.RawBytes > 0 {
 			// The router kept only a prefix of a record too large to be
 			// an event: it is dead-lettered as it came.
-			f := p.failure(r, &o, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", o.RawBytes))
+			f := p.failure(*r, &o, nil, ClassOversize, fmt.Sprintf("record of %d bytes is larger than an event may be", o.RawBytes))
 			f.RawBytes, f.RawSHA256 = o.RawBytes, o.RawSHA256
 			a.fail(f, r.Offset)
 			continue
 		}
 		if err := p.Decoder.Decode(r.Value, &d.ev); err != nil {
 			pe := asPoison(err)
-			a.fail(p.failure(r, &o, nil, pe.Class, pe.Msg), r.Offset)
+			a.fail(p.failure(*r, &o, nil, pe.Class, pe.Msg), r.Offset)
 			continue
 		}
 		if !types[d.ev.Type] {
 			if maxTypes >= 0 && len(types) >= maxTypes {
-				a.fail(p.failure(r, &o, &d.ev, ClassTooManyTypes,
+				a.fail(p.failure(*r, &o, &d.ev, ClassTooManyTypes,
 					fmt.Sprintf("the batch already has %d distinct event types (ingest.max_types_per_batch)", maxTypes)), r.Offset)
 				continue
 			}
@@ -433,7 +434,7 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 			if d.chain != nil {
 				what = "has a broken ancestor chain"
 			}
-			a.fail(p.failure(r, &o, &d.ev, ClassUnknownEntity,
+			a.fail(p.failure(*r, &o, &d.ev, ClassUnknownEntity,
 				fmt.Sprintf("entity %d %s (version %d)", d.ev.EntityID, what, in.HierarchyVersion)), r.Offset)
 			continue
 		}

@@ -331,11 +331,11 @@ func truncated(value []byte) ([]byte, []kgo.RecordHeader) {
 // releaseOf reads a release marker: the claim it makes, if r is one.
 func releaseOf(r Record) (Claim, bool) {
 	o := originOf(r)
-	return releaseIn(r, &o)
+	return releaseIn(&r, &o)
 }
 
 // releaseIn is releaseOf of r, whose headers say o.
-func releaseIn(r Record, o *Origin) (Claim, bool) {
+func releaseIn(r *Record, o *Origin) (Claim, bool) {
 	if !o.Release || len(r.Key) == 0 || len(r.Key) > maxEventIDBytes {
 		return Claim{}, false
 	}

@@ -89,8 +89,16 @@ func (c *PartitionedClaims) Begin(ctx context.Context, epoch int64, in Intent, c
 
 func (c *PartitionedClaims) claim(p int32, claims []Claim) (map[int64]bool, error) {
 	entries := make([]idstate.Entry, len(claims))
-	for i, cl := range claims {
-		entries[i] = idstate.Entry{ID: []byte(cl.EventID), Offset: cl.Offset, Time: cl.Time, RetryOf: cl.RetryOf, Release: cl.Release}
+	size := 0
+	for i := range claims {
+		size += len(claims[i].EventID)
+	}
+	ids := make([]byte, 0, size) // every id in one allocation
+	for i := range claims {
+		cl := &claims[i]
+		at := len(ids)
+		ids = append(ids, cl.EventID...)
+		entries[i] = idstate.Entry{ID: ids[at:len(ids):len(ids)], Offset: cl.Offset, Time: cl.Time, RetryOf: cl.RetryOf, Release: cl.Release}
 	}
 	res, err := c.State.Claim(p, entries)
 	if err != nil {
@@ -130,8 +138,9 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 	var ev Event
 	err := c.Restore.Read(ctx, p, from, since, first, func(recs []Record) error {
 		claims := make([]Claim, 0, len(recs))
-		for _, r := range recs {
-			o := originOf(r)
+		for i := range recs {
+			r := &recs[i]
+			o := DecodeOrigin(r.Headers)
 			if rel, ok := releaseIn(r, &o); ok {
 				claims = append(claims, rel)
 				continue
