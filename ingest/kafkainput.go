@@ -158,6 +158,10 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topic: {k.partition: kgo.NewOffset().At(k.start)}}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
+		// Records of the range deleted meanwhile (retention, delete-records)
+		// are an error: reset to the partition's new start, the client
+		// would skip them as silently as an offset gap.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -185,6 +189,11 @@ func (k *kafkaInput) Records(fn func(Record, int64) error) error {
 				ferr = fp.Err
 			}
 		})
+		if errors.Is(ferr, kerr.OffsetOutOfRange) {
+			return fmt.Errorf("kafka topic %s partition %d: records from offset %d were deleted from the topic "+
+				"(retention or delete-records) while the backfill read them; the batches before them are written, "+
+				"and a new backfill of the range loads what the topic still holds: %w", k.topic, k.partition, next, ferr)
+		}
 		if ferr != nil {
 			return fmt.Errorf("fetch: %w", ferr)
 		}
