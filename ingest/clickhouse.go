@@ -3,6 +3,7 @@ package ingest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/canopyhq/canopy/schema"
 )
@@ -38,14 +41,27 @@ type ClickHouseSink struct {
 	// there. Conn stays the connection for reads and for the tables whole
 	// on every node (acks, failures, entities). Nil on one server.
 	Shards []driver.Conn
+	// Inserts caps the INSERTs of batches' tables the sink runs at once,
+	// across all the batches it writes (default DefaultSinkInserts). Keep
+	// it below the connection pool's size: an INSERT waiting here waits as
+	// long as its batch's context allows, one waiting for a connection
+	// only the driver's dial timeout.
+	Inserts int
+
+	slotsOnce sync.Once
+	slots     *semaphore.Weighted
 }
 
+// DefaultSinkInserts is ClickHouseSink.Inserts by default: half the pool
+// of 16 connections the CLI opens, the rest for acks and reads.
+const DefaultSinkInserts = 8
+
 // Write inserts the batch's events, its rollup of each grain (hourly,
-// daily, then any coarser), the as-is rollup, then its acknowledgement,
-// shard by shard on a cluster. The ack goes last: a row in ingest_acks
-// means the range is fully written, on every shard. It keeps no reference
-// to the batch once it returns: the Processor then reuses the batch's
-// arrays (copiesBatch, pool.go).
+// daily, then any coarser) and the as-is rollup, each its own INSERT and
+// all at once, then its acknowledgement, shard by shard on a cluster. The
+// ack goes last: a row in ingest_acks means the range is fully written, on
+// every shard. It keeps no reference to the batch once it returns: the
+// Processor then reuses the batch's arrays (copiesBatch, pool.go).
 func (s *ClickHouseSink) Write(ctx context.Context, b *Batch) error {
 	err := s.perShard(func(conn driver.Conn, i, n int) error {
 		return s.writeParts(ctx, conn, b.shard(i, n))
@@ -70,30 +86,53 @@ func (s *ClickHouseSink) perShard(write func(conn driver.Conn, i, n int) error) 
 	return nil
 }
 
-// writeParts inserts b's rows of every sharded table through conn.
+// writeParts inserts b's rows of every sharded table through conn, the
+// tables' INSERTs at once: each is a block of its own, deduplicated on its
+// own and verified on its own (Landed), so their order never mattered, and
+// one after the other a batch's write took the sum of their round trips
+// (the server's part commit, and ZooKeeper's for a replicated table) where
+// it now takes the longest.
 func (s *ClickHouseSink) writeParts(ctx context.Context, conn driver.Conn, b *Batch) error {
 	unit := b.Unit()
+	g, gctx := errgroup.WithContext(ctx)
+	insert := func(write func(context.Context) error) {
+		g.Go(func() error {
+			slots := s.insertSlots()
+			if err := slots.Acquire(gctx, 1); err != nil {
+				return err
+			}
+			defer slots.Release(1)
+			return write(gctx)
+		})
+	}
+	rollup := func(table string, r *Rollup, pending int64) {
+		if r.Len() == 0 {
+			return // an empty rollup writes nothing
+		}
+		insert(func(ctx context.Context) error { return s.writeRollup(ctx, conn, table, "", r, unit, pending) })
+	}
 	// Each table is written when its part of the batch has rows, not only
 	// when the batch has events: a replay that verified what landed
 	// (Batch.without) may have every events row written already and rollup
-	// parts still missing. An empty rollup writes nothing.
+	// parts still missing.
 	if len(b.Events) > 0 {
-		if err := s.insertEvents(ctx, conn, b); err != nil {
-			return err
-		}
+		insert(func(ctx context.Context) error { return s.insertEvents(ctx, conn, b) })
 	}
-	if err := s.writeRollup(ctx, conn, schema.TableRollupHourly, "", b.Hourly, unit, 0); err != nil {
-		return err
-	}
-	if err := s.writeRollup(ctx, conn, schema.TableRollupDaily, "", b.Daily, unit, 0); err != nil {
-		return err
-	}
+	rollup(schema.TableRollupHourly, b.Hourly, 0)
+	rollup(schema.TableRollupDaily, b.Daily, 0)
 	for _, c := range b.Coarser {
-		if err := s.writeRollup(ctx, conn, c.Grain.Table, "", c.Rollup, unit, 0); err != nil {
-			return err
-		}
+		rollup(c.Grain.Table, c.Rollup, 0)
 	}
-	return s.writeRollup(ctx, conn, schema.TableRollupAsIs, "", b.AsIs, unit, b.Intent.PendingVersion)
+	rollup(schema.TableRollupAsIs, b.AsIs, b.Intent.PendingVersion)
+	return g.Wait()
+}
+
+// insertSlots is the semaphore of Inserts.
+func (s *ClickHouseSink) insertSlots() *semaphore.Weighted {
+	s.slotsOnce.Do(func() {
+		s.slots = semaphore.NewWeighted(int64(cmp.Or(max(s.Inserts, 0), DefaultSinkInserts)))
+	})
+	return s.slots
 }
 
 // prepare starts an INSERT into table through conn.

@@ -1,10 +1,13 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,22 +63,38 @@ func (ownAllLedger) Begin(_ context.Context, _ int64, in Intent, claims []Claim)
 
 // encodingConn is a driver.Conn whose batches are real driver columns,
 // encoded as the driver sends them (one Native block) into a hash instead
-// of a socket. Only PrepareBatch is implemented.
+// of a socket. Only PrepareBatch is implemented. A batch's tables are
+// sent at once (writeParts): their blocks are hashed in the order of
+// parts, the order they were once sent in, when the batch's ack (or any
+// other statement) comes.
 type encodingConn struct {
 	driver.Conn
 	cols  map[string][]schema.Column // by INSERT statement
+	parts map[string]int             // the rank of a statement inserting a batch's part
 	sum   hash.Hash
-	bytes int
-	buf   proto.Buffer
+
+	mu      sync.Mutex
+	bytes   int
+	pending []sentBlock // parts of the batch being written
+}
+
+// sentBlock is a statement and the block it sent.
+type sentBlock struct {
+	rank         int
+	query, block []byte
 }
 
 func newEncodingConn(s schema.ClickHouse) *encodingConn {
-	c := &encodingConn{cols: map[string][]schema.Column{}}
-	add := func(table string, cols []schema.Column) { c.cols[s.Insert(table, cols)] = cols }
-	add(schema.TableEvents, s.EventColumns())
-	for _, t := range []string{schema.TableRollupHourly, schema.TableRollupDaily, schema.TableRollupAsIs} {
+	c := &encodingConn{cols: map[string][]schema.Column{}, parts: map[string]int{}}
+	add := func(table string, cols []schema.Column) string {
+		q := s.Insert(table, cols)
+		c.cols[q] = cols
+		return q
+	}
+	c.parts[add(schema.TableEvents, s.EventColumns())] = 0
+	for i, t := range []string{schema.TableRollupHourly, schema.TableRollupDaily, schema.TableRollupAsIs} {
 		cols, _ := s.RollupTableColumns(t)
-		add(t, cols)
+		c.parts[add(t, cols)] = 1 + i
 	}
 	add(schema.TableAcks, s.AckColumns())
 	add(schema.TableFailures, s.FailureColumns())
@@ -87,21 +106,42 @@ func (c *encodingConn) PrepareBatch(_ context.Context, query string, _ ...driver
 	if !ok {
 		return nil, fmt.Errorf("unknown insert %q", query)
 	}
-	b := &encodingBatch{conn: c, block: chproto.NewBlock()}
+	b := &encodingBatch{conn: c, query: query, block: chproto.NewBlock()}
 	for _, col := range cols {
 		if err := b.block.AddColumn(col.Name, column.Type(col.Type)); err != nil {
 			return nil, err
 		}
 	}
-	if c.sum != nil {
-		fmt.Fprintf(c.sum, "%s\n", query)
-	}
 	return b, nil
+}
+
+// sent takes b's encoded block: a part waits for the rest of its batch's
+// parts; anything else first hashes the parts waiting, in rank order.
+func (c *encodingConn) sent(query string, block []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bytes += len(block)
+	if c.sum == nil {
+		return
+	}
+	if rank, ok := c.parts[query]; ok {
+		c.pending = append(c.pending, sentBlock{rank, []byte(query + "\n"), slices.Clone(block)})
+		return
+	}
+	slices.SortFunc(c.pending, func(a, b sentBlock) int { return cmp.Compare(a.rank, b.rank) })
+	for _, p := range c.pending {
+		_, _ = c.sum.Write(p.query)
+		_, _ = c.sum.Write(p.block)
+	}
+	c.pending = c.pending[:0]
+	fmt.Fprintf(c.sum, "%s\n", query)
+	_, _ = c.sum.Write(block)
 }
 
 type encodingBatch struct {
 	driver.Batch
 	conn  *encodingConn
+	query string
 	block *chproto.Block
 }
 
@@ -113,15 +153,18 @@ func (b *encodingBatch) Append(v ...any) error {
 	return b.block.Append(v...)
 }
 
+// encodeBuffers are the buffers blocks are encoded into, reused as the
+// driver reuses its connection's.
+var encodeBuffers = sync.Pool{New: func() any { return new(proto.Buffer) }}
+
 func (b *encodingBatch) Send() error {
-	b.conn.buf.Reset()
-	if err := b.block.Encode(&b.conn.buf, chproto.DBMS_TCP_PROTOCOL_VERSION); err != nil {
+	buf := encodeBuffers.Get().(*proto.Buffer)
+	defer encodeBuffers.Put(buf)
+	buf.Reset()
+	if err := b.block.Encode(buf, chproto.DBMS_TCP_PROTOCOL_VERSION); err != nil {
 		return err
 	}
-	b.conn.bytes += len(b.conn.buf.Buf)
-	if b.conn.sum != nil {
-		_, _ = b.conn.sum.Write(b.conn.buf.Buf)
-	}
+	b.conn.sent(b.query, buf.Buf)
 	return nil
 }
 
