@@ -84,6 +84,7 @@ already done).`,
 				total   int64
 				bytes   = true
 				cleanup func()
+				lo, hi  ingest.KafkaBound // of --topic
 			)
 			switch {
 			case len(a) > 0:
@@ -98,12 +99,11 @@ already done).`,
 					inputs = append(inputs, f)
 				}
 			case topic != "":
-				lo, err := kafkaBound("--from", from)
-				if err != nil {
+				var err error
+				if lo, err = kafkaBound("--from", from); err != nil {
 					return err
 				}
-				hi, err := kafkaBound("--to", to)
-				if err != nil {
+				if hi, err = kafkaBound("--to", to); err != nil {
 					return err
 				}
 				inputs, err = ingest.KafkaRange(ctx, cfg.kafkaOpts(), topic, lo, hi, log)
@@ -111,11 +111,6 @@ already done).`,
 					return err
 				}
 				bytes = false
-				var records int64
-				for _, in := range inputs {
-					records += in.Total()
-				}
-				log.Info("kafka range resolved", "topic", topic, "from", lo, "to", hi, "partitions", len(inputs), "records", records)
 			default:
 				f, clean, err := spoolQuery(ctx, cfg, log, query, queryDSN, mapping, spoolDir)
 				if err != nil {
@@ -125,6 +120,9 @@ already done).`,
 			}
 			for _, in := range inputs {
 				total += in.Total()
+			}
+			if topic != "" {
+				log.Info("kafka range resolved", "topic", topic, "from", lo, "to", hi, "partitions", len(inputs), "records", total)
 			}
 			start := time.Now()
 			var (
