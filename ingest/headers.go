@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -32,6 +33,13 @@ const (
 	HeaderSourceTopic     = "canopy.source.topic"
 	HeaderSourcePartition = "canopy.source.partition"
 	HeaderSourceOffset    = "canopy.source.offset"
+	// HeaderSource is the three source headers folded into one,
+	// "topic/partition/offset" (the topic may hold slashes: the last two
+	// fields are read from the right). The router and the backfill write it
+	// on the records of the by-id topic, Canopy's own, where one header in
+	// place of three is a fifth less to write, send and read per event;
+	// failures name their source with the three (EncodeFailure).
+	HeaderSource = "canopy.source"
 	// HeaderFailedAt is when the record failed this time (RFC 3339).
 	HeaderFailedAt = "canopy.failed.at"
 	// HeaderFirstFailure is when the record first failed (RFC 3339).
@@ -111,7 +119,7 @@ func DecodeOrigin(hs []kgo.RecordHeader) Origin {
 		seen |= bit
 		return true
 	}
-	var topic, part, off, rawBytes, rawSum []byte
+	var topic, part, off, folded, rawBytes, rawSum []byte
 	for _, h := range hs {
 		if !isCanopyHeader(h.Key) {
 			continue
@@ -128,6 +136,10 @@ func DecodeOrigin(hs []kgo.RecordHeader) Origin {
 		case HeaderSourceOffset:
 			if first(1 << 2) {
 				off = h.Value
+			}
+		case HeaderSource:
+			if first(1 << 13) {
+				folded = h.Value
 			}
 		case HeaderAttempts:
 			if first(1 << 3) {
@@ -181,10 +193,16 @@ func DecodeOrigin(hs []kgo.RecordHeader) Origin {
 			}
 		}
 	}
+	if seen&0b111 != 0b111 && folded != nil {
+		topic, part, off = unfoldSource(folded)
+		if topic != nil {
+			seen |= 0b111
+		}
+	}
 	if seen&0b111 == 0b111 {
 		p, err1 := strconv.ParseInt(string(part), 10, 32)
 		o2, err2 := strconv.ParseInt(string(off), 10, 64)
-		if err1 == nil && err2 == nil {
+		if err1 == nil && err2 == nil && p >= 0 && o2 >= 0 {
 			o.Known = true
 			o.Source = Source{Topic: internTopic(topic), Partition: int32(p), First: o2, Last: o2}
 		}
@@ -224,7 +242,7 @@ func sourceOnly(hs []kgo.RecordHeader) bool {
 			continue
 		}
 		switch h.Key {
-		case HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset:
+		case HeaderSource, HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset:
 		default:
 			return false
 		}
@@ -282,19 +300,41 @@ func EncodeFailure(f Failure) []kgo.RecordHeader {
 	return hs
 }
 
-// SourceHeaders name src (its First offset) as the record a copy stands for.
+// SourceHeaders name src (its First offset) as the record a copy stands
+// for, in the three headers of the retry and dead-letter topics.
 func SourceHeaders(src Source) []kgo.RecordHeader {
-	return appendSource(make([]kgo.RecordHeader, 0, 3), []byte(src.Topic),
-		strconv.AppendInt(nil, int64(src.Partition), 10), strconv.AppendInt(nil, src.First, 10))
+	return []kgo.RecordHeader{
+		{Key: HeaderSourceTopic, Value: []byte(src.Topic)},
+		{Key: HeaderSourcePartition, Value: strconv.AppendInt(nil, int64(src.Partition), 10)},
+		{Key: HeaderSourceOffset, Value: strconv.AppendInt(nil, src.First, 10)},
+	}
 }
 
-// appendSource appends to hs the source headers whose values are topic,
-// partition and offset (in decimal), as SourceHeaders makes them.
-func appendSource(hs []kgo.RecordHeader, topic, partition, offset []byte) []kgo.RecordHeader {
-	return append(hs,
-		kgo.RecordHeader{Key: HeaderSourceTopic, Value: topic},
-		kgo.RecordHeader{Key: HeaderSourcePartition, Value: partition},
-		kgo.RecordHeader{Key: HeaderSourceOffset, Value: offset})
+// appendFoldedSource appends to b the value of HeaderSource for the given
+// prefix ("topic/partition/", foldedPrefix) and offset.
+func appendFoldedSource(b, prefix []byte, offset int64) []byte {
+	return strconv.AppendInt(append(b, prefix...), offset, 10)
+}
+
+// foldedPrefix is the part of HeaderSource's value that the records of one
+// source partition share.
+func foldedPrefix(topic string, partition int32) []byte {
+	return fmt.Appendf(nil, "%s/%d/", topic, partition)
+}
+
+// unfoldSource splits a HeaderSource value into its topic, partition and
+// offset, reading the last two from the right; nils when it has no two
+// slashes or an empty topic.
+func unfoldSource(v []byte) (topic, partition, offset []byte) {
+	j := bytes.LastIndexByte(v, '/')
+	if j < 0 {
+		return nil, nil, nil
+	}
+	i := bytes.LastIndexByte(v[:j], '/')
+	if i <= 0 {
+		return nil, nil, nil
+	}
+	return v[:i], v[i+1 : j], v[j+1:]
 }
 
 // ReplayHeaders are the headers of a dead letter sent through ingestion

@@ -76,6 +76,25 @@ func TestOriginOfReadsEveryHeaderFirstValueWins(t *testing.T) {
 	if o := originOf(Record{Headers: bad}); o.Known || o.RetryOf != -1 {
 		t.Errorf("malformed: %+v", o)
 	}
+	// The by-id topic's folded source: the topic is what precedes the last
+	// two slashes; the three headers win over it where both are whole.
+	for v, want := range map[string]Source{
+		"canopy.events/3/42":     {Topic: "canopy.events", Partition: 3, First: 42, Last: 42},
+		"inputs/day 1.jsonl/0/7": {Topic: "inputs/day 1.jsonl", Partition: 0, First: 7, Last: 7},
+		"t/x/1":                  {}, "/1/2": {}, "t/1": {}, "t/-1/5": {}, "t/1/-5": {}, "t/1/": {}, "": {},
+	} {
+		o := originOf(Record{Headers: []kgo.RecordHeader{h(HeaderSource, v), h(HeaderAttempts, "2")}})
+		if o.Known != (want != Source{}) || o.Source != want || o.Attempts != 2 {
+			t.Errorf("folded source %q: %+v, want %+v", v, o, want)
+		}
+		if !sourceOnly([]kgo.RecordHeader{h(HeaderSource, v)}) {
+			t.Errorf("sourceOnly(folded %q) = false", v)
+		}
+	}
+	both := append([]kgo.RecordHeader{h(HeaderSource, "folded/1/2")}, first[1:4]...)
+	if o := originOf(Record{Headers: both}); o.Source.Topic != "events" || o.Source.First != 123456789012 {
+		t.Errorf("three headers and a folded one: %+v", o.Source)
+	}
 	if o := originOf(Record{}); o != (Origin{RetryOf: -1}) {
 		t.Errorf("no headers: %+v", o)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -273,10 +272,10 @@ type byIDRecords struct {
 	recs   []kgo.Record
 	hdrs   []kgo.RecordHeader
 	vals   []byte
-	// The source partition of the last record, and its topic and
-	// partition as header values, shared by that partition's records.
-	src         partitionKey
-	topic, part []byte
+	// The source partition of the last record, and the start of its
+	// HeaderSource value, shared by that partition's records.
+	src    partitionKey
+	prefix []byte
 }
 
 // newByIDRecords is ready for about n records of the topic target.
@@ -284,14 +283,14 @@ func newByIDRecords(target string, n int) *byIDRecords {
 	return &byIDRecords{
 		target: target,
 		recs:   make([]kgo.Record, 0, n),
-		hdrs:   make([]kgo.RecordHeader, 0, 3*n),
-		vals:   make([]byte, 0, 8*n),
+		hdrs:   make([]kgo.RecordHeader, 0, n),
+		vals:   make([]byte, 0, 32*n),
 	}
 }
 
 // add returns a record of the by-id topic keyed by the event id of value
 // (routeKey). It keeps the canopy.* headers but for the retry's due time
-// and, unless they name a source already, adds source headers naming src
+// and, unless they name a source already, adds HeaderSource naming src
 // (its First offset), so failures and dead letters point at where the
 // record came from. extra headers are appended.
 func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, extra ...kgo.RecordHeader) *kgo.Record {
@@ -308,18 +307,18 @@ func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, 
 			continue // due now
 		case HeaderReleaseOf, HeaderBackfill, HeaderRawBytes, HeaderRawSHA256:
 			continue // the by-id stage's and the backfill's alone, never a producer's
-		case HeaderSourceTopic:
+		case HeaderSourceTopic, HeaderSource:
 			sourced = true
 		}
 		b.hdrs = append(b.hdrs, h)
 	}
 	if !sourced {
-		if k := (partitionKey{src.Topic, src.Partition}); b.topic == nil || k != b.src {
-			b.src, b.topic, b.part = k, []byte(src.Topic), strconv.AppendInt(nil, int64(src.Partition), 10)
+		if k := (partitionKey{src.Topic, src.Partition}); b.prefix == nil || k != b.src {
+			b.src, b.prefix = k, foldedPrefix(src.Topic, src.Partition)
 		}
 		at := len(b.vals)
-		b.vals = strconv.AppendInt(b.vals, src.First, 10)
-		b.hdrs = appendSource(b.hdrs, b.topic, b.part, b.vals[at:len(b.vals):len(b.vals)])
+		b.vals = appendFoldedSource(b.vals, b.prefix, src.First)
+		b.hdrs = append(b.hdrs, kgo.RecordHeader{Key: HeaderSource, Value: b.vals[at:len(b.vals):len(b.vals)]})
 	}
 	b.hdrs = append(b.hdrs, extra...)
 	out.Headers = b.hdrs[first:len(b.hdrs):len(b.hdrs)]

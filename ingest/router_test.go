@@ -92,7 +92,7 @@ func TestByIDRecordsKeepTheirOwnHeaders(t *testing.T) {
 		if i == 0 {
 			hs = hs[:len(hs)-1]
 		}
-		want := SourceHeaders(Source{Topic: "events", Partition: int32(i % 3), First: int64(1000 + i)})
+		want := []kgo.RecordHeader{{Key: "canopy.source", Value: []byte(fmt.Sprintf("events/%d/%d", i%3, 1000+i))}}
 		if !reflect.DeepEqual(hs, want) {
 			t.Fatalf("record %d's headers %v, want %v", i, rec.Headers, want)
 		}

@@ -353,13 +353,8 @@ func (e *env) routedCopies(b *testing.B, topic string, from map[int32]int64) map
 		fs.EachRecord(func(r *kgo.Record) {
 			n++
 			var sp, so int64 = -1, -1
-			for _, h := range r.Headers {
-				switch h.Key {
-				case ingest.HeaderSourcePartition:
-					sp, _ = strconv.ParseInt(string(h.Value), 10, 32)
-				case ingest.HeaderSourceOffset:
-					so, _ = strconv.ParseInt(string(h.Value), 10, 64)
-				}
+			if o := ingest.DecodeOrigin(r.Headers); o.Known {
+				sp, so = int64(o.Source.Partition), o.Source.First
 			}
 			if _, seen := out[[2]int64{sp, so}]; !seen { // a router's second copy is acked later
 				out[[2]int64{sp, so}] = [2]int64{int64(r.Partition), r.Offset}
