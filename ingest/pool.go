@@ -109,6 +109,12 @@ type rollupArrays struct {
 	events   [][]int64 // the rollups' Events, and the events' Measures (records.measures)
 	sums     [][]schema.Sum128
 	accepted []Accepted
+	// acceptedN bounds what the batch wrote of accepted: release clears
+	// that much, not the whole capacity. The free list hands out the
+	// smallest array that fits, which after a catch-up of large batches is
+	// often far larger than a small batch: clearing it all cost a small
+	// batch megabytes of memclr.
+	acceptedN int
 }
 
 // acceptedEvents returns an empty Batch.Events with room for n events.
@@ -116,7 +122,8 @@ func (a *rollupArrays) acceptedEvents(n int) []Accepted {
 	if a == nil {
 		return make([]Accepted, 0, n)
 	}
-	a.accepted = freeAccepted.get(n)[:0] // zero: release cleared it
+	// Zero: a new array is, and release clears what a batch wrote.
+	a.accepted, a.acceptedN = freeAccepted.get(n)[:0], n
 	return a.accepted
 }
 
@@ -156,7 +163,7 @@ func (a *rollupArrays) release() {
 	for _, s := range a.sums {
 		freeSums.put(s)
 	}
-	clear(a.accepted[:cap(a.accepted)]) // the batch's strings
+	clear(a.accepted[:a.acceptedN]) // the batch's strings
 	freeAccepted.put(a.accepted)
 	*a = rollupArrays{}
 }

@@ -353,3 +353,29 @@ func TestFreeListReusesAndBounds(t *testing.T) {
 		t.Errorf("get(0) = %v, want nil", got)
 	}
 }
+
+// A released batch's accepted events leave its array zeroed, so the next
+// batch that takes it (from the first row to the capacity) holds no string
+// of an earlier batch; release clears only what its batch could write.
+func TestAcceptedReleasedZero(t *testing.T) {
+	large := new(rollupArrays)
+	ev := large.acceptedEvents(5000)
+	for i := range 5000 {
+		ev = append(ev, Accepted{Event: Event{ID: fmt.Sprint("large-", i), Type: "sale"}, Offset: int64(i)})
+	}
+	large.release()
+	for round := range 3 {
+		small := new(rollupArrays)
+		ev := small.acceptedEvents(10)
+		whole := ev[:cap(ev)]
+		for i := range whole {
+			if a := whole[i]; a.ID != "" || a.Type != "" || a.Measures != nil || a.EntityID != 0 || a.Offset != 0 {
+				t.Fatalf("round %d: row %d of a reused array holds %+v", round, i, whole[i])
+			}
+		}
+		for i := range 10 {
+			ev = append(ev, Accepted{Event: Event{ID: fmt.Sprint("small-", round, i)}, Offset: int64(i)})
+		}
+		small.release()
+	}
+}
