@@ -190,8 +190,10 @@ func (a *rollupArrays) poison() {
 			s[:cap(s)][i] = schema.Sum128{Hi: -1 << 40}
 		}
 	}
-	for i := range a.accepted[:cap(a.accepted)] {
-		a.accepted[:cap(a.accepted)][i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
+	// Only what the batch could write: release clears that much, and the
+	// rows beyond it must stay zero for the next batch.
+	for i := range a.accepted[:a.acceptedN] {
+		a.accepted[:a.acceptedN][i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
 	}
 }
 
