@@ -111,7 +111,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 		// 64 KiB or 50ms batches the passes; an event waits at most 50ms
 		// here.
 		kgo.FetchMinBytes(64<<10),
-		kgo.FetchMaxWait(routerFetchMaxWait),
+		kgo.FetchMaxWait(50*time.Millisecond),
 		kgo.ProducerBatchMaxBytes(4<<20), // the by-id topic's max.message.bytes
 		kgo.ProducerLinger(5*time.Millisecond),
 		kgo.OnPartitionsRevoked(r.revoked),
@@ -124,11 +124,6 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	r.cl = cl
 	return r, nil
 }
-
-// routerFetchMaxWait bounds how long the broker holds a router's fetch for
-// more records (FetchMinBytes): the most the router adds to an event's
-// latency.
-const routerFetchMaxWait = 50 * time.Millisecond
 
 func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	r.mu.Lock()
