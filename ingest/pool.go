@@ -176,24 +176,28 @@ var poisonReleased atomic.Bool
 
 func (a *rollupArrays) poison() {
 	for _, s := range a.keys {
-		for i := range s[:cap(s)] {
-			s[:cap(s)][i] = RollupKey{EntityID: -1, Bucket: -1, Depth: 255, Type: "released"}
+		full := s[:cap(s)]
+		for i := range full {
+			full[i] = RollupKey{EntityID: -1, Bucket: -1, Depth: 255, Type: "released"}
 		}
 	}
 	for _, s := range a.events {
-		for i := range s[:cap(s)] {
-			s[:cap(s)][i] = -1 << 40
+		full := s[:cap(s)]
+		for i := range full {
+			full[i] = -1 << 40
 		}
 	}
 	for _, s := range a.sums {
-		for i := range s[:cap(s)] {
-			s[:cap(s)][i] = schema.Sum128{Hi: -1 << 40}
+		full := s[:cap(s)]
+		for i := range full {
+			full[i] = schema.Sum128{Hi: -1 << 40}
 		}
 	}
 	// Only what the batch could write: release clears that much, and the
 	// rows beyond it must stay zero for the next batch.
-	for i := range a.accepted[:a.acceptedN] {
-		a.accepted[:a.acceptedN][i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
+	written := a.accepted[:a.acceptedN]
+	for i := range written {
+		written[i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
 	}
 }
 
