@@ -176,28 +176,22 @@ var poisonReleased atomic.Bool
 
 func (a *rollupArrays) poison() {
 	for _, s := range a.keys {
-		full := s[:cap(s)]
-		for i := range full {
-			full[i] = RollupKey{EntityID: -1, Bucket: -1, Depth: 255, Type: "released"}
-		}
+		fill(s[:cap(s)], RollupKey{EntityID: -1, Bucket: -1, Depth: 255, Type: "released"})
 	}
 	for _, s := range a.events {
-		full := s[:cap(s)]
-		for i := range full {
-			full[i] = -1 << 40
-		}
+		fill(s[:cap(s)], -1<<40)
 	}
 	for _, s := range a.sums {
-		full := s[:cap(s)]
-		for i := range full {
-			full[i] = schema.Sum128{Hi: -1 << 40}
-		}
+		fill(s[:cap(s)], schema.Sum128{Hi: -1 << 40})
 	}
 	// Only what the batch could write: release clears that much, and the
 	// rows beyond it must stay zero for the next batch.
-	written := a.accepted[:a.acceptedN]
-	for i := range written {
-		written[i] = Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1}
+	fill(a.accepted[:a.acceptedN], Accepted{Event: Event{ID: "released", EntityID: -1}, Offset: -1})
+}
+
+func fill[T any](s []T, v T) {
+	for i := range s {
+		s[i] = v
 	}
 }
 
