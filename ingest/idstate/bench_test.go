@@ -58,16 +58,21 @@ func BenchmarkClaim(b *testing.B) {
 		dupEvery int
 		memTable int64 // 0: the default
 		seq      bool  // time-ordered ids (benchLogIDs), not random ones
+		parts    int32 // partitions the batches go to in turn; 0: one
 	}{
-		{"fresh", 10_000, 0, 0, false},
-		{"dup10pct", 10_000, 10, 0, false},
-		{"fresh-100k", 100_000, 0, 0, false},
+		{"fresh", 10_000, 0, 0, false, 0},
+		{"dup10pct", 10_000, 10, 0, false, 0},
+		{"fresh-100k", 100_000, 0, 0, false, 0},
 		// The former default memtable, beside the current one.
-		{"fresh-100k-mem16", 100_000, 0, 16 << 20, false},
+		{"fresh-100k-mem16", 100_000, 0, 16 << 20, false, 0},
 		// Time-ordered ids: whole-id keys keep their order, so a flush
 		// overlaps little below it. Hashing the ids into the keys (tried
 		// and reverted) doubled this case's CPU per id.
-		{"fresh-100k-seq", 100_000, 0, 0, true},
+		{"fresh-100k-seq", 100_000, 0, 0, true, 0},
+		// The same ids over four partitions of one store, as a worker
+		// owning four by-id partitions claims them: each partition's ids
+		// still increase, but a flush holds all four.
+		{"fresh-100k-seq-4p", 100_000, 0, 0, true, 4},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			s := openT(b, b.TempDir(), Options{Horizon: 24 * time.Hour, MemTableBytes: bc.memTable})
@@ -75,9 +80,10 @@ func BenchmarkClaim(b *testing.B) {
 			r := rand.New(rand.NewPCG(1, 2))
 			start := base.Add(-10 * time.Minute)
 			const prefill = 1_000_000
+			parts := max(bc.parts, 1)
 			pre := benchLogIDs(r, prefill, 0, start, 0, bc.seq)
 			for i := 0; i < prefill; i += 10_000 {
-				if _, err := s.Claim(0, pre[i:i+10_000]); err != nil {
+				if _, err := s.Claim(int32(i/10_000)%parts, pre[i:i+10_000]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -88,7 +94,7 @@ func BenchmarkClaim(b *testing.B) {
 			cpu0 := cputime.Self()
 			dups := 0
 			for i := range b.N {
-				owned, err := s.Claim(0, log[i*batch:(i+1)*batch])
+				owned, err := s.Claim(int32(i)%parts, log[i*batch:(i+1)*batch])
 				if err != nil {
 					b.Fatal(err)
 				}
