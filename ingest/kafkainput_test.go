@@ -46,7 +46,10 @@ func deletedWhileRead(t *testing.T, brokers []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	topic := fmt.Sprintf("canopy_kafkainput_%d", time.Now().UnixNano())
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic))
+	// A new topic can be unknown to the broker for a moment after
+	// CreateTopic returns (KRaft propagates it); keep retrying that until
+	// ctx ends rather than franz-go's default four times.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic), kgo.UnknownTopicRetries(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
