@@ -52,7 +52,23 @@ var (
 	// cannot recognise as repeats of those already written. The batch waits
 	// for a process with the configuration it was begun with.
 	ErrReplayMismatch = errors.New("ingest: unfinished batch was begun under another configuration")
+	// ErrTopicGone means the by-id topic was deleted, or deleted and
+	// created again, while the router wrote to it. Retrying cannot help:
+	// the workers' offsets and local event-id state belong to the old
+	// topic. Only a restart, which creates the topic and forgets the stale
+	// state, continues.
+	ErrTopicGone = errors.New("ingest: the by-id topic was deleted or created again while in use")
 )
+
+// forgetRecreated lets a long-lived producer follow a topic that was
+// deleted and created again: franz-go keys a topic by the id it first saw
+// and fails every later produce with UNKNOWN_TOPIC_ID until the topic is
+// purged from the client, after which the next produce looks it up anew.
+func forgetRecreated(cl interface{ PurgeTopicsFromProducing(...string) }, topic string, err error) {
+	if errors.Is(err, kerr.UnknownTopicID) {
+		cl.PurgeTopicsFromProducing(topic)
+	}
+}
 
 // PoisonError is a record that can never succeed as it is. It goes to the
 // dead-letter topic at once, with Class and the message.

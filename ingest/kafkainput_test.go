@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -22,24 +20,7 @@ import (
 // offsets were a gap. Against kfake always, and against the real broker
 // when CANOPY_KAFKA_BROKERS names one (scripts/services).
 func TestKafkaRangeDeletedWhileReadIsAnError(t *testing.T) {
-	t.Run("kfake", func(t *testing.T) {
-		cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cluster.Close)
-		deletedWhileRead(t, cluster.ListenAddrs())
-	})
-	t.Run("kafka", func(t *testing.T) {
-		brokers := os.Getenv("CANOPY_KAFKA_BROKERS")
-		if brokers == "" {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("CANOPY_KAFKA_BROKERS not set in CI")
-			}
-			t.Skip("CANOPY_KAFKA_BROKERS not set; run scripts/services up")
-		}
-		deletedWhileRead(t, strings.Split(brokers, ","))
-	})
+	onEachKafka(t, deletedWhileRead)
 }
 
 func deletedWhileRead(t *testing.T, brokers []string) {

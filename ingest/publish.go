@@ -95,6 +95,7 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 			}
 			refused[index[res.Record]] = res.Err
 		default:
+			forgetRecreated(cl, topic, res.Err)
 			return fmt.Errorf("produce to %s: %w", topic, res.Err)
 		}
 	}
@@ -110,6 +111,7 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 			case Classify(err) == Refused:
 				refused[i] = err
 			default:
+				forgetRecreated(cl, topic, err)
 				return fmt.Errorf("produce to %s: %w", topic, err)
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -38,6 +40,10 @@ type RouterConfig struct {
 	SessionTimeout time.Duration
 	// ShutdownTimeout bounds leaving the group on shutdown; default 10s.
 	ShutdownTimeout time.Duration
+	// TopicGoneAfter is how long the by-id topic must stay deleted (or
+	// replaced by a new topic of its name) before Run gives up with
+	// ErrTopicGone; default 30s.
+	TopicGoneAfter time.Duration
 }
 
 // Router is the first stage of the partitioned deduplication mode
@@ -85,6 +91,9 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.TopicGoneAfter <= 0 {
+		cfg.TopicGoneAfter = 30 * time.Second
 	}
 	if log == nil {
 		log = slog.Default()
@@ -140,7 +149,8 @@ func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32)
 	}
 }
 
-// Run routes until ctx ends.
+// Run routes until ctx ends, or until the by-id topic is gone (an error
+// wrapping ErrTopicGone): its records that were not routed stay uncommitted.
 func (r *Router) Run(ctx context.Context) error {
 	defer leaveGroup(r.cl, r.cfg.ShutdownTimeout, r.log)
 	for {
@@ -169,9 +179,14 @@ func (r *Router) Run(ctx context.Context) error {
 		})
 		out, commits := r.due(time.Now())
 		r.mu.Unlock()
-		if len(out) > 0 && !r.produce(ctx, out) {
-			r.cl.AllowRebalance()
-			return nil
+		if len(out) > 0 {
+			if err := r.produce(ctx, out); err != nil {
+				r.cl.AllowRebalance()
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
 		}
 		if len(commits) > 0 {
 			r.cl.CommitOffsetsSync(ctx, commits, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
@@ -337,8 +352,12 @@ func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, 
 // false when ctx ended first. A record the by-id topic refuses for good (too
 // large for it) is sent again truncated (see truncated), so the by-id stage
 // dead-letters it rather than the partition stopping.
-func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
+// produce writes recs to the by-id topic until the topic has acknowledged
+// every one (nil), ctx ends (its error) or the topic has been gone for
+// TopicGoneAfter (ErrTopicGone). Every other failure is retried with backoff.
+func (r *Router) produce(ctx context.Context, recs []*kgo.Record) error {
 	pace := backoff.New(100*time.Millisecond, r.cfg.RetryBackoffMax)
+	var goneSince time.Time
 	for {
 		var failed []*kgo.Record
 		var err error
@@ -368,18 +387,49 @@ func (r *Router) produce(ctx context.Context, recs []*kgo.Record) bool {
 			err = res.Err
 		}
 		if len(failed) == 0 {
-			return true
+			return nil
 		}
 		if ctx.Err() != nil {
-			return false
+			return ctx.Err()
+		}
+		switch {
+		case !r.topicGone(ctx, err):
+			goneSince = time.Time{}
+		case goneSince.IsZero():
+			goneSince = time.Now()
+		case time.Since(goneSince) >= r.cfg.TopicGoneAfter:
+			return fmt.Errorf("%w: %s (%v): %d record(s) not routed stay uncommitted in %s; "+
+				"restart the workers, which create the topic again (see docs/failures.md)",
+				ErrTopicGone, r.cfg.Target, err, len(failed), r.cfg.Topic)
 		}
 		d := pace.Next()
 		r.log.Warn("routing to the by-id topic failed, retrying", "topic", r.cfg.Target, "records", len(failed), "err", err, "backoff", d)
 		if !wait.Sleep(ctx, d) {
-			return false
+			return ctx.Err()
 		}
 		recs = failed
 	}
+}
+
+// topicGone reports whether err, a failure to produce to the by-id topic,
+// means the topic is no longer the one the router wrote to: Kafka no longer
+// knows the id the client holds (deleted and created again), or the topic
+// does not exist. A failure to ask is not taken as an answer.
+func (r *Router) topicGone(ctx context.Context, err error) bool {
+	switch {
+	case errors.Is(err, kerr.UnknownTopicID):
+		return true
+	case !errors.Is(err, kerr.UnknownTopicOrPartition):
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	topics, lerr := kadm.NewClient(r.cl).ListTopics(ctx, r.cfg.Target)
+	if lerr != nil {
+		return false
+	}
+	t, ok := topics[r.cfg.Target]
+	return !ok || errors.Is(t.Err, kerr.UnknownTopicOrPartition)
 }
 
 func truncatedRecord(rec *kgo.Record) bool {
