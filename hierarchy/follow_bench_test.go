@@ -15,6 +15,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // testTopic makes a one-partition topic on the CANOPY_KAFKA_BROKERS
@@ -22,14 +24,7 @@ import (
 // the cluster the test skips, except under CI=true.
 func testTopic(t testing.TB) ([]string, string, *kgo.Client) {
 	t.Helper()
-	env := os.Getenv("CANOPY_KAFKA_BROKERS")
-	if env == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_KAFKA_BROKERS is not set")
-		}
-		t.Skip("CANOPY_KAFKA_BROKERS is not set")
-	}
-	brokers := strings.Split(env, ",")
+	brokers := strings.Split(testenv.Get(t, "CANOPY_KAFKA_BROKERS"), ",")
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	topic := "canopy_test_hierarchy_" + hex.EncodeToString(b[:])

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/canopyhq/canopy/internal/testenv"
 	"github.com/canopyhq/canopy/schema"
 )
 
@@ -25,16 +25,10 @@ import (
 // server the test skips, except under CI=true, where it fails.
 func testDB(t testing.TB, raw bool) *pgxpool.Pool {
 	t.Helper()
-	dsn := os.Getenv("CANOPY_POSTGRES_DSN")
+	dsn := testenv.Get(t, "CANOPY_POSTGRES_DSN")
 	unavailable := func(format string, args ...any) {
 		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf(format, args...)
-		}
-		t.Skipf(format, args...)
-	}
-	if dsn == "" {
-		unavailable("CANOPY_POSTGRES_DSN is not set")
+		testenv.Unavailable(t, format, args...)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/canopyhq/canopy/internal/cputime"
+	"github.com/canopyhq/canopy/internal/testenv"
 	"github.com/canopyhq/canopy/schema"
 )
 
@@ -21,13 +21,7 @@ import (
 // measures ms (validated here).
 func newSink(t testing.TB, ms schema.Measures) *ClickHouseSink {
 	t.Helper()
-	dsn := os.Getenv("CANOPY_CLICKHOUSE_DSN")
-	if dsn == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_CLICKHOUSE_DSN must be set under CI")
-		}
-		t.Skip("CANOPY_CLICKHOUSE_DSN not set; run scripts/services up")
-	}
+	dsn := testenv.Get(t, "CANOPY_CLICKHOUSE_DSN")
 	opts, err := clickhouse.ParseDSN(dsn)
 	if err != nil {
 		t.Fatal(err)

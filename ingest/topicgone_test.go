@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // onEachKafka runs test against kfake, and against the real broker when
@@ -32,14 +33,7 @@ func onEachKafka(t *testing.T, test func(t *testing.T, brokers []string)) {
 	})
 	t.Run("kafka", func(t *testing.T) {
 		t.Parallel()
-		brokers := os.Getenv("CANOPY_KAFKA_BROKERS")
-		if brokers == "" {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("CANOPY_KAFKA_BROKERS not set in CI")
-			}
-			t.Skip("CANOPY_KAFKA_BROKERS not set; run scripts/services up")
-		}
-		test(t, strings.Split(brokers, ","))
+		test(t, strings.Split(testenv.Get(t, "CANOPY_KAFKA_BROKERS"), ","))
 	})
 }
 

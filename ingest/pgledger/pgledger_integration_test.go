@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
-	"os"
 	"testing"
 	"time"
 
@@ -15,18 +14,13 @@ import (
 
 	"github.com/canopyhq/canopy/hierarchy"
 	"github.com/canopyhq/canopy/ingest"
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // newLedger migrates a throwaway database on the real PostgreSQL.
 func newLedger(t *testing.T) *Ledger {
 	t.Helper()
-	dsn := os.Getenv("CANOPY_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_POSTGRES_DSN must be set under CI")
-		}
-		t.Skip("CANOPY_POSTGRES_DSN not set; run scripts/services up")
-	}
+	dsn := testenv.Get(t, "CANOPY_POSTGRES_DSN")
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, dsn)
 	if err != nil {

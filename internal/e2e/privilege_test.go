@@ -12,6 +12,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // The services' ClickHouse users (scripts/services, users section): a writer
@@ -45,10 +47,7 @@ func needConfinedUsers(t testing.TB) confinedUsers {
 	u.writerPassword = read("CANOPY_TEST_CLICKHOUSE_WRITER_PASSWORD_FILE")
 	u.readerPassword = read("CANOPY_TEST_CLICKHOUSE_READER_PASSWORD_FILE")
 	if u.db == "" || u.writerDSN == "" || u.writerPassword == "" || u.readerPassword == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_TEST_CLICKHOUSE_{PRIVILEGE_DB,WRITER_DSN,WRITER_PASSWORD_FILE,READER_PASSWORD_FILE} must be set under CI (scripts/services env)")
-		}
-		t.Skip("the services' writer and reader users are not configured; run scripts/services up and eval \"$(scripts/services env)\"")
+		testenv.Unavailable(t, "CANOPY_TEST_CLICKHOUSE_{PRIVILEGE_DB,WRITER_DSN,WRITER_PASSWORD_FILE,READER_PASSWORD_FILE} are not set")
 	}
 	return u
 }

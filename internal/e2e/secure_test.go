@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/canopyhq/canopy/internal/synth"
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // secureServices are the TLS endpoints of scripts/services: Kafka's
@@ -51,10 +52,7 @@ func needSecure(t *testing.T) secureServices {
 		chPassFile:   os.Getenv("CANOPY_TEST_CLICKHOUSE_TLS_PASSWORD_FILE"),
 	}
 	if s.ca == "" || s.saslBrokers == "" || s.chAddr == "" || s.saslPassFile == "" || s.chPassFile == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("the CANOPY_TEST_* TLS settings must be set under CI (scripts/services env, after scripts/services up)")
-		}
-		t.Skip("TLS services not configured; run scripts/services up and eval \"$(scripts/services env)\"")
+		testenv.Unavailable(t, "the CANOPY_TEST_* TLS settings are not set")
 	}
 	for _, f := range []struct {
 		file string

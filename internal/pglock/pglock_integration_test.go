@@ -4,22 +4,17 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 func testPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	dsn := os.Getenv("CANOPY_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CANOPY_POSTGRES_DSN is not set")
-		}
-		t.Skip("CANOPY_POSTGRES_DSN is not set")
-	}
+	dsn := testenv.Get(t, "CANOPY_POSTGRES_DSN")
 	pool, err := pgxpool.New(context.Background(), dsn)
 	if err != nil {
 		t.Fatal(err)
