@@ -188,6 +188,11 @@ func clickHouseOptions(cfg *config, user, password string) (*clickhouse.Options,
 	if opts.DialTimeout == 0 {
 		opts.DialTimeout = 5 * time.Second
 	}
+	// A worker writes up to ingest.DefaultSinkInserts INSERTs at once,
+	// besides acks and the restater's writes; the driver keeps only 5 idle
+	// connections by default and closes the rest when they are released,
+	// so every busy turn dialled again and grew new send buffers.
 	opts.MaxOpenConns = 16
+	opts.MaxIdleConns = opts.MaxOpenConns
 	return opts, nil
 }
