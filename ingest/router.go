@@ -348,13 +348,12 @@ func (b *byIDRecords) add(value []byte, headers []kgo.RecordHeader, src Source, 
 	return out
 }
 
-// produce sends recs, retrying with backoff until every one is acknowledged;
-// false when ctx ended first. A record the by-id topic refuses for good (too
-// large for it) is sent again truncated (see truncated), so the by-id stage
-// dead-letters it rather than the partition stopping.
-// produce writes recs to the by-id topic until the topic has acknowledged
+// produce sends recs to the by-id topic until the topic has acknowledged
 // every one (nil), ctx ends (its error) or the topic has been gone for
-// TopicGoneAfter (ErrTopicGone). Every other failure is retried with backoff.
+// TopicGoneAfter (ErrTopicGone); any other failure is retried with backoff.
+// A record the topic refuses for good (too large for it) is sent again
+// truncated (see truncated), so the by-id stage dead-letters it rather than
+// the partition stopping.
 func (r *Router) produce(ctx context.Context, recs []*kgo.Record) error {
 	pace := backoff.New(100*time.Millisecond, r.cfg.RetryBackoffMax)
 	var goneSince time.Time
