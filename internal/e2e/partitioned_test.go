@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -213,4 +214,106 @@ func (bd *benchData) measureRestore(b *testing.B, e *env) restoreResult {
 		}
 	}
 	return r
+}
+
+// TestWorkerExitsWhenByIDTopicDeleted: deleting the by-id topic under a
+// running worker is not an outage to wait out (the worker's offsets and
+// local event-id state belong to the topic that went), so the worker exits
+// 1 naming the topic instead of retrying for as long as it runs. What it
+// had not routed stays uncommitted in the events topic: a restarted worker
+// creates the topic again and ingests it, and the rollups equal the oracle.
+// The events sent after the deletion carry only ids not seen before it,
+// since the state that would have refused repeats went with the topic
+// (docs/failures.md, "The by-id topic deleted").
+func TestWorkerExitsWhenByIDTopicDeleted(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 2)
+	byid := e.partitioned()
+	sc := e.setUp(seed, 200, 2000)
+
+	// Every copy of an id goes with its first occurrence: before the
+	// deletion when that is in the first half.
+	first := map[string]bool{}
+	var before, after []synth.Event
+	for i, ev := range sc.events {
+		if i < len(sc.events)/2 {
+			first[ev.ID] = true
+		}
+		if first[ev.ID] {
+			before = append(before, ev)
+		} else {
+			after = append(after, ev)
+		}
+	}
+	send := func(evs []synth.Event) {
+		keys, values := make([][]byte, len(evs)), make([][]byte, len(evs))
+		for i, ev := range evs {
+			keys[i], values[i] = []byte(strconv.FormatInt(ev.EntityID, 10)), ev.JSON()
+		}
+		e.produce(keys, values)
+	}
+
+	w := e.startWorker(1)
+	send(before)
+	e.settled(byid, uint64(len(before)), 3*time.Minute)
+
+	ctx := context.Background()
+	if _, err := e.admin.DeleteTopics(ctx, byid); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the by-id topic deleted", time.Minute, func() bool {
+		d, err := e.admin.ListTopics(ctx, byid)
+		return err == nil && d[byid].Err != nil
+	})
+	deleted := time.Now()
+	send(after)
+	select {
+	case <-w.done:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the worker still runs 3 minutes after its by-id topic was deleted")
+	}
+	if code := w.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("worker exited %d, want 1", code)
+	}
+	b, err := os.ReadFile(w.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "by-id topic was deleted or created again") || !strings.Contains(string(b), byid) {
+		t.Fatalf("the worker's log does not name the deleted by-id topic %s:\n%s", byid, tail(b, 3000))
+	}
+	t.Logf("worker exited %s after the deletion", time.Since(deleted).Round(time.Second))
+
+	// Acks of the new topic are told from the old one's by time: the old
+	// topic's were all written before it was deleted.
+	since := deleted.Add(time.Second).UTC().Truncate(time.Second)
+	newAcks := func() uint64 {
+		var n uint64
+		err := e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT sum(r) FROM (
+			SELECT any(records) AS r FROM %s.ingest_acks
+			WHERE topic = ? AND processed_at >= toDateTime(?) GROUP BY partition, first_offset)`, e.chDB),
+			byid, since.Unix()).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	w2 := e.startWorker(2)
+	e.waitFor(fmt.Sprintf("the %d events sent after the deletion acknowledged", len(after)), 3*time.Minute, func() bool {
+		return newAcks() >= uint64(len(after))
+	})
+	if got := newAcks(); got != uint64(len(after)) {
+		t.Fatalf("the new by-id topic's acks count %d records, want %d", got, len(after))
+	}
+	w2.stop(t)
+	e.verify(sc)
+}
+
+// tail is the last n bytes of b.
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
 }
