@@ -236,10 +236,7 @@ func (e *env) startWorker(i int) *worker {
 		_ = cmd.Process.Kill()
 		if e.t.Failed() {
 			b, _ := os.ReadFile(log)
-			if len(b) > 4000 {
-				b = b[len(b)-4000:]
-			}
-			e.t.Logf("tail of %s:\n%s", log, b)
+			e.t.Logf("tail of %s:\n%s", log, tail(b, 4000))
 		}
 	})
 	return w
