@@ -23,6 +23,7 @@ var allowed = map[string][]string{
 	"internal/synth":       {},
 	"internal/benchreport": {},
 	"internal/cputime":     {},
+	"internal/testenv":     {},
 	"internal/imports":     {},
 	"internal/e2e":         {},
 	"ingest/idstate":       {},
