@@ -26,15 +26,11 @@ import (
 func testDB(t testing.TB, raw bool) *pgxpool.Pool {
 	t.Helper()
 	dsn := testenv.Get(t, "CANOPY_POSTGRES_DSN")
-	unavailable := func(format string, args ...any) {
-		t.Helper()
-		testenv.Unavailable(t, format, args...)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		unavailable("postgres at CANOPY_POSTGRES_DSN: %v", err)
+		testenv.Unavailable(t, "postgres at CANOPY_POSTGRES_DSN: %v", err)
 	}
 	defer admin.Close(ctx)
 	var b [6]byte

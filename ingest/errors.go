@@ -60,16 +60,6 @@ var (
 	ErrTopicGone = errors.New("ingest: the by-id topic was deleted or created again while in use")
 )
 
-// forgetRecreated lets a long-lived producer follow a topic that was
-// deleted and created again: franz-go keys a topic by the id it first saw
-// and fails every later produce with UNKNOWN_TOPIC_ID until the topic is
-// purged from the client, after which the next produce looks it up anew.
-func forgetRecreated(cl interface{ PurgeTopicsFromProducing(...string) }, topic string, err error) {
-	if errors.Is(err, kerr.UnknownTopicID) {
-		cl.PurgeTopicsFromProducing(topic)
-	}
-}
-
 // PoisonError is a record that can never succeed as it is. It goes to the
 // dead-letter topic at once, with Class and the message.
 type PoisonError struct {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -120,4 +122,14 @@ func publishFailures(ctx context.Context, cl *kgo.Client, topic string, fs []Fai
 		return &RefusedError{Topic: topic, Refused: refused}
 	}
 	return nil
+}
+
+// forgetRecreated lets a long-lived producer follow a topic that was
+// deleted and created again: franz-go keys a topic by the id it first saw
+// and fails every later produce with UNKNOWN_TOPIC_ID until the topic is
+// purged from the client, after which the next produce looks it up anew.
+func forgetRecreated(cl *kgo.Client, topic string, err error) {
+	if errors.Is(err, kerr.UnknownTopicID) {
+		cl.PurgeTopicsFromProducing(topic)
+	}
 }

@@ -68,14 +68,21 @@ func createTopic(ctx context.Context, t *testing.T, adm *kadm.Client, topic stri
 	}
 }
 
-// topicMissing reports whether the metadata says topic does not exist.
-func topicMissing(ctx context.Context, adm *kadm.Client, topic string) (bool, error) {
-	d, err := adm.ListTopics(ctx, topic)
-	if err != nil {
-		return false, err
+// deleteTopic deletes topic and waits until the metadata says it does not
+// exist.
+func deleteTopic(ctx context.Context, t *testing.T, adm *kadm.Client, topic string) {
+	t.Helper()
+	if _, err := adm.DeleteTopics(ctx, topic); err != nil {
+		t.Fatal(err)
 	}
-	t, ok := d[topic]
-	return !ok || errors.Is(t.Err, kerr.UnknownTopicOrPartition), nil
+	eventually(ctx, t, "topic "+topic+" deleted", func() (bool, error) {
+		d, err := adm.ListTopics(ctx, topic)
+		if err != nil {
+			return false, err
+		}
+		dt, ok := d[topic]
+		return !ok || errors.Is(dt.Err, kerr.UnknownTopicOrPartition), nil
+	})
 }
 
 // eventually polls f until it reports true or ctx ends.
@@ -157,13 +164,7 @@ func routerLosesTopic(t *testing.T, brokers []string, recreate bool) {
 		return at == first, err
 	})
 
-	if _, err := adm.DeleteTopics(ctx, byid); err != nil {
-		t.Fatal(err)
-	}
-	eventually(ctx, t, "the by-id topic deleted", func() (bool, error) {
-		gone, err := topicMissing(ctx, adm, byid)
-		return gone, err
-	})
+	deleteTopic(ctx, t, adm, byid)
 	if recreate {
 		createTopic(ctx, t, adm, byid)
 	}
@@ -211,13 +212,7 @@ func TestPublishFollowsARecreatedTopic(t *testing.T) {
 		if err := publishFailures(ctx, cl, topic, f, false); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := adm.DeleteTopics(ctx, topic); err != nil {
-			t.Fatal(err)
-		}
-		eventually(ctx, t, "the topic deleted", func() (bool, error) {
-			gone, err := topicMissing(ctx, adm, topic)
-			return gone, err
-		})
+		deleteTopic(ctx, t, adm, topic)
 		createTopic(ctx, t, adm, topic)
 		// The batch is retried as the worker retries it; the first try may
 		// meet the old id.
