@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -210,6 +211,20 @@ func (r *Relay) publish(ctx context.Context, cl *kgo.Client, msgs []Message) err
 	if err := cl.BeginTransaction(); err != nil {
 		return fmt.Errorf("relay: begin transaction: %w", err)
 	}
+	// Flush returns once every record is done, not whether any failed, and
+	// franz-go turns a commit with no record produced into an abort that
+	// returns nil: a failure is only seen here, in the promises.
+	var (
+		mu     sync.Mutex
+		failed error
+	)
+	promise := func(_ *kgo.Record, err error) {
+		if err != nil {
+			mu.Lock()
+			failed = cmp.Or(failed, err)
+			mu.Unlock()
+		}
+	}
 	now := time.Now().UTC().Format(time.RFC3339Nano)
 	for i := range msgs {
 		m := &msgs[i]
@@ -222,9 +237,14 @@ func (r *Relay) publish(ctx context.Context, cl *kgo.Client, msgs []Message) err
 			Key:     []byte(strconv.FormatInt(m.EntityID, 10)),
 			Value:   value,
 			Headers: []kgo.RecordHeader{{Key: HeaderOutboxSeq, Value: []byte(strconv.FormatInt(m.OutboxSeq, 10))}},
-		}, nil)
+		}, promise)
 	}
 	flushErr := cl.Flush(ctx)
+	if flushErr == nil {
+		mu.Lock()
+		flushErr = failed
+		mu.Unlock()
+	}
 	commit := kgo.TryCommit
 	if flushErr != nil {
 		commit = kgo.TryAbort
