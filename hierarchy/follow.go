@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/canopyhq/canopy/internal/recreated"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -89,9 +90,13 @@ func (f *Follower) Run(ctx context.Context, from map[int32]int64) error {
 		kgo.SeedBrokers(f.Brokers...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.FetchMaxWait(100 * time.Millisecond),
+		// Where the topic starts again (created again, or from before
+		// retention), it is read from its start: Apply skips what the
+		// tree holds already.
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
 	if from == nil {
-		opts = append(opts, kgo.ConsumeTopics(f.Topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		opts = append(opts, kgo.ConsumeTopics(f.Topic))
 	} else {
 		offsets := map[int32]kgo.Offset{}
 		for p, o := range from {
@@ -104,6 +109,7 @@ func (f *Follower) Run(ctx context.Context, from map[int32]int64) error {
 		return fmt.Errorf("hierarchy follower: %w", err)
 	}
 	defer cl.Close()
+	watch := recreated.Watch{Log: f.Log}
 	for {
 		// While a message waits for its history row, later ones wait
 		// behind it: changes apply in topic order.
@@ -112,12 +118,22 @@ func (f *Follower) Run(ctx context.Context, from map[int32]int64) error {
 			if ctx.Err() != nil || fs.IsClientClosed() {
 				return nil
 			}
-			for _, fe := range fs.Errors() {
+			others, gone, idle := watch.Note(fs)
+			for _, fe := range others {
 				if !errors.Is(fe.Err, context.Canceled) {
 					f.Log.Warn("hierarchy topic fetch failed", "topic", fe.Topic, "partition", fe.Partition, "err", fe.Err)
 				}
 			}
 			fs.EachRecord(func(r *kgo.Record) { v.add(r.Partition, r.Offset, r.Value) })
+			if len(gone) > 0 {
+				// Deleted and created again: read the new topic from its
+				// start. PostgreSQL polls cover whatever the gap held.
+				f.Log.Warn("hierarchy topic deleted and created again: reading the new topic from its start", "topic", f.Topic)
+				recreated.Follow(cl, gone...)
+			}
+			if idle && !wait.Sleep(ctx, 100*time.Millisecond) {
+				return nil
+			}
 		}
 		pause, err := v.step(ctx)
 		if ctx.Err() != nil {

@@ -16,6 +16,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/canopyhq/canopy/internal/backoff"
+	"github.com/canopyhq/canopy/internal/recreated"
+	"github.com/canopyhq/canopy/internal/wait"
 )
 
 // WorkerConfig configures a consumer-group worker.
@@ -69,6 +71,12 @@ type WorkerConfig struct {
 	// Topic's records: anyone may produce there. The retry topic's are
 	// always honoured.
 	TrustHeaders bool
+	// StateFromTopic says the worker keeps state built from Topic's
+	// records (the by-id topic's event-id state). Topic deleted and created
+	// again then ends Run with ErrTopicGone, as it ends the router's, and
+	// the restart forgets that state. Otherwise a topic created again is
+	// read from its start.
+	StateFromTopic bool
 }
 
 // DefaultFetchMaxPartitionBytes is WorkerConfig.FetchMaxPartitionBytes'
@@ -204,6 +212,7 @@ type Worker struct {
 	unpause map[string][]int32
 
 	ready chan struct{} // closed once partitions are leased, or after the first successful poll
+	watch recreated.Watch
 	once  sync.Once
 }
 
@@ -223,7 +232,8 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Worker{cfg: cfg, proc: proc, log: log, leases: map[partitionKey]lease{}, parts: map[partitionKey]*held{}, ready: make(chan struct{})}
+	w := &Worker{cfg: cfg, proc: proc, log: log, leases: map[partitionKey]lease{}, parts: map[partitionKey]*held{}, ready: make(chan struct{}),
+		watch: recreated.Watch{Log: log}}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ConsumerGroup(cfg.Group),
@@ -346,11 +356,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			return nil
 		}
 		w.once.Do(func() { close(w.ready) })
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) {
-				w.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
-			}
-		})
+		gone := fetchErrors(ctx, fetches, &w.watch, w.log, "fetch error")
+		if w.cfg.StateFromTopic && slices.Contains(gone, w.cfg.Topic) {
+			w.cl.AllowRebalance()
+			return fmt.Errorf("%w: %s was deleted and created again; "+
+				"restart the workers, which forget the state built from the old topic (see docs/failures.md)", ErrTopicGone, w.cfg.Topic)
+		}
 		w.buffer(fetches)
 		commits := w.processAll(ctx)
 		if len(commits) > 0 {
@@ -358,7 +369,60 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.throttle()
 		w.cl.AllowRebalance()
+		// The events or retry topic created again is read from its start;
+		// the ledger keys its batches by the new topic's id.
+		follow(w.cl, w.log, gone, w.revoked, w.held())
 	}
+}
+
+// fetchErrors logs a poll's fetch errors under msg (but for the poll's own
+// deadline) and returns the topics watch finds were deleted and created
+// again. After a poll that brought nothing but such failures it pauses a
+// little: franz-go answers those polls at once.
+func fetchErrors(ctx context.Context, fetches kgo.Fetches, watch *recreated.Watch, log *slog.Logger, msg string) []string {
+	others, gone, idle := watch.Note(fetches)
+	for _, fe := range others {
+		if !errors.Is(fe.Err, context.DeadlineExceeded) {
+			log.Warn(msg, "topic", fe.Topic, "partition", fe.Partition, "err", fe.Err)
+		}
+	}
+	if idle {
+		wait.Sleep(ctx, 100*time.Millisecond)
+	}
+	return gone
+}
+
+// follow makes cl read topics, deleted and created again, as they now are.
+// First revoke drops what the consumer holds of the old topics' partitions
+// (franz-go does not call OnPartitionsRevoked for a purged topic's): their
+// records and offsets belong to the old topics.
+func follow(cl *kgo.Client, log *slog.Logger, topics []string, revoke func(context.Context, *kgo.Client, map[string][]int32), held []partitionKey) {
+	if len(topics) == 0 {
+		return
+	}
+	log.Warn("topic deleted and created again: reading the new topic from its committed offsets, or from its start", "topics", topics)
+	old := map[string][]int32{}
+	for _, k := range held {
+		if slices.Contains(topics, k.topic) && !slices.Contains(old[k.topic], k.partition) {
+			old[k.topic] = append(old[k.topic], k.partition)
+		}
+	}
+	revoke(context.Background(), cl, old)
+	recreated.Follow(cl, topics...)
+}
+
+// held lists the partitions the worker holds a lease or records of.
+func (w *Worker) held() []partitionKey {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]partitionKey, 0, len(w.leases)+len(w.parts))
+	for k := range w.leases {
+		out = append(out, k)
+	}
+	for k := range w.parts {
+		out = append(out, k)
+	}
+	return out
 }
 
 // poll waits for records. While held records wait for another attempt (a

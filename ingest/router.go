@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/canopyhq/canopy/internal/backoff"
+	"github.com/canopyhq/canopy/internal/recreated"
 	"github.com/canopyhq/canopy/internal/wait"
 )
 
@@ -67,6 +68,7 @@ type Router struct {
 	// unpause holds revoked partitions that were paused: a pause outlives
 	// the assignment in the client, so it is lifted before the next poll.
 	unpause map[string][]int32
+	watch   recreated.Watch // topics deleted and created again
 }
 
 // NewRouter returns a Router; opts carry the brokers and security.
@@ -98,7 +100,8 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Router{cfg: cfg, log: log, metrics: m, buf: map[partitionKey][]*kgo.Record{}, paused: map[partitionKey]bool{}}
+	r := &Router{cfg: cfg, log: log, metrics: m, buf: map[partitionKey][]*kgo.Record{}, paused: map[partitionKey]bool{},
+		watch: recreated.Watch{Log: log}}
 	topics := []string{cfg.Topic}
 	if cfg.RetryTopic != "" && cfg.RetryTopic != cfg.Topic {
 		topics = append(topics, cfg.RetryTopic)
@@ -134,6 +137,20 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 	return r, nil
 }
 
+// held lists the partitions the router holds records or a pause of.
+func (r *Router) held() []partitionKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]partitionKey, 0, len(r.buf)+len(r.paused))
+	for k := range r.buf {
+		out = append(out, k)
+	}
+	for k := range r.paused {
+		out = append(out, k)
+	}
+	return out
+}
+
 func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -167,11 +184,7 @@ func (r *Router) Run(ctx context.Context) error {
 			r.cl.AllowRebalance()
 			return nil
 		}
-		fetches.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) {
-				r.log.Warn("router fetch error", "topic", t, "partition", p, "err", err)
-			}
-		})
+		gone := fetchErrors(ctx, fetches, &r.watch, r.log, "router fetch error")
 		r.mu.Lock()
 		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 			k := partitionKey{fp.Topic, fp.Partition}
@@ -196,6 +209,10 @@ func (r *Router) Run(ctx context.Context) error {
 			})
 		}
 		r.cl.AllowRebalance()
+		// An events or retry topic created again is read from its start:
+		// its records are new, and the by-id topic's state refuses any id
+		// it already holds.
+		follow(r.cl, r.log, gone, r.revoked, r.held())
 	}
 }
 

@@ -113,6 +113,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		// The by-id topic is written by the router alone; anyone may write
 		// the events topic.
 		TrustHeaders:       cfg.partitioned(),
+		StateFromTopic:     cfg.partitioned(),
 		MaxBufferedRecords: cfg.int("ingest.max_buffered_records"),
 		MaxBufferedBytes:   cfg.int("ingest.max_buffered_mb") << 20,
 	}, proc, log, cfg.kafkaOpts(extra...)...)

@@ -24,6 +24,7 @@ var allowed = map[string][]string{
 	"internal/benchreport": {},
 	"internal/cputime":     {},
 	"internal/testenv":     {},
+	"internal/recreated":   {},
 	"internal/imports":     {},
 	"internal/e2e":         {},
 	"ingest/idstate":       {},
