@@ -231,28 +231,8 @@ func TestWorkerExitsWhenByIDTopicDeleted(t *testing.T) {
 	e := newEnv(t, 2)
 	byid := e.partitioned()
 	sc := e.setUp(seed, 200, 2000)
-
-	// Every copy of an id goes with its first occurrence: before the
-	// deletion when that is in the first half.
-	first := map[string]bool{}
-	var before, after []synth.Event
-	for i, ev := range sc.events {
-		if i < len(sc.events)/2 {
-			first[ev.ID] = true
-		}
-		if first[ev.ID] {
-			before = append(before, ev)
-		} else {
-			after = append(after, ev)
-		}
-	}
-	send := func(evs []synth.Event) {
-		keys, values := make([][]byte, len(evs)), make([][]byte, len(evs))
-		for i, ev := range evs {
-			keys[i], values[i] = []byte(strconv.FormatInt(ev.EntityID, 10)), ev.JSON()
-		}
-		e.produce(keys, values)
-	}
+	before, after := halves(sc.events)
+	send := e.sendEvents
 
 	w := e.startWorker(1)
 	send(before)
@@ -307,6 +287,91 @@ func TestWorkerExitsWhenByIDTopicDeleted(t *testing.T) {
 		t.Fatalf("the new by-id topic's acks count %d records, want %d", got, len(after))
 	}
 	w2.stop(t)
+	e.verify(sc)
+}
+
+// halves splits events in two at the middle, every copy of an id going
+// with its first occurrence: before when that is in the first half.
+func halves(events []synth.Event) (before, after []synth.Event) {
+	first := map[string]bool{}
+	for i, ev := range events {
+		if i < len(events)/2 {
+			first[ev.ID] = true
+		}
+		if first[ev.ID] {
+			before = append(before, ev)
+		} else {
+			after = append(after, ev)
+		}
+	}
+	return before, after
+}
+
+// sendEvents produces evs to the events topic, keyed by entity.
+func (e *env) sendEvents(evs []synth.Event) {
+	e.t.Helper()
+	keys, values := make([][]byte, len(evs)), make([][]byte, len(evs))
+	for i, ev := range evs {
+		keys[i], values[i] = []byte(strconv.FormatInt(ev.EntityID, 10)), ev.JSON()
+	}
+	e.produce(keys, values)
+}
+
+// TestWorkerFollowsARecreatedEventsTopic deletes the events topic while a
+// worker runs (partitioned deduplication, the default) and creates it again
+// with as many partitions. The same worker process reads the new topic: it
+// neither exits nor spins on the old topic's id (franz-go fails every fetch
+// of a recreated topic with UNKNOWN_TOPIC_ID until it is purged and added
+// back). Copies of events ingested from the old topic, sent to the new one,
+// are refused by the by-id state, which the events topic's recreation does
+// not touch; the rollups equal the oracle.
+func TestWorkerFollowsARecreatedEventsTopic(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 2)
+	byid := e.partitioned()
+	sc := e.setUp(seed, 200, 2000)
+	before, after := halves(sc.events)
+	copies := before[:len(before)/10]
+
+	w := e.startWorker(1)
+	e.sendEvents(before)
+	e.settled(byid, uint64(len(before)), 3*time.Minute)
+
+	ctx := context.Background()
+	if _, err := e.admin.DeleteTopics(ctx, e.topic); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("the events topic deleted", time.Minute, func() bool {
+		d, err := e.admin.ListTopics(ctx, e.topic)
+		return err == nil && d[e.topic].Err != nil
+	})
+	if _, err := e.admin.CreateTopic(ctx, 2, 1, nil, e.topic); err != nil {
+		t.Fatal(err)
+	}
+	e.kafka.PurgeTopicsFromProducing(e.topic)
+	created := time.Now()
+	e.sendEvents(append(append([]synth.Event(nil), after...), copies...))
+	e.settled(byid, uint64(len(before)+len(after)+len(copies)), 3*time.Minute)
+	t.Logf("the new topic's %d records acknowledged %s after it was created", len(after)+len(copies), time.Since(created).Round(time.Second))
+
+	select {
+	case <-w.done:
+		t.Fatalf("the worker exited (%v) after the events topic was created again", w.cmd.ProcessState)
+	default:
+	}
+	b, err := os.ReadFile(w.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "topic deleted and created again") {
+		t.Errorf("the worker's log does not say it followed the events topic:\n%s", tail(b, 3000))
+	}
+	// One line when the failures start, not one per poll.
+	if n := strings.Count(string(b), "UNKNOWN_TOPIC_ID"); n > 20 {
+		t.Errorf("the worker logged UNKNOWN_TOPIC_ID %d times", n)
+	}
+	w.stop(t)
 	e.verify(sc)
 }
 
