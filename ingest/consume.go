@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -415,14 +416,7 @@ func follow(cl *kgo.Client, log *slog.Logger, topics []string, revoke func(conte
 func (w *Worker) held() []partitionKey {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]partitionKey, 0, len(w.leases)+len(w.parts))
-	for k := range w.leases {
-		out = append(out, k)
-	}
-	for k := range w.parts {
-		out = append(out, k)
-	}
-	return out
+	return append(slices.Collect(maps.Keys(w.leases)), slices.Collect(maps.Keys(w.parts))...)
 }
 
 // poll waits for records. While held records wait for another attempt (a

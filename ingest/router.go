@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -141,14 +143,7 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 func (r *Router) held() []partitionKey {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]partitionKey, 0, len(r.buf)+len(r.paused))
-	for k := range r.buf {
-		out = append(out, k)
-	}
-	for k := range r.paused {
-		out = append(out, k)
-	}
-	return out
+	return append(slices.Collect(maps.Keys(r.buf)), slices.Collect(maps.Keys(r.paused))...)
 }
 
 func (r *Router) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
