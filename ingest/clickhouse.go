@@ -885,7 +885,7 @@ func (s *ClickHouseSink) insertAck(ctx context.Context, b *Batch) error {
 	}
 	in, c := b.Intent, b.Counts
 	if err := batch.Append(in.Topic, in.Partition, in.First, in.Last, c.Records, c.Accepted, c.Duplicates,
-		c.DeadLettered, c.Retried, in.HierarchyVersion, in.CreatedAt); err != nil {
+		c.DeadLettered, c.Retried, in.HierarchyVersion, in.CreatedAt, in.TopicID); err != nil {
 		_ = batch.Abort()
 		return fmt.Errorf("insert into %s: %w", schema.TableAcks, err)
 	}

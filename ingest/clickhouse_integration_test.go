@@ -325,3 +325,74 @@ func TestClickHouseSinkWritesRollupsOfAReplayWhoseEventsLanded(t *testing.T) {
 		t.Fatalf("a batch without events or rollups: %v", err)
 	}
 }
+
+// Acks keep the topic's id, so a topic deleted and created again (its name
+// and its offsets from 0 reused) does not take the old topic's
+// acknowledgements for its own, and reconcile finds its gaps. Rows written
+// before the column existed (an empty topic_id) count for every incarnation, as
+// all rows did. canopy migrate adds the column to a table made without it.
+func TestAcksTellTopicIncarnationsApart(t *testing.T) {
+	conn := newSink(t, schema.DefaultMeasures()).Conn
+	ctx := context.Background()
+	s := schema.ClickHouse{Database: fmt.Sprintf("canopy_acks_%d", rand.IntN(1_000_000)), Measures: schema.DefaultMeasures()}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s = ProbeEngine(ctx, conn, s)
+	t.Cleanup(func() { _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+s.Database) })
+	if err := conn.Exec(ctx, s.CreateDatabase()); err != nil {
+		t.Fatal(err)
+	}
+	// ingest_acks as it was before topic_id, with one row.
+	var acks schema.Table
+	for _, tb := range s.Tables() {
+		if tb.Name == schema.TableAcks {
+			acks = tb
+		}
+	}
+	cols := acks.Columns[:len(acks.Columns)-1]
+	if last := acks.Columns[len(acks.Columns)-1]; last.Name != "topic_id" {
+		t.Fatalf("the last ack column is %s, want topic_id", last.Name)
+	}
+	acks.Columns = cols
+	if err := conn.Exec(ctx, s.Create(acks)); err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := conn.PrepareBatch(ctx, s.Insert(schema.TableAcks, cols))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := legacy.Append("t", int32(0), int64(0), int64(99), uint32(100), uint32(100), uint32(0), uint32(0), uint32(0),
+		int64(1), time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	if err := legacy.Send(); err != nil {
+		t.Fatal(err)
+	}
+	if err := MigrateClickHouse(ctx, conn, s); err != nil {
+		t.Fatal(err)
+	}
+	sink := &ClickHouseSink{Conn: conn, Schema: s}
+	for _, src := range []Source{
+		{Topic: "t", TopicID: "old-id", First: 100, Last: 199},
+		{Topic: "t", TopicID: "new-id", First: 200, Last: 299},
+	} {
+		b := &Batch{Intent: Intent{Source: src, HierarchyVersion: 1, CreatedAt: time.Now().UTC()}, Counts: Counts{Records: 100, Accepted: 100}}
+		if err := sink.insertAck(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for log, want := range map[string]string{
+		"old-id": "[{0 0 99} {0 100 199}]",
+		"new-id": "[{0 0 99} {0 200 299}]",
+		"":       "[{0 0 99}]", // a broker without topic ids
+	} {
+		got, err := sink.AckedPage(ctx, "t", log, 0, 0, -1, 1000, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != want {
+			t.Errorf("acked ranges of incarnation %q: %v, want %s", log, got, want)
+		}
+	}
+}

@@ -76,20 +76,24 @@ func (w *gapWalk) finish(emit func(Range) error) error {
 
 // Acks reads acknowledged ranges.
 type Acks interface {
-	// AckedPage returns up to limit acknowledged ranges of a partition,
-	// ordered by first offset, that end at or after from and start after
-	// after and before to. Ranges with the same first offset count once.
-	AckedPage(ctx context.Context, topic string, partition int32, from, after, to int64, limit int) ([]Range, error)
+	// AckedPage returns up to limit acknowledged ranges of a partition of
+	// the topic's incarnation log (its Kafka topic id; "" where there is
+	// none), ordered by first offset, that end at or after from and start
+	// after after and before to. Ranges with the same first offset count
+	// once. Ranges acknowledged without a topic id (before acks kept it)
+	// count for every incarnation.
+	AckedPage(ctx context.Context, topic, log string, partition int32, from, after, to int64, limit int) ([]Range, error)
 }
 
 // AckedPage implements Acks. (It sits here, beside its only user, rather
 // than with the sink's other queries.) The sort key (topic, partition,
 // first_offset) bounds what ClickHouse reads to the partition's ranges from
 // after on.
-func (s *ClickHouseSink) AckedPage(ctx context.Context, topic string, partition int32, from, after, to int64, limit int) ([]Range, error) {
+func (s *ClickHouseSink) AckedPage(ctx context.Context, topic, log string, partition int32, from, after, to int64, limit int) ([]Range, error) {
 	rows, err := s.Conn.Query(ctx, fmt.Sprintf(`SELECT first_offset, last_offset FROM %s.%s FINAL
 		WHERE topic = ? AND partition = ? AND first_offset > ? AND first_offset < ? AND last_offset >= ?
-		ORDER BY first_offset LIMIT %d`, s.Schema.Database, schema.TableAcks, limit), topic, partition, after, to, from)
+		AND topic_id IN (?, '')
+		ORDER BY first_offset LIMIT %d`, s.Schema.Database, schema.TableAcks, limit), topic, partition, after, to, from, log)
 	if err != nil {
 		return nil, fmt.Errorf("read %s of %s/%d: %w", schema.TableAcks, topic, partition, err)
 	}
@@ -205,7 +209,7 @@ func (r *Reconciler) scan(ctx context.Context, process bool) ([]Gap, error) {
 		key := floorKey{log: cmp.Or(log, r.Topic), partition: p}
 		from := max(s.Offset, r.floors[key])
 		floor := c.At // lowered to the first gap left with records
-		err := r.walkPartition(ctx, p, from, c.At, func(g Range) error {
+		err := r.walkPartition(ctx, log, p, from, c.At, func(g Range) error {
 			g.Partition = p
 			n, err := r.handle(ctx, g, log, process)
 			if err != nil {
@@ -229,10 +233,10 @@ func (r *Reconciler) scan(ctx context.Context, process bool) ([]Gap, error) {
 }
 
 // walkPartition hands fn the unacknowledged ranges of [from, to) of a
-// partition in offset order, reading the acknowledged ranges a page at a
-// time. fn may write acknowledgements: they lie below the ranges still to
-// be read.
-func (r *Reconciler) walkPartition(ctx context.Context, p int32, from, to int64, fn func(Range) error) error {
+// partition of the topic's incarnation log in offset order, reading the
+// acknowledged ranges a page at a time. fn may write acknowledgements: they
+// lie below the ranges still to be read.
+func (r *Reconciler) walkPartition(ctx context.Context, log string, p int32, from, to int64, fn func(Range) error) error {
 	page := r.AckPage
 	if page <= 0 {
 		page = 10000
@@ -240,7 +244,7 @@ func (r *Reconciler) walkPartition(ctx context.Context, p int32, from, to int64,
 	w := gapWalk{next: from, to: to}
 	after := int64(-1)
 	for !w.done() {
-		acked, err := r.Acks.AckedPage(ctx, r.Topic, p, w.next, after, to, page)
+		acked, err := r.Acks.AckedPage(ctx, r.Topic, log, p, w.next, after, to, page)
 		if err != nil {
 			return err
 		}

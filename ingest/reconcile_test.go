@@ -44,7 +44,7 @@ type fakeAcks struct {
 	froms  []int64 // the from of every query
 }
 
-func (f *fakeAcks) AckedPage(_ context.Context, _ string, p int32, from, after, to int64, limit int) ([]Range, error) {
+func (f *fakeAcks) AckedPage(_ context.Context, _, _ string, p int32, from, after, to int64, limit int) ([]Range, error) {
 	f.froms = append(f.froms, from)
 	var out []Range
 	for _, r := range f.ranges {
@@ -82,7 +82,7 @@ func TestWalkPartitionPaged(t *testing.T) {
 			f.add(acked...)
 			r := &Reconciler{Acks: f, AckPage: page}
 			var got []Range
-			if err := r.walkPartition(context.Background(), 0, from, to, func(g Range) error { got = append(got, g); return nil }); err != nil {
+			if err := r.walkPartition(context.Background(), "", 0, from, to, func(g Range) error { got = append(got, g); return nil }); err != nil {
 				t.Fatal(err)
 			}
 			if fmt.Sprint(got) != want && !(len(got) == 0 && want == "[]") {

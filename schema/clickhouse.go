@@ -286,6 +286,10 @@ func (c ClickHouse) AckColumns() []Column {
 		{"retried", "UInt32"},
 		{"hierarchy_version", "Int64"},
 		{"processed_at", "DateTime('UTC')"},
+		// Kafka's id of the topic the range was read from: a topic deleted
+		// and created again reuses its name and offsets. "" for files,
+		// PostgreSQL queries, and rows written before the column existed.
+		{"topic_id", "String"},
 	}
 }
 
