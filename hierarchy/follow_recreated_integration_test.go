@@ -18,8 +18,16 @@ import (
 // the follower reads the new topic from its start (franz-go would otherwise
 // fail its every fetch with UNKNOWN_TOPIC_ID for as long as it ran). Fed by
 // the topic alone, its tree must equal PostgreSQL's hierarchy after changes
-// made once the topic is back.
+// made once the topic is back. A worker's follower starts at given offsets
+// (the topic's end when the tree was loaded), a follower of a topic that
+// did not exist yet at its start: both ways are run.
 func TestFollowerFollowsARecreatedTopic(t *testing.T) {
+	for name, from := range map[string]map[int32]int64{"from offsets": {0: 0}, "from the start": nil} {
+		t.Run(name, func(t *testing.T) { followerFollowsARecreatedTopic(t, from) })
+	}
+}
+
+func followerFollowsARecreatedTopic(t *testing.T, from map[int32]int64) {
 	pool := testDB(t, false)
 	brokers, topic, producer := testTopic(t)
 	s := NewStore(pool)
@@ -36,7 +44,7 @@ func TestFollowerFollowsARecreatedTopic(t *testing.T) {
 	tr := NewTree()
 	f := &Follower{Brokers: brokers, Topic: topic, Tree: tr, Log: log, History: s}
 	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx, nil) }()
+	go func() { done <- f.Run(ctx, from) }()
 	waitVersion(t, s, tr, time.Minute)
 
 	adm := kadm.NewClient(producer)
