@@ -72,6 +72,8 @@ type encodingConn struct {
 	cols  map[string][]schema.Column // by INSERT statement
 	parts map[string]int             // the rank of a statement inserting a batch's part
 	sum   hash.Hash
+	// notIdentity is the statement whose blocks sum leaves out: the ack's.
+	notIdentity string
 
 	mu      sync.Mutex
 	bytes   int
@@ -96,7 +98,13 @@ func newEncodingConn(s schema.ClickHouse) *encodingConn {
 		cols, _ := s.RollupTableColumns(t)
 		c.parts[add(t, cols)] = 1 + i
 	}
-	add(schema.TableAcks, s.AckColumns())
+	// The ack's bytes are not part of a batch's identity: ingest_acks is a
+	// ReplacingMergeTree keyed by (topic, partition, first_offset), so an
+	// ack replayed with other bytes (by a release that writes more ack
+	// columns) is a second copy of the same key, which merges collapse and
+	// readers take once (FINAL, or any() per key). Events and rollups are
+	// summed: their replay must write the very bytes.
+	c.notIdentity = add(schema.TableAcks, s.AckColumns())
 	add(schema.TableFailures, s.FailureColumns())
 	return c
 }
@@ -134,6 +142,9 @@ func (c *encodingConn) sent(query string, block []byte) {
 		_, _ = c.sum.Write(p.block)
 	}
 	c.pending = c.pending[:0]
+	if query == c.notIdentity {
+		return
+	}
 	fmt.Fprintf(c.sum, "%s\n", query)
 	_, _ = c.sum.Write(block)
 }
@@ -217,8 +228,11 @@ func BenchmarkProcessorBatch(b *testing.B) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N)/n, "cpu-ns/event")
 }
 
+// blocksDigestWant is blocksDigest(t, 20_000) in block format 2.
+const blocksDigestWant = "cdf733b24c9ec04a4ed72b552d86d72038075620e4b83eaf74aba7f2abf181eb"
+
 // blocksDigest is the SHA-256 of every block (and its INSERT) a batch of n
-// synth events writes.
+// synth events writes, but for the ack's (see newEncodingConn).
 func blocksDigest(t *testing.T, n int) string {
 	const entities = 1_000_000
 	recs := benchRecords(t, n, entities)
@@ -234,12 +248,15 @@ func blocksDigest(t *testing.T, n int) string {
 // a replay by this code must write what the code that began the batch
 // wrote, byte for byte. The digest was taken before the CPU work of issue
 // 13 (at 2426d04), whose changes must leave it alone; any change of it
-// must bump blockFormat.
+// must bump blockFormat. It was 0b487345… with the ack's block; without it
+// (the ack gained topic_id) it is blocksDigestWant, the same on fcd1747,
+// whose blocks gave 0b487345… with the ack, as on the code that added the
+// column.
 func TestBlocksStayTheSame(t *testing.T) {
 	if blockFormat != 2 {
 		t.Skip("the digest is of block format 2")
 	}
-	const want = "0b487345f74ad45c9d4fbd10b3f80493d174cd06049aee7907bfbd32af4cbda9"
+	const want = blocksDigestWant
 	if got := blocksDigest(t, 20_000); got != want {
 		t.Errorf("blocks of a fixed batch: digest %s, want %s", got, want)
 	}
