@@ -82,9 +82,10 @@ CREATE TABLE IF NOT EXISTS canopy.ingest_acks (
     dead_lettered UInt32,
     retried UInt32,
     hierarchy_version Int64,
-    processed_at DateTime('UTC')
+    processed_at DateTime('UTC'),
+    topic_id String
 ) ENGINE = ReplacingMergeTree() ORDER BY (topic, partition, first_offset) SETTINGS index_granularity = 8192;
-INSERT INTO canopy.ingest_acks (topic, partition, first_offset, last_offset, records, accepted, duplicates, dead_lettered, retried, hierarchy_version, processed_at);
+INSERT INTO canopy.ingest_acks (topic, partition, first_offset, last_offset, records, accepted, duplicates, dead_lettered, retried, hierarchy_version, processed_at, topic_id);
 CREATE TABLE IF NOT EXISTS canopy.ingest_failures (
     source_topic String,
     source_partition Int32,
