@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/ch-go/proto"
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
@@ -139,6 +141,10 @@ func (s *ClickHouseSink) insertSlots() *semaphore.Weighted {
 func (s *ClickHouseSink) prepare(ctx context.Context, conn driver.Conn, table string, cols []schema.Column) (driver.Batch, error) {
 	batch, err := conn.PrepareBatch(ctx, s.Schema.Insert(table, cols))
 	if err != nil {
+		var ex *clickhouse.Exception
+		if errors.As(err, &ex) && ex.Code == 16 { // NO_SUCH_COLUMN_IN_TABLE
+			return nil, fmt.Errorf("prepare insert into %s: %w (the table lacks a column this release writes: run canopy migrate)", table, err)
+		}
 		return nil, fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
 	return batch, nil

@@ -369,10 +369,15 @@ func TestAcksTellTopicIncarnationsApart(t *testing.T) {
 	if err := legacy.Send(); err != nil {
 		t.Fatal(err)
 	}
+	sink := &ClickHouseSink{Conn: conn, Schema: s}
+	// A release that writes the column, before canopy migrate added it.
+	early := &Batch{Intent: Intent{Source: Source{Topic: "t", TopicID: "x", First: 500, Last: 599}, CreatedAt: time.Now().UTC()}}
+	if err := sink.insertAck(ctx, early); err == nil || !strings.Contains(err.Error(), "run canopy migrate") {
+		t.Errorf("ack into the table without topic_id: %v, want an error saying to run canopy migrate", err)
+	}
 	if err := MigrateClickHouse(ctx, conn, s); err != nil {
 		t.Fatal(err)
 	}
-	sink := &ClickHouseSink{Conn: conn, Schema: s}
 	for _, src := range []Source{
 		{Topic: "t", TopicID: "old-id", First: 100, Last: 199},
 		{Topic: "t", TopicID: "new-id", First: 200, Last: 299},
