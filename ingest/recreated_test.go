@@ -53,23 +53,30 @@ func ids(prefix string, n int) []string {
 	return out
 }
 
+// recreatedTestWorker is a worker of topic, in a group of the topic's name,
+// writing to the returned sink.
+func recreatedTestWorker(t *testing.T, brokers []string, topic string, stateFromTopic bool) (*Worker, *memSink) {
+	t.Helper()
+	p, _, sink := newTestProcessor()
+	w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: topic, Owner: "w", StateFromTopic: stateFromTopic,
+		FetchMaxWait: 20 * time.Millisecond, SessionTimeout: 6 * time.Second},
+		p, slog.New(slog.NewTextHandler(io.Discard, nil)), kgo.FetchMinBytes(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, sink
+}
+
 func TestWorkerFollowsARecreatedTopic(t *testing.T) {
 	onEachKafka(t, func(t *testing.T, brokers []string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		stamp := time.Now().UnixNano()
-		topic, group := fmt.Sprintf("canopy_recreated_%d", stamp), fmt.Sprintf("canopy_recreated_%d", stamp)
+		topic := fmt.Sprintf("canopy_recreated_%d", stamp)
 		cl, adm := testAdmin(t, brokers)
-		createTopic(ctx, t, adm, topic)
-		t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+		newTopics(ctx, t, adm, topic)
 
-		p, _, sink := newTestProcessor()
-		w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w",
-			FetchMaxWait: 20 * time.Millisecond, SessionTimeout: 6 * time.Second},
-			p, slog.New(slog.NewTextHandler(io.Discard, nil)), kgo.FetchMinBytes(1))
-		if err != nil {
-			t.Fatal(err)
-		}
+		w, sink := recreatedTestWorker(t, brokers, topic, false)
 		wctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- w.Run(wctx) }()
@@ -143,18 +150,11 @@ func TestWorkerStopsWhenItsStateTopicIsRecreated(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		stamp := time.Now().UnixNano()
-		topic, group := fmt.Sprintf("canopy_recreated_byid_%d", stamp), fmt.Sprintf("canopy_recreated_byid_%d", stamp)
+		topic := fmt.Sprintf("canopy_recreated_byid_%d", stamp)
 		cl, adm := testAdmin(t, brokers)
-		createTopic(ctx, t, adm, topic)
-		t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+		newTopics(ctx, t, adm, topic)
 
-		p, _, sink := newTestProcessor()
-		w, err := NewWorker(WorkerConfig{Brokers: brokers, Topic: topic, Group: group, Owner: "w", StateFromTopic: true,
-			FetchMaxWait: 20 * time.Millisecond, SessionTimeout: 6 * time.Second},
-			p, slog.New(slog.NewTextHandler(io.Discard, nil)), kgo.FetchMinBytes(1))
-		if err != nil {
-			t.Fatal(err)
-		}
+		w, sink := recreatedTestWorker(t, brokers, topic, true)
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()
 		produceIDs(ctx, t, cl, topic, "a")
@@ -185,9 +185,7 @@ func TestRouterFollowsARecreatedEventsTopic(t *testing.T) {
 		stamp := time.Now().UnixNano()
 		events, byid, group := fmt.Sprintf("canopy_recreated_events_%d", stamp), fmt.Sprintf("canopy_recreated_target_%d", stamp), fmt.Sprintf("canopy_recreated_router_%d", stamp)
 		cl, adm := testAdmin(t, brokers)
-		createTopic(ctx, t, adm, events)
-		createTopic(ctx, t, adm, byid)
-		t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), events, byid) })
+		newTopics(ctx, t, adm, events, byid)
 
 		r, err := NewRouter(RouterConfig{Topic: events, Target: byid, Group: group, SessionTimeout: 6 * time.Second},
 			slog.New(slog.DiscardHandler), NewMetrics(prometheus.NewRegistry()), kgo.SeedBrokers(brokers...))

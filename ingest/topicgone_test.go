@@ -68,6 +68,16 @@ func createTopic(ctx context.Context, t *testing.T, adm *kadm.Client, topic stri
 	}
 }
 
+// newTopics creates one-partition topics for the test and deletes them
+// when it ends.
+func newTopics(ctx context.Context, t *testing.T, adm *kadm.Client, topics ...string) {
+	t.Helper()
+	for _, topic := range topics {
+		createTopic(ctx, t, adm, topic)
+	}
+	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topics...) })
+}
+
 // deleteTopic deletes topic and waits until the metadata says it does not
 // exist.
 func deleteTopic(ctx context.Context, t *testing.T, adm *kadm.Client, topic string) {
@@ -125,9 +135,7 @@ func routerLosesTopic(t *testing.T, brokers []string, recreate bool) {
 	stamp := time.Now().UnixNano()
 	events, byid, group := fmt.Sprintf("canopy_gone_events_%d", stamp), fmt.Sprintf("canopy_gone_byid_%d", stamp), fmt.Sprintf("canopy_gone_%d", stamp)
 	cl, adm := testAdmin(t, brokers)
-	createTopic(ctx, t, adm, events)
-	createTopic(ctx, t, adm, byid)
-	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), events, byid) })
+	newTopics(ctx, t, adm, events, byid)
 
 	r, err := NewRouter(RouterConfig{
 		Topic: events, Target: byid, Group: group,
@@ -201,8 +209,7 @@ func TestPublishFollowsARecreatedTopic(t *testing.T) {
 		defer cancel()
 		topic := fmt.Sprintf("canopy_recreated_dlq_%d", time.Now().UnixNano())
 		_, adm := testAdmin(t, brokers)
-		createTopic(ctx, t, adm, topic)
-		t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+		newTopics(ctx, t, adm, topic)
 		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 		if err != nil {
 			t.Fatal(err)
