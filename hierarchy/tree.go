@@ -307,6 +307,34 @@ func (t *Tree) AncestorsAsOfLatest(id int64, at time.Time, asOf int64, dst []Anc
 	return dst[:n0], false, false
 }
 
+// Warm reads ahead what looking up ids will read first: each id's hash
+// slot, its node and status, and its parent's. Looking one id up waits on
+// those memory reads one after the other (the slot gives the node, the node
+// the parent), a cache miss each in a tree of a million entities. Warm's
+// reads of different ids do not depend on each other, so the processor
+// overlaps them, and the look-ups that follow find them in cache: about a
+// third of the time per id for chunks of a few hundred ids
+// (BenchmarkTreeAncestorsWarm). It changes nothing and may be skipped.
+func (t *Tree) Warm(ids []int64) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if len(t.nodes) > 0 {
+		t.warm(ids)
+	}
+}
+
+// warm is Warm's loop; the sum keeps its reads from being optimised away.
+//
+//go:noinline
+func (t *Tree) warm(ids []int64) (sum int64) {
+	for _, id := range ids {
+		i := max(t.slots[t.slot(id)]-1, 0) // the first probe: the id's slot, mostly
+		p := max(t.nodes[i].parent, 0)
+		sum += t.nodes[p].id + int64(t.status[i]) + int64(t.status[p])
+	}
+	return sum
+}
+
 // versionAsOf is versionAt restricted to versions with Seq <= asOf; ok is
 // false when the entity has no such version. latest reports that the
 // version is the entity's latest one as of asOf, the one it gives for any

@@ -319,6 +319,44 @@ func BenchmarkTreeAncestorsAsOfCold(b *testing.B) {
 	benchChains(b, 1<<20, 7, func(id int64, dst []Ancestor) ([]Ancestor, bool) { return tr.AncestorsAsOf(id, day(15), asOf, dst) })
 }
 
+// BenchmarkTreeAncestorsWarm is the worker's look-up of random ids as
+// BenchmarkTreeAncestorsAsOfCold, a chunk of ids at a time, side by side
+// without (cold) and with (warm) Warm on each chunk first.
+func BenchmarkTreeAncestorsWarm(b *testing.B) {
+	tr := buildTree(b, 1_000_000, 0.05)
+	asOf := tr.Version()
+	rng := rand.New(rand.NewPCG(7, 8))
+	ids := make([]int64, 1<<20)
+	for i := range ids {
+		ids[i] = rng.Int64N(1_000_000) + 1
+	}
+	const chunk = 256
+	for _, warm := range []bool{false, true} {
+		b.Run(map[bool]string{false: "cold", true: "warm"}[warm], func(b *testing.B) {
+			dst := make([]Ancestor, 0, MaxDepth)
+			at, n := 0, 0
+			for b.Loop() {
+				if at+chunk > len(ids) {
+					at = 0
+				}
+				part := ids[at : at+chunk]
+				at += chunk
+				if warm {
+					tr.Warm(part)
+				}
+				for _, id := range part {
+					var ok bool
+					if dst, ok, _ = tr.AncestorsAsOfLatest(id, day(15), asOf, dst[:0]); !ok {
+						b.Fatal("unknown id")
+					}
+				}
+				n += chunk
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/id")
+		})
+	}
+}
+
 // benchChains times lookup over n (a power of two) ids drawn from
 // 1..1,000,000 with seed, round and round.
 func benchChains(b *testing.B, n int, seed uint64, lookup func(id int64, dst []Ancestor) ([]Ancestor, bool)) {
@@ -510,4 +548,22 @@ func TestTreeLatestChainIsTheCurrentOne(t *testing.T) {
 		t.Fatalf("latest %d, not latest %d (of which differ from the current chain %d): the history is too plain", latest, notLatest, differ)
 	}
 	t.Logf("latest %d, not latest %d, of which %d differ from the current chain", latest, notLatest, differ)
+}
+
+// TestWarmChangesNothing: Warm on an empty tree, on known ids and on ids
+// the tree never saw leaves every chain as it was.
+func TestWarmChangesNothing(t *testing.T) {
+	NewTree().Warm([]int64{1, -5, 0})
+	tr := buildTree(t, 2_000, 0.05)
+	ids := []int64{0, -1, 1, 7, 1_999, 2_000, 2_001, 1 << 40}
+	before := make([][]Ancestor, len(ids))
+	for i, id := range ids {
+		before[i], _ = tr.Ancestors(id, day(15), nil)
+	}
+	tr.Warm(ids)
+	for i, id := range ids {
+		if after, _ := tr.Ancestors(id, day(15), nil); !slices.Equal(after, before[i]) {
+			t.Errorf("id %d: chain %v after Warm, %v before", id, after, before[i])
+		}
+	}
 }

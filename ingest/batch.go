@@ -1,10 +1,12 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -387,7 +389,47 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 	if !a.every {
 		seen = make(map[string]bool, len(recs))
 	}
+	// The records are decoded a chunk at a time, and the chunk's chains
+	// resolved after: the resolver warms the chunk's entities first
+	// (Warmer), so their look-ups do not each wait on memory in turn.
+	warmer, _ := p.Resolver.(Warmer)
+	chunk := make([]pendingChain, 0, min(len(recs), warmChunk))
+	ids := make([]int64, 0, cap(chunk))
+	resolve := func() {
+		if warmer != nil {
+			warmer.Warm(ids)
+		}
+		for j := range chunk {
+			c := &chunk[j]
+			if !p.expand(a, &c.d, in.HierarchyVersion) {
+				what := "is not in the hierarchy"
+				if c.d.chain != nil {
+					what = "has a broken ancestor chain"
+				}
+				a.fail(p.failure(*c.r, &c.o, &c.d.ev, ClassUnknownEntity,
+					fmt.Sprintf("entity %d %s (version %d)", c.d.ev.EntityID, what, in.HierarchyVersion)), c.r.Offset)
+				continue
+			}
+			if !a.every {
+				if seen[c.d.ev.ID] {
+					a.counts.Duplicates++ // the earlier record of this batch owns the id
+					continue
+				}
+				seen[c.d.ev.ID] = true
+				a.claims = append(a.claims, Claim{EventID: c.d.ev.ID, OccurredAt: c.d.ev.OccurredAt, Offset: c.r.Offset})
+			}
+			a.valid = append(a.valid, c.d)
+			if c.o.Known && c.o.Replay {
+				a.replays = append(a.replays, replayed{offset: c.r.Offset, key: c.r.Key, raw: c.r.Value, origin: c.o})
+			}
+		}
+		clear(chunk) // it holds the chunk's strings
+		chunk, ids = chunk[:0], ids[:0]
+	}
 	for i := range recs {
+		if len(chunk) == cap(chunk) {
+			resolve()
+		}
 		r := &recs[i] // not a copy: a Record is 140 bytes
 		o := Origin{RetryOf: -1}
 		if !sourceOnly(r.Headers) {
@@ -429,28 +471,42 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 			a.claims = append(a.claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset,
 				Time: r.Time, RetryOf: o.RetryOf})
 		}
-		if !p.expand(a, &d, in.HierarchyVersion) {
-			what := "is not in the hierarchy"
-			if d.chain != nil {
-				what = "has a broken ancestor chain"
-			}
-			a.fail(p.failure(*r, &o, &d.ev, ClassUnknownEntity,
-				fmt.Sprintf("entity %d %s (version %d)", d.ev.EntityID, what, in.HierarchyVersion)), r.Offset)
-			continue
-		}
-		if !a.every {
-			if seen[d.ev.ID] {
-				a.counts.Duplicates++ // the earlier record of this batch owns the id
-				continue
-			}
-			seen[d.ev.ID] = true
-			a.claims = append(a.claims, Claim{EventID: d.ev.ID, OccurredAt: d.ev.OccurredAt, Offset: r.Offset})
-		}
-		a.valid = append(a.valid, d)
-		if o.Known && o.Replay {
-			a.replays = append(a.replays, replayed{offset: r.Offset, key: r.Key, raw: r.Value, origin: o})
-		}
+		chunk = append(chunk, pendingChain{d: d, r: r, o: o})
+		ids = append(ids, d.ev.EntityID)
 	}
+	resolve()
+	orderFailures(a)
+}
+
+// warmChunk is how many records decode reads before resolving their chains.
+// Its entities' look-ups, a few cache lines each, stay in cache until
+// they are resolved (BenchmarkTreeAncestorsWarm).
+const warmChunk = 256
+
+// pendingChain is a record decode has read and not resolved yet.
+type pendingChain struct {
+	d decoded
+	r *Record
+	o Origin
+}
+
+// orderFailures puts a's failures back in the order of their records:
+// decode records a chunk's unknown entities after the chunk's malformed
+// records.
+func orderFailures(a *records) {
+	if slices.IsSorted(a.failedAt) {
+		return
+	}
+	perm := make([]int, len(a.failedAt))
+	for i := range perm {
+		perm[i] = i
+	}
+	slices.SortStableFunc(perm, func(i, j int) int { return cmp.Compare(a.failedAt[i], a.failedAt[j]) })
+	failures, at := make([]Failure, len(perm)), make([]int64, len(perm))
+	for i, p := range perm {
+		failures[i], at[i] = a.failures[p], a.failedAt[p]
+	}
+	a.failures, a.failedAt = failures, at
 }
 
 // expand resolves d's as-was chain at version v into a's chain buffer and,

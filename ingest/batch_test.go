@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -508,6 +509,93 @@ func TestFailureNamesTheRoutedSource(t *testing.T) {
 		f.Source.TopicID = ""
 		if f.Source != want[i].src || f.Attempts != want[i].attempts {
 			t.Errorf("dead letter %d: source %+v, attempts %d; want %+v, %d", i, f.Source, f.Attempts, want[i].src, want[i].attempts)
+		}
+	}
+}
+
+// warmingResolver is a mapResolver that records what it is asked to warm.
+type warmingResolver struct {
+	*mapResolver
+	warmed [][]int64
+}
+
+func (w *warmingResolver) Warm(ids []int64) { w.warmed = append(w.warmed, slices.Clone(ids)) }
+
+// TestProcessResolvesInChunksInRecordOrder: decode reads records a chunk
+// at a time and resolves the chunk after warming its entities. Over three
+// chunks of records that are valid, malformed, of an unknown entity or a
+// repeated id, the outcome is each record's own, in record order, whether
+// or not the resolver warms; and Warm saw every decoded record's entity.
+func TestProcessResolvesInChunksInRecordOrder(t *testing.T) {
+	const n = 2*warmChunk + 100
+	var (
+		recs                        []Record
+		wantAccepted, wantFailed    []int64
+		wantEntities                []int64
+		wantDuplicates, lastValidID = 0, ""
+	)
+	for i := range n {
+		off := int64(i)
+		switch {
+		case i%7 == 3:
+			recs = append(recs, record(off, `{"event_id":`))
+			wantFailed = append(wantFailed, off)
+		case i%11 == 5:
+			recs = append(recs, record(off, ev(fmt.Sprintf("e%d", i), 99, "1")))
+			wantFailed = append(wantFailed, off)
+			wantEntities = append(wantEntities, 99)
+		case i%13 == 0 && lastValidID != "":
+			recs = append(recs, record(off, ev(lastValidID, 2, "1")))
+			wantDuplicates++
+			wantEntities = append(wantEntities, 2)
+		default:
+			lastValidID = fmt.Sprintf("e%d", i)
+			recs = append(recs, record(off, ev(lastValidID, 1+i%3, "1")))
+			wantAccepted = append(wantAccepted, off)
+			wantEntities = append(wantEntities, int64(1+i%3))
+		}
+	}
+	for _, warms := range []bool{false, true} {
+		p, l, s := newTestProcessor()
+		w := &warmingResolver{mapResolver: p.Resolver.(*mapResolver)}
+		if warms {
+			p.Resolver = w
+		}
+		epoch, _ := l.Acquire(context.Background(), Source{Topic: "t"}, "me")
+		if got, err := p.Process(context.Background(), epoch, recs); err != nil || got != n {
+			t.Fatalf("warms=%v: Process = %d, %v; want %d, nil", warms, got, err, n)
+		}
+		if len(s.batches) != 1 {
+			t.Fatalf("warms=%v: %d batches, want 1", warms, len(s.batches))
+		}
+		var accepted, failed []int64
+		for _, e := range s.batches[0].Events {
+			accepted = append(accepted, e.Offset)
+		}
+		for _, f := range s.failures {
+			failed = append(failed, f.Source.First)
+		}
+		if !slices.Equal(accepted, wantAccepted) {
+			t.Errorf("warms=%v: accepted offsets %v, want %v", warms, accepted, wantAccepted)
+		}
+		if !slices.Equal(failed, wantFailed) {
+			t.Errorf("warms=%v: failed offsets %v, want %v (in record order)", warms, failed, wantFailed)
+		}
+		if c := s.batches[0].Counts; int(c.Duplicates) != wantDuplicates {
+			t.Errorf("warms=%v: %d duplicates, want %d", warms, c.Duplicates, wantDuplicates)
+		}
+		if !warms {
+			continue
+		}
+		var warmed []int64
+		for _, ids := range w.warmed {
+			if len(ids) > warmChunk {
+				t.Errorf("Warm got %d ids at once, more than a chunk (%d)", len(ids), warmChunk)
+			}
+			warmed = append(warmed, ids...)
+		}
+		if !slices.Equal(warmed, wantEntities) {
+			t.Errorf("Warm saw entities %v, want every decoded record's %v", warmed, wantEntities)
 		}
 	}
 }

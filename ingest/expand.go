@@ -32,6 +32,14 @@ type LatestResolver interface {
 	AncestorsLatest(id int64, at time.Time, asOf int64, dst []Ancestor) (chain []Ancestor, ok, latest bool)
 }
 
+// Warmer is implemented by a Resolver that can read ahead, in one pass,
+// what resolving the chains of the entities ids will read first; the
+// processor calls it for a few hundred events at a time before resolving
+// them. It changes no answer.
+type Warmer interface {
+	Warm(ids []int64)
+}
+
 // Refresher is implemented by a Resolver that can catch up with its store
 // on demand. Before a batch dead-letters an event for an unknown entity, the
 // processor asks it to catch up once: an entity created a moment before its

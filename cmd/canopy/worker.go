@@ -307,7 +307,8 @@ type treeResolver struct {
 	mu    sync.Mutex // one catch-up at a time
 }
 
-func (r *treeResolver) Version() int64 { return r.t.Version() }
+func (r *treeResolver) Version() int64   { return r.t.Version() }
+func (r *treeResolver) Warm(ids []int64) { r.t.Warm(ids) }
 
 // Subtree, Related and Path serve the restater (restate.Tree).
 func (r *treeResolver) Subtree(id int64) []int64 { return r.t.Subtree(id) }
