@@ -319,10 +319,10 @@ func BenchmarkTreeAncestorsAsOfCold(b *testing.B) {
 	benchChains(b, 1<<20, 7, func(id int64, dst []Ancestor) ([]Ancestor, bool) { return tr.AncestorsAsOf(id, day(15), asOf, dst) })
 }
 
-// BenchmarkTreeAncestorsWarm is the worker's look-up of random ids as
-// BenchmarkTreeAncestorsAsOfCold, a chunk of ids at a time, side by side
-// without (cold) and with (warm) Warm on each chunk first.
-func BenchmarkTreeAncestorsWarm(b *testing.B) {
+// BenchmarkTreeAncestorsHeld is the worker's look-up of random ids as
+// BenchmarkTreeAncestorsAsOfCold, a chunk of ids at a time, side by side:
+// each through Tree (cold), and through Held after Warm on the chunk (held).
+func BenchmarkTreeAncestorsHeld(b *testing.B) {
 	tr := buildTree(b, 1_000_000, 0.05)
 	asOf := tr.Version()
 	rng := rand.New(rand.NewPCG(7, 8))
@@ -331,8 +331,8 @@ func BenchmarkTreeAncestorsWarm(b *testing.B) {
 		ids[i] = rng.Int64N(1_000_000) + 1
 	}
 	const chunk = 256
-	for _, warm := range []bool{false, true} {
-		b.Run(map[bool]string{false: "cold", true: "warm"}[warm], func(b *testing.B) {
+	for _, held := range []bool{false, true} {
+		b.Run(map[bool]string{false: "cold", true: "held"}[held], func(b *testing.B) {
 			dst := make([]Ancestor, 0, MaxDepth)
 			at, n := 0, 0
 			for b.Loop() {
@@ -341,15 +341,20 @@ func BenchmarkTreeAncestorsWarm(b *testing.B) {
 				}
 				part := ids[at : at+chunk]
 				at += chunk
-				if warm {
-					tr.Warm(part)
+				lookup, release := tr.AncestorsAsOfLatest, func() {}
+				if held {
+					var h Held
+					h, release = tr.Hold()
+					h.Warm(part)
+					lookup = h.AncestorsAsOfLatest
 				}
 				for _, id := range part {
 					var ok bool
-					if dst, ok, _ = tr.AncestorsAsOfLatest(id, day(15), asOf, dst[:0]); !ok {
+					if dst, ok, _ = lookup(id, day(15), asOf, dst[:0]); !ok {
 						b.Fatal("unknown id")
 					}
 				}
+				release()
 				n += chunk
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/id")
@@ -551,19 +556,28 @@ func TestTreeLatestChainIsTheCurrentOne(t *testing.T) {
 }
 
 // TestWarmChangesNothing: Warm on an empty tree, on known ids and on ids
-// the tree never saw leaves every chain as it was.
+// the tree never saw leaves every chain as it was, and Held answers as the
+// tree does.
 func TestWarmChangesNothing(t *testing.T) {
-	NewTree().Warm([]int64{1, -5, 0})
+	h, release := NewTree().Hold()
+	h.Warm([]int64{1, -5, 0})
+	release()
 	tr := buildTree(t, 2_000, 0.05)
 	ids := []int64{0, -1, 1, 7, 1_999, 2_000, 2_001, 1 << 40}
 	before := make([][]Ancestor, len(ids))
 	for i, id := range ids {
 		before[i], _ = tr.Ancestors(id, day(15), nil)
 	}
-	tr.Warm(ids)
+	h, release = tr.Hold()
+	h.Warm(ids)
 	for i, id := range ids {
-		if after, _ := tr.Ancestors(id, day(15), nil); !slices.Equal(after, before[i]) {
+		if after, _, _ := h.AncestorsAsOfLatest(id, day(15), h.Version(), nil); !slices.Equal(after, before[i]) {
 			t.Errorf("id %d: chain %v after Warm, %v before", id, after, before[i])
 		}
+	}
+	v := h.Version()
+	release()
+	if tr.Version() != v {
+		t.Errorf("Held.Version %d, Tree.Version %d", v, tr.Version())
 	}
 }

@@ -396,12 +396,13 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 	chunk := make([]pendingChain, 0, min(len(recs), warmChunk))
 	ids := make([]int64, 0, cap(chunk))
 	resolve := func() {
+		r, done := p.Resolver, func() {}
 		if warmer != nil {
-			warmer.Warm(ids)
+			r, done = warmer.Warm(ids)
 		}
 		for j := range chunk {
 			c := &chunk[j]
-			if !p.expand(a, &c.d, in.HierarchyVersion) {
+			if !p.expand(r, a, &c.d, in.HierarchyVersion) {
 				what := "is not in the hierarchy"
 				if c.d.chain != nil {
 					what = "has a broken ancestor chain"
@@ -423,6 +424,7 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 				a.replays = append(a.replays, replayed{offset: c.r.Offset, key: c.r.Key, raw: c.r.Value, origin: c.o})
 			}
 		}
+		done()
 		clear(chunk) // it holds the chunk's strings
 		chunk, ids = chunk[:0], ids[:0]
 	}
@@ -509,12 +511,12 @@ func orderFailures(a *records) {
 	a.failures, a.failedAt = failures, at
 }
 
-// expand resolves d's as-was chain at version v into a's chain buffer and,
-// when it differs, its as-is chain. false when the entity is unknown (then
-// d.chain is nil) or its current chain is broken.
-func (p *Processor) expand(a *records, d *decoded, v int64) bool {
+// expand resolves through r d's as-was chain at version v into a's chain
+// buffer and, when it differs, its as-is chain. false when the entity is
+// unknown (then d.chain is nil) or its current chain is broken.
+func (p *Processor) expand(r Resolver, a *records, d *decoded, v int64) bool {
 	start := len(a.chains)
-	chain, ok, latest := expand(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
+	chain, ok, latest := expand(r, &d.ev, v, p.Suspended, a.chains[start:])
 	if !ok {
 		return false
 	}
@@ -524,7 +526,7 @@ func (p *Processor) expand(a *records, d *decoded, v int64) bool {
 		return true // the as-is chain is the same
 	}
 	start = len(a.chains)
-	current, ok := expandCurrent(p.Resolver, &d.ev, v, p.Suspended, a.chains[start:])
+	current, ok := expandCurrent(r, &d.ev, v, p.Suspended, a.chains[start:])
 	if !ok {
 		return false
 	}

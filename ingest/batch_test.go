@@ -516,10 +516,25 @@ func TestFailureNamesTheRoutedSource(t *testing.T) {
 // warmingResolver is a mapResolver that records what it is asked to warm.
 type warmingResolver struct {
 	*mapResolver
-	warmed [][]int64
+	warmed    [][]int64
+	holding   bool // between Warm and its done
+	reentered bool // reached while holding
 }
 
-func (w *warmingResolver) Warm(ids []int64) { w.warmed = append(w.warmed, slices.Clone(ids)) }
+// Warm answers through the mapResolver and fails the test if the
+// processor reaches w itself before done.
+func (w *warmingResolver) Warm(ids []int64) (Resolver, func()) {
+	w.warmed = append(w.warmed, slices.Clone(ids))
+	w.holding = true
+	return w.mapResolver, func() { w.holding = false }
+}
+
+func (w *warmingResolver) Ancestors(id int64, at time.Time, asOf int64, dst []Ancestor) ([]Ancestor, bool) {
+	if w.holding {
+		w.reentered = true
+	}
+	return w.mapResolver.Ancestors(id, at, asOf, dst)
+}
 
 // TestProcessResolvesInChunksInRecordOrder: decode reads records a chunk
 // at a time and resolves the chunk after warming its entities. Over three
@@ -596,6 +611,9 @@ func TestProcessResolvesInChunksInRecordOrder(t *testing.T) {
 		}
 		if !slices.Equal(warmed, wantEntities) {
 			t.Errorf("Warm saw entities %v, want every decoded record's %v", warmed, wantEntities)
+		}
+		if w.reentered || w.holding {
+			t.Errorf("between Warm and done the processor called the resolver (%v), or never called done (%v)", w.reentered, w.holding)
 		}
 	}
 }

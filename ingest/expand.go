@@ -32,12 +32,15 @@ type LatestResolver interface {
 	AncestorsLatest(id int64, at time.Time, asOf int64, dst []Ancestor) (chain []Ancestor, ok, latest bool)
 }
 
-// Warmer is implemented by a Resolver that can read ahead, in one pass,
-// what resolving the chains of the entities ids will read first; the
-// processor calls it for a few hundred events at a time before resolving
-// them. It changes no answer.
+// Warmer is implemented by a Resolver that answers a run of look-ups
+// faster when told their entities first. The processor calls Warm with a
+// few hundred events' entities before resolving them: it may read ahead
+// what their look-ups will read, and return, as r, a Resolver that takes no
+// lock per look-up. r answers as the Resolver would, and is used for those
+// look-ups only; until done, nothing else of the Resolver is called (it may
+// hold a read lock).
 type Warmer interface {
-	Warm(ids []int64)
+	Warm(ids []int64) (r Resolver, done func())
 }
 
 // Refresher is implemented by a Resolver that can catch up with its store

@@ -307,8 +307,7 @@ type treeResolver struct {
 	mu    sync.Mutex // one catch-up at a time
 }
 
-func (r *treeResolver) Version() int64   { return r.t.Version() }
-func (r *treeResolver) Warm(ids []int64) { r.t.Warm(ids) }
+func (r *treeResolver) Version() int64 { return r.t.Version() }
 
 // Subtree, Related and Path serve the restater (restate.Tree).
 func (r *treeResolver) Subtree(id int64) []int64 { return r.t.Subtree(id) }
@@ -342,8 +341,14 @@ func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []inges
 }
 
 func (r *treeResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
+	return ingestChain(r.t.AncestorsAsOfLatest, id, at, asOf, dst)
+}
+
+// ingestChain appends to dst, as ingest's links, the chain lookup gives.
+func ingestChain(lookup func(id int64, at time.Time, asOf int64, dst []hierarchy.Ancestor) ([]hierarchy.Ancestor, bool, bool),
+	id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
 	var buf [32]hierarchy.Ancestor
-	chain, ok, latest := r.t.AncestorsAsOfLatest(id, at, asOf, buf[:0])
+	chain, ok, latest := lookup(id, at, asOf, buf[:0])
 	if !ok {
 		return dst, false, false
 	}
@@ -351,6 +356,28 @@ func (r *treeResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst [
 		dst = append(dst, ingest.Ancestor{ID: a.ID, Depth: a.Depth, Suspended: a.Status != hierarchy.StatusActive})
 	}
 	return dst, true, latest
+}
+
+// Warm holds the tree's read lock for a chunk's look-ups, after reading
+// ahead what they will read (implements ingest.Warmer).
+func (r *treeResolver) Warm(ids []int64) (ingest.Resolver, func()) {
+	h, release := r.t.Hold()
+	h.Warm(ids)
+	return heldResolver{h}, release
+}
+
+// heldResolver is treeResolver's look-ups through a held tree.
+type heldResolver struct{ h hierarchy.Held }
+
+func (r heldResolver) Version() int64 { return r.h.Version() }
+
+func (r heldResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) ([]ingest.Ancestor, bool) {
+	dst, ok, _ := r.AncestorsLatest(id, at, asOf, dst)
+	return dst, ok
+}
+
+func (r heldResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
+	return ingestChain(r.h.AncestorsAsOfLatest, id, at, asOf, dst)
 }
 
 // ensureRetryTopic creates the retry topic, with as many partitions as the
