@@ -482,7 +482,7 @@ func (p *Processor) decode(a *records, in Intent, recs []Record) {
 
 // warmChunk is how many records decode reads before resolving their chains.
 // Its entities' look-ups, a few cache lines each, stay in cache until
-// they are resolved (BenchmarkTreeAncestorsWarm).
+// they are resolved (BenchmarkTreeAncestorsHeld in hierarchy).
 const warmChunk = 256
 
 // pendingChain is a record decode has read and not resolved yet.
