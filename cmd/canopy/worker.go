@@ -341,14 +341,20 @@ func (r *treeResolver) Ancestors(id int64, at time.Time, asOf int64, dst []inges
 }
 
 func (r *treeResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
-	return ingestChain(r.t.AncestorsAsOfLatest, id, at, asOf, dst)
+	var buf [chainBuf]hierarchy.Ancestor
+	chain, ok, latest := r.t.AncestorsAsOfLatest(id, at, asOf, buf[:0])
+	return ingestChain(chain, ok, latest, dst)
 }
 
-// ingestChain appends to dst, as ingest's links, the chain lookup gives.
-func ingestChain(lookup func(id int64, at time.Time, asOf int64, dst []hierarchy.Ancestor) ([]hierarchy.Ancestor, bool, bool),
-	id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
-	var buf [32]hierarchy.Ancestor
-	chain, ok, latest := lookup(id, at, asOf, buf[:0])
+// chainBuf is the room for a chain on the stack of a look-up. Each caller
+// calls its tree's method itself, with its own buffer: passed to a shared
+// function as a func value, the look-up would move the buffer to the heap,
+// 512 bytes an event.
+const chainBuf = 32
+
+// ingestChain appends to dst, as ingest's links, the chain a look-up
+// returned.
+func ingestChain(chain []hierarchy.Ancestor, ok, latest bool, dst []ingest.Ancestor) (_ []ingest.Ancestor, _, _ bool) {
 	if !ok {
 		return dst, false, false
 	}
@@ -377,7 +383,9 @@ func (r heldResolver) Ancestors(id int64, at time.Time, asOf int64, dst []ingest
 }
 
 func (r heldResolver) AncestorsLatest(id int64, at time.Time, asOf int64, dst []ingest.Ancestor) (_ []ingest.Ancestor, ok, latest bool) {
-	return ingestChain(r.h.AncestorsAsOfLatest, id, at, asOf, dst)
+	var buf [chainBuf]hierarchy.Ancestor
+	chain, ok, latest := r.h.AncestorsAsOfLatest(id, at, asOf, buf[:0])
+	return ingestChain(chain, ok, latest, dst)
 }
 
 // ensureRetryTopic creates the retry topic, with as many partitions as the
