@@ -39,6 +39,18 @@ func TestDailyOfHourlyEqualsDailyFanout(t *testing.T) {
 		b.chains = append(b.chains, chain)
 	}
 	batches = append(batches, b)
+	// Two ancestors met at every depth and type in every hour of two days:
+	// runs of hundreds of rows (an hour's depths and types, hour after
+	// hour), the long runs' sort.
+	var long batch
+	for range 4000 {
+		unix := 1_790_035_200 + rng.Int64N(2*86400)
+		chain := []Ancestor{{ID: 1000 + rng.Int64N(3000), Depth: 0}, {ID: 1 + rng.Int64N(2), Depth: uint8(1 + rng.IntN(12))}}
+		long.evs = append(long.evs, Event{Type: types[rng.IntN(len(types))], OccurredAt: time.Unix(unix, 0),
+			Measures: []int64{rng.Int64N(2e6) - 1e6, rng.Int64N(10)}})
+		long.chains = append(long.chains, chain)
+	}
+	batches = append(batches, long)
 	// Ids and times too spread to pack into 64 bits: the comparison sort.
 	var wide batch
 	for i := range 2000 {
