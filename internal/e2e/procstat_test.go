@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/canopyhq/canopy/internal/cputime"
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // clockTick is the unit of /proc/PID/stat's CPU times (USER_HZ, 100 on
@@ -35,12 +36,7 @@ func serverPIDs() map[string]int {
 }
 
 // servicesDir is scripts/services' data directory.
-func servicesDir() string {
-	if dir := os.Getenv("CANOPY_DATA_DIR"); dir != "" {
-		return dir
-	}
-	return filepath.Join("..", "..", ".data", "services")
-}
+func servicesDir() string { return testenv.ServicesDir() }
 
 // procCPU is the CPU time a process has used: its own user and system time,
 // plus, with children, the time of its children — those it has reaped

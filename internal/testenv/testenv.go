@@ -14,12 +14,17 @@ import (
 )
 
 // Get returns the environment variable name, or ends the test (Unavailable)
-// when it is empty.
+// when it is empty. For a variable naming a service another test process
+// may stop or restart, the test holds that service's shared lock until it
+// ends (HoldShared).
 func Get(t testing.TB, name string) string {
 	t.Helper()
 	v := os.Getenv(name)
 	if v == "" {
 		Unavailable(t, "%s is not set", name)
+	}
+	if serviceVars[name] {
+		HoldShared(t)
 	}
 	return v
 }
