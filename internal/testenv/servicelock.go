@@ -92,15 +92,7 @@ func HoldShared(t testing.TB) {
 		return
 	}
 	if serviceLock.holders == 0 && !serviceLock.exclusive {
-		gate := int(serviceLock.gate.Fd())
-		if err := syscall.Flock(gate, syscall.LOCK_EX); err != nil {
-			t.Fatalf("flock %s: %v", serviceLock.gate.Name(), err)
-		}
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH)
-		_ = syscall.Flock(gate, syscall.LOCK_UN)
-		if err != nil {
-			t.Fatalf("flock %s: %v", f.Name(), err)
-		}
+		throughGate(t, f, syscall.LOCK_SH)
 	}
 	serviceLock.holders++
 	t.Cleanup(release)
@@ -140,15 +132,22 @@ func HoldExclusive(t testing.TB, service string) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Logf("waiting for the tests of the other go test processes to end before stopping %s", service)
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		gate := int(serviceLock.gate.Fd())
-		if err := syscall.Flock(gate, syscall.LOCK_EX); err != nil {
-			t.Fatalf("flock %s: %v", serviceLock.gate.Name(), err)
-		}
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		_ = syscall.Flock(gate, syscall.LOCK_UN)
-		if err != nil {
-			t.Fatalf("flock %s: %v", f.Name(), err)
-		}
+		throughGate(t, f, syscall.LOCK_EX)
 	}
 	serviceLock.exclusive = true
+}
+
+// throughGate locks f as how says (LOCK_SH or LOCK_EX) while holding the
+// gate: a process waiting there for the exclusive lock holds back the
+// other processes' next shared lockers.
+func throughGate(t testing.TB, f *os.File, how int) {
+	gate := int(serviceLock.gate.Fd())
+	if err := syscall.Flock(gate, syscall.LOCK_EX); err != nil {
+		t.Fatalf("flock %s: %v", serviceLock.gate.Name(), err)
+	}
+	err := syscall.Flock(int(f.Fd()), how)
+	_ = syscall.Flock(gate, syscall.LOCK_UN)
+	if err != nil {
+		t.Fatalf("flock %s: %v", f.Name(), err)
+	}
 }
