@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/canopyhq/canopy/internal/synth"
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // The ClickHouse-native design: a Kafka engine table reads the topic, and
@@ -192,7 +193,7 @@ func (bd *benchData) nativeDictionary(b *testing.B, e *env) string {
 	if err := batch.Send(); err != nil {
 		b.Fatal(err)
 	}
-	dir := servicesDir()
+	dir := testenv.ServicesDir()
 	name := e.chDB + "_tree"
 	file := filepath.Join(dir, "clickhouse", "config", "dictionaries", name+".xml")
 	opts, err := clickhouse.ParseDSN(e.svc.chDSN)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/canopyhq/canopy/internal/benchreport"
 	"github.com/canopyhq/canopy/internal/synth"
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // BenchmarkContenders is the head-to-head benchmark of issue 7, run by
@@ -215,7 +216,7 @@ func serviceVersions(ctx context.Context, e *env) string {
 	_ = e.ch.QueryRow(ctx, "SELECT version()").Scan(&ch)
 	_ = e.pg.QueryRow(ctx, "show server_version").Scan(&pg)
 	kafka := "(version unknown)"
-	if v, err := os.ReadFile(filepath.Join(servicesDir(), "kafka", "libs", ".version")); err == nil {
+	if v, err := os.ReadFile(filepath.Join(testenv.ServicesDir(), "kafka", "libs", ".version")); err == nil {
 		kafka = strings.TrimSpace(string(v))
 	}
 	return fmt.Sprintf("ClickHouse %s, PostgreSQL %s, Apache Kafka %s (KRaft, one broker), %s",

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/canopyhq/canopy/internal/testenv"
 )
 
 // fault is one scheduled disruption.
@@ -50,7 +52,7 @@ func schedule(rng *rand.Rand, workers int, span time.Duration) []fault {
 // the one CANOPY_TEST_CLICKHOUSE_SERVICE names (scripts/services env
 // --clickhouse=26 sets clickhouse26). Before it stops a service the other
 // go test process of scripts/test uses too, the test waits for that
-// process's running test to end (servicelock_test.go).
+// process's running test to end (testenv.HoldExclusive).
 func servicesScript(t *testing.T, args ...string) {
 	t.Helper()
 	if len(args) == 2 {
@@ -59,7 +61,7 @@ func servicesScript(t *testing.T, args ...string) {
 				args = []string{args[0], s}
 			}
 		}
-		holdServicesExclusive(t, args[1])
+		testenv.HoldExclusive(t, args[1])
 	}
 	script, _ := filepath.Abs("../../scripts/services")
 	cmd := exec.Command(script, args...)

@@ -101,7 +101,7 @@ type env struct {
 func newEnv(t testing.TB, partitions int32) *env {
 	t.Helper()
 	svc := needServices(t)
-	holdServicesShared(t) // servicelock_test.go
+	testenv.HoldShared(t) // until the test ends: see internal/testenv/servicelock.go
 	ctx := context.Background()
 	name := fmt.Sprintf("canopy_e2e_%d_%d", time.Now().Unix()%100000, rand.IntN(100000))
 	e := &env{t: t, svc: svc, name: name, chDB: name, topic: name + ".events", dlq: name + ".dlq", logDir: t.TempDir()}

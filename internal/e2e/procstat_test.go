@@ -21,7 +21,7 @@ const clockTick = 10 * time.Millisecond
 // its run/NAME.pid files ($CANOPY_DATA_DIR, default <repo>/.data/services).
 // A server without a readable pid file is left out.
 func serverPIDs() map[string]int {
-	dir := servicesDir()
+	dir := testenv.ServicesDir()
 	out := map[string]int{}
 	for _, name := range []string{"kafka", "clickhouse", "postgres"} {
 		b, err := os.ReadFile(filepath.Join(dir, "run", name+".pid"))
@@ -34,9 +34,6 @@ func serverPIDs() map[string]int {
 	}
 	return out
 }
-
-// servicesDir is scripts/services' data directory.
-func servicesDir() string { return testenv.ServicesDir() }
 
 // procCPU is the CPU time a process has used: its own user and system time,
 // plus, with children, the time of its children — those it has reaped
