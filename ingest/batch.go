@@ -542,7 +542,7 @@ func (p *Processor) expand(r Resolver, a *records, d *decoded, v int64) bool {
 // their ids. again (with the intent to attempt instead) when another
 // attempt recorded the batch first, or when the restater fenced off the
 // batch's hierarchy version and the hierarchy caught up.
-func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []Claim, mayRefresh bool) (Intent, map[int64]bool, bool, error) {
+func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []Claim, mayRefresh bool) (Intent, *Owned, bool, error) {
 	got, owned, err := p.Ledger.Begin(ctx, epoch, in, claims)
 	if errors.Is(err, ErrHierarchyBehind) && !in.Replay && mayRefresh {
 		// The restater has fenced off older versions: catch up and resolve
@@ -567,7 +567,7 @@ func (p *Processor) begin(ctx context.Context, epoch int64, in Intent, claims []
 // (recyclesRollups) the sorted rollups' arrays come from the free lists,
 // and arrays records them for attempt to give back once the batch is
 // written; otherwise arrays is nil.
-func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, arrays *rollupArrays) {
+func (p *Processor) sum(in Intent, a *records, owned *Owned) (_ *Batch, arrays *rollupArrays) {
 	nm := len(p.Decoder.measures)
 	if recyclesRollups(p.Sink) {
 		arrays = &rollupArrays{events: [][]int64{a.measures}}
@@ -583,7 +583,7 @@ func (p *Processor) sum(in Intent, a *records, owned map[int64]bool) (_ *Batch, 
 	var moved *Rollup // as-is minus as-was, for events whose chains differ
 	for i := range a.valid {
 		d := &a.valid[i]
-		if !owned[d.offset] {
+		if !owned.Has(d.offset) {
 			a.counts.Duplicates++ // claimed by an earlier record elsewhere
 			continue
 		}
@@ -680,14 +680,14 @@ func claimsEveryDecoded(l Ledger) bool {
 // every decoded record, the poison ones and those whose record owns its id
 // (marked as holding the claim, which their retry takes over); a failed
 // record that does not own its id is a duplicate.
-func (p *Processor) ownedFailures(fs []Failure, at []int64, owned map[int64]bool, counts *Counts) []Failure {
+func (p *Processor) ownedFailures(fs []Failure, at []int64, owned *Owned, counts *Counts) []Failure {
 	kept := fs[:0]
 	for i, f := range fs {
 		if f.Class != ClassUnknownEntity {
 			kept = append(kept, f)
 			continue
 		}
-		if !owned[at[i]] {
+		if !owned.Has(at[i]) {
 			counts.Duplicates++
 			continue
 		}
@@ -768,10 +768,10 @@ func (p *Processor) route(fs []Failure) (retry, dead []Failure) {
 // resolved returns, for the records replayed from the dead letters that
 // were accepted (they own their ids), the failure rows that mark their
 // first source resolved.
-func (p *Processor) resolved(replays []replayed, owned map[int64]bool) []Failure {
+func (p *Processor) resolved(replays []replayed, owned *Owned) []Failure {
 	var out []Failure
 	for _, r := range replays {
-		if !owned[r.offset] {
+		if !owned.Has(r.offset) {
 			continue
 		}
 		o := &r.origin

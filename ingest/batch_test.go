@@ -67,7 +67,7 @@ func (l *memLedger) Intent(_ context.Context, src Source) (Intent, bool, error) 
 	return Intent{}, false, nil
 }
 
-func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error) {
+func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Claim) (Intent, *Owned, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	lp := lpOf(in.Source)
@@ -93,10 +93,10 @@ func (l *memLedger) Begin(_ context.Context, epoch int64, in Intent, claims []Cl
 			}
 		}
 	}
-	owned := map[int64]bool{}
+	owned := NewOwned(in.Source)
 	for _, o := range l.claims {
 		if o.lp == lp && o.offset >= in.First && o.offset <= in.Last && o.batch.Equal(in.CreatedAt) {
-			owned[o.offset] = true
+			owned.Add(o.offset)
 		}
 	}
 	return in, owned, nil

@@ -79,7 +79,7 @@ type Ledger interface {
 	// when the epoch is stale, and with ErrHierarchyBehind when a new
 	// batch's hierarchy version is below the restater's fence; then nothing
 	// was recorded.
-	Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error)
+	Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, *Owned, error)
 	// Done marks the batch complete. Losing this call only costs an
 	// identical, deduplicated replay.
 	Done(ctx context.Context, src Source) error

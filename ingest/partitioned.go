@@ -60,7 +60,7 @@ func (c *PartitionedClaims) ClaimsEveryDecoded() bool { return true }
 // Begin records or finds the intent in the wrapped Ledger, then decides the
 // claims in the local state, which it first brings up to the batch's first
 // offset.
-func (c *PartitionedClaims) Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, map[int64]bool, error) {
+func (c *PartitionedClaims) Begin(ctx context.Context, epoch int64, in Intent, claims []Claim) (Intent, *Owned, error) {
 	got, _, err := c.Ledger.Begin(ctx, epoch, in, nil)
 	if err != nil {
 		return got, nil, err
@@ -77,17 +77,23 @@ func (c *PartitionedClaims) Begin(ctx context.Context, epoch int64, in Intent, c
 	if err := c.catchUp(ctx, in.Partition, in.First, since.Add(-c.Horizon)); err != nil {
 		return got, nil, err
 	}
-	owned, err := c.claim(in.Partition, claims)
+	res, err := c.claim(in.Partition, claims)
 	if err != nil {
 		return got, nil, err
 	}
 	c.mu.Lock()
 	c.ready[in.Partition] = max(c.ready[in.Partition], in.Last)
 	c.mu.Unlock()
+	owned := NewOwned(in.Source)
+	for i, ok := range res {
+		if ok {
+			owned.Add(claims[i].Offset)
+		}
+	}
 	return got, owned, nil
 }
 
-func (c *PartitionedClaims) claim(p int32, claims []Claim) (map[int64]bool, error) {
+func (c *PartitionedClaims) claim(p int32, claims []Claim) ([]bool, error) {
 	entries := make([]idstate.Entry, len(claims))
 	size := 0
 	for i := range claims {
@@ -104,13 +110,7 @@ func (c *PartitionedClaims) claim(p int32, claims []Claim) (map[int64]bool, erro
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids in partition %d: %w", p, err)
 	}
-	owned := make(map[int64]bool, len(claims))
-	for i, ok := range res {
-		if ok {
-			owned[claims[i].Offset] = true
-		}
-	}
-	return owned, nil
+	return res, nil
 }
 
 // catchUp makes the state of partition p reflect every record before first:

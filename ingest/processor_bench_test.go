@@ -53,10 +53,10 @@ func (ownAllLedger) Intent(context.Context, Source) (Intent, bool, error) {
 	return Intent{}, false, nil
 }
 func (ownAllLedger) Done(context.Context, Source) error { return nil }
-func (ownAllLedger) Begin(_ context.Context, _ int64, in Intent, claims []Claim) (Intent, map[int64]bool, error) {
-	owned := make(map[int64]bool, len(claims))
+func (ownAllLedger) Begin(_ context.Context, _ int64, in Intent, claims []Claim) (Intent, *Owned, error) {
+	owned := NewOwned(in.Source)
 	for _, c := range claims {
-		owned[c.Offset] = true
+		owned.Add(c.Offset)
 	}
 	return in, owned, nil
 }

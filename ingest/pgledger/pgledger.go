@@ -91,15 +91,15 @@ func (l *Ledger) Intent(ctx context.Context, src ingest.Source) (ingest.Intent, 
 // (ingest.dedup=partitioned), where the pipeline is an implicit transaction
 // of its own; with claims (ingest.dedup=postgres) it opens an explicit
 // transaction that then claims the ids or reads the replay's claims.
-func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claims []ingest.Claim) (ingest.Intent, map[int64]bool, error) {
+func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claims []ingest.Claim) (ingest.Intent, *ingest.Owned, error) {
 	if len(claims) == 0 {
 		got, _, err := l.begin(ctx, l.Pool, epoch, in)
 		if err != nil {
 			return in, nil, err
 		}
-		return got, map[int64]bool{}, nil
+		return got, &ingest.Owned{}, nil
 	}
-	var owned map[int64]bool
+	var owned *ingest.Owned
 	err := pgx.BeginFunc(ctx, l.Pool, func(tx pgx.Tx) error {
 		got, inserted, err := l.begin(ctx, tx, epoch, in)
 		if err != nil {
@@ -144,10 +144,7 @@ func (l *Ledger) Begin(ctx context.Context, epoch int64, in ingest.Intent, claim
 		if err != nil {
 			return fmt.Errorf("read claims: %w", err)
 		}
-		owned = make(map[int64]bool, len(offsets))
-		for _, o := range offsets {
-			owned[o] = true
-		}
+		owned = ownedOf(in.Source, offsets)
 		return nil
 	})
 	if err != nil {
@@ -276,7 +273,7 @@ func (l *Ledger) begin(ctx context.Context, db sender, epoch int64, in ingest.In
 // insertClaims claims ids in sorted order, so two batches claiming
 // overlapping ids lock them in the same order and cannot deadlock, and
 // returns the offsets whose claim it made.
-func insertClaims(ctx context.Context, tx pgx.Tx, in ingest.Intent, claims []ingest.Claim) (map[int64]bool, error) {
+func insertClaims(ctx context.Context, tx pgx.Tx, in ingest.Intent, claims []ingest.Claim) (*ingest.Owned, error) {
 	sorted := make([]ingest.Claim, len(claims))
 	copy(sorted, claims)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].EventID < sorted[j].EventID })
@@ -298,11 +295,16 @@ func insertClaims(ctx context.Context, tx pgx.Tx, in ingest.Intent, claims []ing
 	if err != nil {
 		return nil, fmt.Errorf("claim event ids: %w", err)
 	}
-	owned := make(map[int64]bool, len(offsets))
+	return ownedOf(in.Source, offsets), nil
+}
+
+// ownedOf is the set of offsets of src.
+func ownedOf(src ingest.Source, offsets []int64) *ingest.Owned {
+	owned := ingest.NewOwned(src)
 	for _, o := range offsets {
-		owned[o] = true
+		owned.Add(o)
 	}
-	return owned, nil
+	return owned
 }
 
 // Done implements ingest.Ledger.

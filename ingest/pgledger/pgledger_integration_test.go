@@ -86,7 +86,7 @@ func TestLedgerContract(t *testing.T) {
 	}
 
 	in, owned, err := l.Begin(ctx, cur, first, claims)
-	if err != nil || in.Replay || len(owned) != 2 || !owned[0] || !owned[1] {
+	if err != nil || in.Replay || owned.Len() != 2 || !owned.Has(0) || !owned.Has(1) {
 		t.Fatalf("first Begin = %+v, %v, %v", in, owned, err)
 	}
 
@@ -94,14 +94,14 @@ func TestLedgerContract(t *testing.T) {
 	retry := first
 	retry.Last, retry.HierarchyVersion, retry.CreatedAt = 5, 9, created.Add(time.Hour)
 	in, owned, err = l.Begin(ctx, cur, retry, append(claims, ingest.Claim{EventID: "z", OccurredAt: at, Offset: 2}))
-	if err != nil || !in.Replay || in.Last != 1 || in.HierarchyVersion != 7 || !in.CreatedAt.Equal(created) || len(owned) != 2 {
+	if err != nil || !in.Replay || in.Last != 1 || in.HierarchyVersion != 7 || !in.CreatedAt.Equal(created) || owned.Len() != 2 {
 		t.Fatalf("replayed Begin = %+v, %v, %v", in, owned, err)
 	}
 
 	// A later batch repeating "a" does not own it.
 	second := ingest.Intent{Source: ingest.Source{Topic: src.Topic, TopicID: src.TopicID, Partition: 3, First: 2, Last: 3}, HierarchyVersion: 7, CreatedAt: created}
 	_, owned, err = l.Begin(ctx, cur, second, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
-	if err != nil || len(owned) != 1 || !owned[3] {
+	if err != nil || owned.Len() != 1 || !owned.Has(3) {
 		t.Fatalf("second batch owns %v (%v), want only offset 3", owned, err)
 	}
 
@@ -126,13 +126,13 @@ func TestLedgerContract(t *testing.T) {
 	reread.CreatedAt = created.Add(48 * time.Hour) // intents are purged a day after Done
 	reread.Fingerprint = "format=1 test"
 	again, owned, err := l.Begin(ctx, cur, reread, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
-	if err != nil || again.Replay || len(owned) != 0 {
+	if err != nil || again.Replay || owned.Len() != 0 {
 		t.Fatalf("batch over a purged intent's range = %+v, owns %v (%v), want a new batch owning nothing", again, owned, err)
 	}
 	// Its first write fails; the replay owns nothing either: the claims in
 	// its range are the purged batch's, which counted them.
 	replayed, owned, err := l.Begin(ctx, cur, reread, []ingest.Claim{{EventID: "a", OccurredAt: at, Offset: 2}, {EventID: "c", OccurredAt: at, Offset: 3}})
-	if err != nil || !replayed.Replay || len(owned) != 0 || replayed.Fingerprint != reread.Fingerprint {
+	if err != nil || !replayed.Replay || owned.Len() != 0 || replayed.Fingerprint != reread.Fingerprint {
 		t.Fatalf("replay over a purged intent's range = %+v, owns %v (%v), want a replay owning nothing", replayed, owned, err)
 	}
 	if got, _, _ := l.Intent(ctx, reread.Source); got.Fingerprint != reread.Fingerprint {
@@ -206,7 +206,7 @@ func TestReplayOfBatchBegunBeforeUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, owned, err := l.Begin(ctx, epoch, in, claims)
-	if err != nil || !got.Replay || got.Fingerprint != "" || len(owned) != 1 || !owned[11] {
+	if err != nil || !got.Replay || got.Fingerprint != "" || owned.Len() != 1 || !owned.Has(11) {
 		t.Fatalf("replay of a pre-upgrade batch = %+v, owns %v (%v); want a replay owning offset 11 only", got, owned, err)
 	}
 }
@@ -258,7 +258,7 @@ func TestBeginWithoutClaims(t *testing.T) {
 	// is pending.
 	setState("update canopy.restate_state set fence = 2, restated_through = 3")
 	in, owned, err := l.Begin(ctx, cur, batch(0, 9, 5), nil)
-	if err != nil || in.Replay || in.Done || in.Last != 9 || in.HierarchyVersion != 5 || in.PendingVersion != 5 || len(owned) != 0 {
+	if err != nil || in.Replay || in.Done || in.Last != 9 || in.HierarchyVersion != 5 || in.PendingVersion != 5 || owned.Len() != 0 {
 		t.Fatalf("new Begin = %+v, %v, %v", in, owned, err)
 	}
 	var (
