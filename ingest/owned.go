@@ -13,7 +13,6 @@ import (
 type Owned struct {
 	first int64
 	words []uint64
-	n     int
 }
 
 // NewOwned returns an empty set with room for the offsets of src.
@@ -28,7 +27,7 @@ func NewOwned(src Source) *Owned {
 // Add puts off in the set. An offset outside the room NewOwned made is
 // added too (the set grows): losing one would not count an event.
 func (o *Owned) Add(off int64) {
-	if len(o.words) == 0 && o.n == 0 {
+	if len(o.words) == 0 {
 		o.first = off - off%64
 	}
 	if off < o.first {
@@ -41,10 +40,7 @@ func (o *Owned) Add(off int64) {
 	if w >= len(o.words) {
 		o.words = append(o.words, make([]uint64, w+1-len(o.words))...)
 	}
-	if m := uint64(1) << (i % 64); o.words[w]&m == 0 {
-		o.words[w] |= m
-		o.n++
-	}
+	o.words[w] |= 1 << (i % 64)
 }
 
 // Has reports whether off is in the set.
@@ -62,7 +58,11 @@ func (o *Owned) Len() int {
 	if o == nil {
 		return 0
 	}
-	return o.n
+	n := 0
+	for _, word := range o.words {
+		n += bits.OnesCount64(word)
+	}
+	return n
 }
 
 // Offsets returns the set's offsets in ascending order.
@@ -70,7 +70,7 @@ func (o *Owned) Offsets() []int64 {
 	if o == nil {
 		return nil
 	}
-	out := make([]int64, 0, o.n)
+	out := make([]int64, 0, o.Len())
 	for w, word := range o.words {
 		for word != 0 {
 			b := bits.TrailingZeros64(word)
