@@ -65,7 +65,11 @@ func ServicesDir() string {
 
 func serviceLockFile() *os.File {
 	if serviceLock.f == nil {
-		dir := filepath.Join(ServicesDir(), "run")
+		base := ServicesDir()
+		if base == "" {
+			return nil
+		}
+		dir := filepath.Join(base, "run")
 		if _, err := os.Stat(dir); err != nil {
 			return nil
 		}
