@@ -36,11 +36,16 @@ func (r ingestResult) rate() float64 { return float64(r.events) / r.elapsed.Seco
 
 // cpuPerMillion is a process's CPU seconds per million events.
 func (r ingestResult) cpuPerMillion(proc string) (float64, bool) {
-	d, ok := r.cpu[proc]
-	if !ok {
+	return perMillion(r.cpu, r.events, proc)
+}
+
+// perMillion is proc's CPU seconds in cpu per million of events.
+func perMillion(cpu map[string]time.Duration, events int, proc string) (float64, bool) {
+	d, ok := cpu[proc]
+	if !ok || events == 0 {
 		return 0, false
 	}
-	return d.Seconds() / (float64(r.events) / 1e6), true
+	return d.Seconds() / (float64(events) / 1e6), true
 }
 
 // waitReady waits until a worker's /readyz answers 200: it has joined the
@@ -177,6 +182,30 @@ type freshness struct {
 	events   int
 	p50, p99 time.Duration
 	poll     time.Duration
+	// cpu is each process's CPU time from the first event produced to the
+	// last acknowledged (worker, driver, kafka, clickhouse, …, as in
+	// ingestResult): what the steady head costs, against the ingest's
+	// cost of a backlog.
+	cpu map[string]time.Duration
+}
+
+// cpuPerMillion is a process's CPU seconds per million of the events
+// produced at the steady rate.
+func (f freshness) cpuPerMillion(proc string) (float64, bool) {
+	return perMillion(f.cpu, f.events, proc)
+}
+
+// cpuLine is the CPU seconds in cpu per million of events of each process
+// in procs, "·" apart, "–" for any not measured.
+func cpuLine(cpu map[string]time.Duration, events int, procs ...string) string {
+	parts := make([]string, len(procs))
+	for i, proc := range procs {
+		parts[i] = "–"
+		if c, ok := perMillion(cpu, events, proc); ok {
+			parts[i] = fmt.Sprintf("%.1f", c)
+		}
+	}
+	return strings.Join(parts, " · ")
 }
 
 // runFreshness produces `seconds` worth of new events at `rate` per second
@@ -261,6 +290,7 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 		at        time.Time
 	}
 	sent := make([]sentRec, 0, g.Count)
+	cpu, workerBefore := startCPU(), procCPU(w.cmd.Process.Pid, false)
 	start := time.Now()
 	err = g.Each(func(i int, ev synth.Event) error {
 		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
@@ -285,6 +315,8 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 		b.Fatal(err)
 	}
 	e.waitAcked(before+uint64(g.Count), 10*time.Minute)
+	used := cpu.stop()
+	used["worker"] = procCPU(w.cmd.Process.Pid, false) - workerBefore
 	time.Sleep(2 * poll)
 	close(stop)
 	<-done
@@ -321,7 +353,7 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 	q := func(p float64) time.Duration {
 		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))] * float64(time.Second))
 	}
-	return freshness{rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll}
+	return freshness{rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll, cpu: used}
 }
 
 // routedCopies reads topic (the by-id topic) from the offsets from to its

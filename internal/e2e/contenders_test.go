@@ -358,6 +358,26 @@ func (rep *report) write(dir string) error {
 		p("*Freshness*: at half the 1-worker rate, 1 worker, from produce to rows and ack visible (`ingest_acks` polled every %s,", wls[0].fresh.poll)
 		p("so each figure may be up to that much late).")
 		p("")
+		p("What the steady head costs, against a backlog: CPU s per 1M events while the freshness events were produced and")
+		p("acknowledged, beside the same design's ingest (the *Ingest* table). Batches at the head are as small as a turn's")
+		p("arrivals, so ClickHouse makes (and then merges) many more parts per event; on this 2-core machine the head's")
+		p("CPU, the producing test's included, is what sets the latency.")
+		p("")
+		p("| workload | design | phase | worker · driver · Kafka · ClickHouse · ZooKeeper |")
+		p("|---|---|---|---|")
+		procs := []string{"worker", "driver", "kafka", "clickhouse", "zookeeper"}
+		for _, wr := range wls {
+			for _, d := range []struct {
+				design, contender string
+				f                 freshness
+			}{{"postgres", "Canopy, 1 worker", wr.fresh}, {"partitioned (default)", "Canopy partitioned, 1 worker", wr.freshPart}} {
+				if c, ok := wr.find(d.contender); ok {
+					p("| %s | %s | ingest | %s |", wr.name, d.design, cpuLine(c.cpu, c.events, procs...))
+				}
+				p("| %s | %s | freshness, %.0f events/s | %s |", wr.name, d.design, d.f.rate, cpuLine(d.f.cpu, d.f.events, procs...))
+			}
+		}
+		p("")
 	}
 
 	p("## Storage per event")

@@ -67,10 +67,16 @@ func BenchmarkFreshness(b *testing.B) {
 				at = r.rate() / 2
 			}
 			f := bd.runFreshness(b, e, at, seconds)
-			b.Logf("freshness at %.0f events/s: p50 %s p99 %s", f.rate, f.p50, f.p99)
+			b.Logf("freshness at %.0f events/s: p50 %s p99 %s; CPU s per 1M events (worker · driver · kafka · clickhouse · zookeeper): %s",
+				f.rate, f.p50, f.p99, cpuLine(f.cpu, f.events, "worker", "driver", "kafka", "clickhouse", "zookeeper"))
 			b.ReportMetric(f.rate, "fresh-events/s")
 			b.ReportMetric(f.p50.Seconds(), "p50-s")
 			b.ReportMetric(f.p99.Seconds(), "p99-s")
+			for _, proc := range []string{"worker", "clickhouse"} {
+				if c, ok := f.cpuPerMillion(proc); ok {
+					b.ReportMetric(c, "fresh-"+proc+"-cpu-s/1M-events")
+				}
+			}
 		}
 		_ = e.ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+e.chDB)
 	}

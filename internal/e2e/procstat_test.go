@@ -19,12 +19,18 @@ const clockTick = 10 * time.Millisecond
 
 // serverPIDs finds the pids of the servers scripts/services started, from
 // its run/NAME.pid files ($CANOPY_DATA_DIR, default <repo>/.data/services).
-// A server without a readable pid file is left out.
+// A server without a readable pid file is left out. "clickhouse" is the
+// service the tests run against (CANOPY_TEST_CLICKHOUSE_SERVICE, as
+// scripts/services env sets it: clickhouse26 for ClickHouse 26.9).
 func serverPIDs() map[string]int {
 	dir := testenv.ServicesDir()
 	out := map[string]int{}
-	for _, name := range []string{"kafka", "clickhouse", "postgres"} {
-		b, err := os.ReadFile(filepath.Join(dir, "run", name+".pid"))
+	for _, name := range []string{"kafka", "clickhouse", "postgres", "zookeeper"} {
+		service := name
+		if s := os.Getenv("CANOPY_TEST_CLICKHOUSE_SERVICE"); name == "clickhouse" && s != "" {
+			service = s
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "run", service+".pid"))
 		if err != nil {
 			continue
 		}
