@@ -176,8 +176,34 @@ func dedupEngine(b *testing.B, e *env) string {
 	return ""
 }
 
+// eventTimes says what occurred_at the freshness events carry.
+type eventTimes string
+
+const (
+	// liveTimes: the moment each event is produced, as a live producer
+	// sends them; the head's load, which freshness is about.
+	liveTimes eventTimes = "live"
+	// datasetTimes: the data set's own, spread over its 30 days (and so
+	// over two months, most runs): every batch then writes a part per
+	// month per table and sums almost nothing across events — a replay of
+	// history arriving at the rate of the head, not the head.
+	datasetTimes eventTimes = "dataset"
+)
+
+// parseEventTimes reads CANOPY_BENCH_FRESHNESS_TIMES's value ("" is live).
+func parseEventTimes(s string) (eventTimes, error) {
+	switch t := eventTimes(s); t {
+	case "", liveTimes:
+		return liveTimes, nil
+	case datasetTimes:
+		return t, nil
+	}
+	return "", fmt.Errorf("%q is neither %s nor %s", s, liveTimes, datasetTimes)
+}
+
 // freshness is the delay from produce to visible at a steady rate.
 type freshness struct {
+	times    eventTimes
 	rate     float64
 	events   int
 	p50, p99 time.Duration
@@ -208,10 +234,23 @@ func cpuLine(cpu map[string]time.Duration, events int, procs ...string) string {
 	return strings.Join(parts, " · ")
 }
 
+// freshnessPair measures freshness on e at rate twice, live event times
+// first, then the data set's, and logs both under design.
+func (bd *benchData) freshnessPair(b *testing.B, e *env, rate float64, seconds int, design string, logf func(string, ...any)) [2]freshness {
+	var out [2]freshness
+	for i, times := range []eventTimes{liveTimes, datasetTimes} {
+		out[i] = bd.runFreshness(b, e, rate, seconds, times)
+		logf("freshness, %s, %s event times, at %.0f events/s: p50 %s p99 %s", design, times, out[i].rate, out[i].p50, out[i].p99)
+	}
+	return out
+}
+
 // runFreshness produces `seconds` worth of new events at `rate` per second
 // to e's topic with one worker running, and measures each event's delay from
 // its Produce call to the first poll of ingest_acks that covers its offset.
-func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds int) freshness {
+// The events are the data set generator's (entities, types, measures as the
+// workload draws them), with occurred_at as times says.
+func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds int, times eventTimes) freshness {
 	addr := freeAddr(b)
 	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addr)
 	w := e.startWorker(9)
@@ -229,7 +268,7 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 	keys, values := make([][]byte, probes), make([][]byte, probes)
 	for i := range probes {
 		keys[i] = []byte(strconv.Itoa(i))
-		values[i] = synth.Event{ID: fmt.Sprintf("fresh-probe-%d", i), EntityID: 1, OccurredAt: time.Now().UTC(), Type: "probe", Amount: 1}.JSON()
+		values[i] = synth.Event{ID: fmt.Sprintf("fresh-probe-%s-%d", times, i), EntityID: 1, OccurredAt: time.Now().UTC(), Type: "probe", Amount: 1}.JSON()
 	}
 	e.produce(keys, values)
 	e.waitAcked(warm+probes, 10*time.Minute)
@@ -283,7 +322,12 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 		byidFrom = e.endOffsets(e.ackTopic)
 	}
 	g := bd.gen
+	// Each kind of window its own ids (seed), so a second window on the
+	// same environment is new events, not duplicates of the first.
 	g.Seed, g.Count = 3, int(rate*float64(seconds))
+	if times == liveTimes {
+		g.Seed = 4
+	}
 	type sentRec struct {
 		partition int32
 		offset    int64
@@ -298,6 +342,9 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 			time.Sleep(d)
 		}
 		at := time.Now()
+		if times == liveTimes {
+			ev.OccurredAt = at.UTC()
+		}
 		e.kafka.Produce(ctx, &kgo.Record{Topic: e.topic, Key: strconv.AppendInt(nil, ev.EntityID, 10), Value: ev.JSON()},
 			func(r *kgo.Record, err error) {
 				if err == nil {
@@ -353,7 +400,7 @@ func (bd *benchData) runFreshness(b *testing.B, e *env, rate float64, seconds in
 	q := func(p float64) time.Duration {
 		return time.Duration(lat[min(len(lat)-1, int(p*float64(len(lat))))] * float64(time.Second))
 	}
-	return freshness{rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll, cpu: used}
+	return freshness{times: times, rate: rate, events: g.Count, p50: q(0.50), p99: q(0.99), poll: poll, cpu: used}
 }
 
 // routedCopies reads topic (the by-id topic) from the offsets from to its

@@ -37,7 +37,9 @@ import (
 //     days) on Canopy's rollups and as a recursive CTE in PostgreSQL, for
 //     CANOPY_BENCH_READ_SAMPLES (default 100) entities per depth class;
 //   - freshness (produce to visible) at half Canopy's 1-worker rate for
-//     CANOPY_BENCH_FRESHNESS_SECONDS (default 30);
+//     CANOPY_BENCH_FRESHNESS_SECONDS (default 30), of live events
+//     (occurred_at when produced) and then of events dated as the data
+//     set's (spread over its 30 days);
 //   - ClickHouse rows and bytes per event of each table Canopy and the
 //     native design write (system.parts, after the ingest and its merges),
 //     and PostgreSQL rows Canopy inserts per event (pg_stat_user_tables).
@@ -130,15 +132,13 @@ func (bd *benchData) run(b *testing.B, pgBudget time.Duration, perClass, freshSe
 	// Canopy, 2 workers, then freshness on the same environment.
 	r2, envB := bd.runCanopy(b, 2, false)
 	check(&r2, envB, envB.chDB+".rollup_daily")
-	wr.fresh = bd.runFreshness(b, envB, r.rate()/2, freshSeconds)
-	logf("freshness at %.0f events/s: p50 %s p99 %s", wr.fresh.rate, wr.fresh.p50, wr.fresh.p99)
+	wr.fresh = bd.freshnessPair(b, envB, r.rate()/2, freshSeconds, "postgres", logf)
 	_ = envB.ch.Exec(ctx, "DROP DATABASE IF EXISTS "+envB.chDB)
 
 	// Canopy with partitioned deduplication (issue 13's design), 1 worker.
 	rp, envP := bd.runCanopy(b, 1, true)
 	check(&rp, envP, envP.chDB+".rollup_daily")
-	wr.freshPart = bd.runFreshness(b, envP, rp.rate()/2, freshSeconds)
-	logf("freshness, partitioned, at %.0f events/s: p50 %s p99 %s", wr.freshPart.rate, wr.freshPart.p50, wr.freshPart.p99)
+	wr.freshPart = bd.freshnessPair(b, envP, rp.rate()/2, freshSeconds, "partitioned", logf)
 	wr.restore = bd.measureRestore(b, envP)
 	logf("restore of the partitioned state: %d partitions, %.0f records in %.2f s (slowest partition %.2f s)",
 		wr.restore.partitions, wr.restore.records, wr.restore.seconds, wr.restore.slowest)
@@ -201,9 +201,9 @@ type workloadReport struct {
 	skew           skew
 	ingest         []ingestResult
 	storage        []tableStorage
-	bytesPerEntity float64   // peak RSS of the 1-worker run per entity
-	fresh          freshness // ingest.dedup=postgres
-	freshPart      freshness // ingest.dedup=partitioned, the default
+	bytesPerEntity float64      // peak RSS of the 1-worker run per entity
+	fresh          [2]freshness // ingest.dedup=postgres: live, then dataset event times
+	freshPart      [2]freshness // ingest.dedup=partitioned, the default: live, then dataset
 	reads          []readResult
 	parts          uint64 // active parts of rollup_daily when the reads ran
 	partitions     uint64
@@ -342,21 +342,32 @@ func (rep *report) write(dir string) error {
 	p("")
 	p("![events per second](ingest.png)")
 	p("")
-	p("| workload | worker peak RSS, 1 worker | bytes per entity | Go heap per entity after loading the hierarchy | 1 → 2 workers on 4 partitions | freshness: design | rate | events | p50 | p99 |")
-	p("|---|---|---|---|---|---|---|---|---|---|")
+	p("| workload | worker peak RSS, 1 worker | bytes per entity | Go heap per entity after loading the hierarchy | 1 → 2 workers on 4 partitions | freshness: design | event times | rate | events | p50 | p99 |")
+	p("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, wr := range wls {
 		c1, _ := wr.find("Canopy, 1 worker")
 		c2, _ := wr.find("Canopy, 2 workers")
-		p("| %s | %.0f MiB | **%.0f** | %d | %.0f → %.0f events/s (×%.2f) | postgres | %.0f events/s | %d | **%s** | **%s** |", wr.name,
-			float64(c1.peakRSS)/(1<<20), wr.bytesPerEntity, c1.heapPerEnt, c1.rate(), c2.rate(), c2.rate()/c1.rate(),
-			wr.fresh.rate, wr.fresh.events, wr.fresh.p50.Round(time.Millisecond), wr.fresh.p99.Round(time.Millisecond))
-		p("| | | | | | partitioned (default) | %.0f events/s | %d | **%s** | **%s** |",
-			wr.freshPart.rate, wr.freshPart.events, wr.freshPart.p50.Round(time.Millisecond), wr.freshPart.p99.Round(time.Millisecond))
+		lead := fmt.Sprintf("| %s | %.0f MiB | **%.0f** | %d | %.0f → %.0f events/s (×%.2f) ", wr.name,
+			float64(c1.peakRSS)/(1<<20), wr.bytesPerEntity, c1.heapPerEnt, c1.rate(), c2.rate(), c2.rate()/c1.rate())
+		for _, d := range []struct {
+			design string
+			f      [2]freshness
+		}{{"postgres", wr.fresh}, {"partitioned (default)", wr.freshPart}} {
+			for _, f := range d.f {
+				p("%s| %s | %s | %.0f events/s | %d | **%s** | **%s** |", lead, d.design, f.times,
+					f.rate, f.events, f.p50.Round(time.Millisecond), f.p99.Round(time.Millisecond))
+				lead = "| | | | | "
+			}
+		}
 	}
 	p("")
 	if len(wls) > 0 {
-		p("*Freshness*: at half the 1-worker rate, 1 worker, from produce to rows and ack visible (`ingest_acks` polled every %s,", wls[0].fresh.poll)
-		p("so each figure may be up to that much late).")
+		p("*Freshness*: at half the 1-worker rate, 1 worker, from produce to rows and ack visible (`ingest_acks` polled every %s,", wls[0].fresh[0].poll)
+		p("so each figure may be up to that much late). The events are the workload's (entities, types, measures); *event times*")
+		p("says their `occurred_at`: *live*, the moment each was produced, as a live producer sends them (the head, which the")
+		p("freshness target is about), or *dataset*, the data set's own spread over its 30 days — history arriving at the head's")
+		p("rate, so every batch writes a part per month per table and sums almost nothing across events (before 2026-12-05")
+		p("this report measured only that). The live window runs first, the dataset one right after on the same worker's state.")
 		p("")
 		p("What the steady head costs, against a backlog: CPU s per 1M events while the freshness events were produced and")
 		p("acknowledged, beside the same design's ingest (the *Ingest* table). Batches at the head are as small as a turn's")
@@ -369,12 +380,14 @@ func (rep *report) write(dir string) error {
 		for _, wr := range wls {
 			for _, d := range []struct {
 				design, contender string
-				f                 freshness
+				f                 [2]freshness
 			}{{"postgres", "Canopy, 1 worker", wr.fresh}, {"partitioned (default)", "Canopy partitioned, 1 worker", wr.freshPart}} {
 				if c, ok := wr.find(d.contender); ok {
 					p("| %s | %s | ingest | %s |", wr.name, d.design, cpuLine(c.cpu, c.events, procs...))
 				}
-				p("| %s | %s | freshness, %.0f events/s | %s |", wr.name, d.design, d.f.rate, cpuLine(d.f.cpu, d.f.events, procs...))
+				for _, f := range d.f {
+					p("| %s | %s | freshness, %s event times, %.0f events/s | %s |", wr.name, d.design, f.times, f.rate, cpuLine(f.cpu, f.events, procs...))
+				}
 			}
 		}
 		p("")
@@ -589,12 +602,18 @@ func (rep *report) write(dir string) error {
 		target(run+": PostgreSQL CPU of its own connections ≤ 1 s per 1M events (the server's background left out)", cpuTarget("postgres backends", 1))
 		target(run+": worker CPU ≤ 5 s per 1M events", cpuTarget("worker", 5))
 	}
-	target("Freshness p99 ≤ 2 s at half the 1-worker rate (ingest.dedup=postgres)", func(wr *workloadReport) (string, bool) {
-		return wr.fresh.p99.Round(time.Millisecond).String(), wr.fresh.p99 > 0 && wr.fresh.p99 <= 2*time.Second
-	})
-	target("Freshness p99 ≤ 2 s at half the 1-worker rate (partitioned, the default)", func(wr *workloadReport) (string, bool) {
-		return wr.freshPart.p99.Round(time.Millisecond).String(), wr.freshPart.p99 > 0 && wr.freshPart.p99 <= 2*time.Second
-	})
+	for i, times := range []eventTimes{liveTimes, datasetTimes} {
+		for _, d := range []struct {
+			design string
+			f      func(*workloadReport) freshness
+		}{{"ingest.dedup=postgres", func(wr *workloadReport) freshness { return wr.fresh[i] }},
+			{"partitioned, the default", func(wr *workloadReport) freshness { return wr.freshPart[i] }}} {
+			target(fmt.Sprintf("Freshness p99 ≤ 2 s at half the 1-worker rate (%s, %s event times)", d.design, times), func(wr *workloadReport) (string, bool) {
+				f := d.f(wr)
+				return f.p99.Round(time.Millisecond).String(), f.p99 > 0 && f.p99 <= 2*time.Second
+			})
+		}
+	}
 
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(w.String()), 0o644); err != nil { //nolint:gosec // a report
 		return err

@@ -19,7 +19,9 @@ import (
 // events are produced at CANOPY_BENCH_FRESHNESS_RATE per second (default
 // half the ingest's rate) for CANOPY_BENCH_FRESHNESS_SECONDS (default 30),
 // each timed from its Produce call to the first poll of ingest_acks that
-// covers it. The ingest is checked against the oracle, as in the report,
+// covers it. Their occurred_at is the moment each is produced (live, the
+// default) or, with CANOPY_BENCH_FRESHNESS_TIMES=dataset, the data set's own
+// (spread over its 30 days, as before 2026-12-05). The ingest is checked against the oracle, as in the report,
 // and its CPU per event and the worker's peak RSS reported as the report's
 // (the clock starts once the restater has written the import);
 // CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
@@ -37,6 +39,10 @@ func BenchmarkFreshness(b *testing.B) {
 	case "postgres":
 	default:
 		b.Fatalf("CANOPY_BENCH_DEDUP: %q is neither partitioned nor postgres", d)
+	}
+	times, err := parseEventTimes(os.Getenv("CANOPY_BENCH_FRESHNESS_TIMES"))
+	if err != nil {
+		b.Fatalf("CANOPY_BENCH_FRESHNESS_TIMES: %v", err)
 	}
 	dist, err := synth.ParseDistribution(cmp.Or(os.Getenv("CANOPY_BENCH_WORKLOAD"), "uniform"))
 	if err != nil {
@@ -66,9 +72,9 @@ func BenchmarkFreshness(b *testing.B) {
 			if at == 0 {
 				at = r.rate() / 2
 			}
-			f := bd.runFreshness(b, e, at, seconds)
-			b.Logf("freshness at %.0f events/s: p50 %s p99 %s; CPU s per 1M events (worker · driver · kafka · clickhouse · zookeeper): %s",
-				f.rate, f.p50, f.p99, cpuLine(f.cpu, f.events, "worker", "driver", "kafka", "clickhouse", "zookeeper"))
+			f := bd.runFreshness(b, e, at, seconds, times)
+			b.Logf("freshness (%s event times) at %.0f events/s: p50 %s p99 %s; CPU s per 1M events (worker · driver · kafka · clickhouse · zookeeper): %s",
+				f.times, f.rate, f.p50, f.p99, cpuLine(f.cpu, f.events, "worker", "driver", "kafka", "clickhouse", "zookeeper"))
 			b.ReportMetric(f.rate, "fresh-events/s")
 			b.ReportMetric(f.p50.Seconds(), "p50-s")
 			b.ReportMetric(f.p99.Seconds(), "p99-s")
