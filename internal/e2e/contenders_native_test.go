@@ -104,28 +104,46 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 	if err := produceAll(ctx, e.kafka, topic, bd.gen, render, nil); err != nil {
 		b.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Hour)
+	// 18.16's Kafka engine can commit offsets for blocks one view never
+	// got (seen 2026-12-05: every event in the hourly table, 79% in the
+	// daily, no lag, no error logged). Such a run never completes; after
+	// nativeStall without progress it is measured as it stands: events are
+	// those visible in both tables, the time is until the last progress,
+	// and the oracle's check marks the result wrong.
+	const nativeStall = 3 * time.Minute
+	var hourly, daily int64
+	events, stalled := bd.gen.Count, ""
+	progressed := time.Now()
 	for {
-		var hourly, daily int64
+		var h, d int64
 		err := e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT
 			(SELECT sum(events) FROM %[1]s_hourly WHERE depth = 0), (SELECT sum(events) FROM %[1]s_daily WHERE depth = 0)`,
-			prefix)).Scan(&hourly, &daily)
-		if err == nil && hourly >= int64(bd.gen.Count) && daily >= int64(bd.gen.Count) {
+			prefix)).Scan(&h, &d)
+		if err == nil && h >= int64(bd.gen.Count) && d >= int64(bd.gen.Count) {
 			break
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s: after 3h, %d and %d of %d events visible (%v)", variant, hourly, daily, bd.gen.Count, err)
+		if err == nil && (h != hourly || d != daily) {
+			hourly, daily, progressed = h, d, time.Now()
+		}
+		if time.Since(progressed) > nativeStall {
+			events = int(min(hourly, daily))
+			stalled = fmt.Sprintf("; stalled: %d (hourly) and %d (daily) of %d events visible, no progress for %s", hourly, daily, bd.gen.Count, nativeStall)
+			b.Logf("%s%s", variant, stalled)
+			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	if stalled != "" {
+		elapsed = progressed.Sub(start)
+	}
 	used := cpu.stop()
 	delete(used, "postgres")
 	return ingestResult{
 		name:   "ClickHouse-native, " + variant,
-		events: bd.gen.Count, elapsed: elapsed, cpu: used,
+		events: events, elapsed: elapsed, cpu: used,
 		how: "produce to Kafka → Kafka engine → materialized views (arrayJoin over the chain) → SummingMergeTree; " +
-			"driver = the producer" + map[bool]string{true: ", which also walks the chain", false: ""}[variant == nativeInMessage],
+			"driver = the producer" + map[bool]string{true: ", which also walks the chain", false: ""}[variant == nativeInMessage] + stalled,
 	}
 }
 
