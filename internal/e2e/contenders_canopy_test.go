@@ -190,6 +190,10 @@ const (
 	datasetTimes eventTimes = "dataset"
 )
 
+// freshnessTimes is the order of the report's two freshness windows, as
+// freshnessPair measures them and the report reads them.
+var freshnessTimes = [2]eventTimes{liveTimes, datasetTimes}
+
 // parseEventTimes reads CANOPY_BENCH_FRESHNESS_TIMES's value ("" is live).
 func parseEventTimes(s string) (eventTimes, error) {
 	switch t := eventTimes(s); t {
@@ -238,7 +242,7 @@ func cpuLine(cpu map[string]time.Duration, events int, procs ...string) string {
 // first, then the data set's, and logs both under design.
 func (bd *benchData) freshnessPair(b *testing.B, e *env, rate float64, seconds int, design string, logf func(string, ...any)) [2]freshness {
 	var out [2]freshness
-	for i, times := range []eventTimes{liveTimes, datasetTimes} {
+	for i, times := range freshnessTimes {
 		out[i] = bd.runFreshness(b, e, rate, seconds, times)
 		logf("freshness, %s, %s event times, at %.0f events/s: p50 %s p99 %s", design, times, out[i].rate, out[i].p50, out[i].p99)
 	}

@@ -112,6 +112,7 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 	// and the oracle's check marks the result wrong.
 	const nativeStall = 3 * time.Minute
 	var hourly, daily int64
+	var lastErr error // of the latest poll; nil once one succeeds
 	events, stalled := bd.gen.Count, ""
 	progressed := time.Now()
 	for {
@@ -119,6 +120,7 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 		err := e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT
 			(SELECT sum(events) FROM %[1]s_hourly WHERE depth = 0), (SELECT sum(events) FROM %[1]s_daily WHERE depth = 0)`,
 			prefix)).Scan(&h, &d)
+		lastErr = err
 		if err == nil && h >= int64(bd.gen.Count) && d >= int64(bd.gen.Count) {
 			break
 		}
@@ -128,6 +130,9 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 		if time.Since(progressed) > nativeStall {
 			events = int(min(hourly, daily))
 			stalled = fmt.Sprintf("; stalled: %d (hourly) and %d (daily) of %d events visible, no progress for %s", hourly, daily, bd.gen.Count, nativeStall)
+			if lastErr != nil {
+				stalled += fmt.Sprintf(" (last poll: %v)", lastErr)
+			}
 			b.Logf("%s%s", variant, stalled)
 			break
 		}

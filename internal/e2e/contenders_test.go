@@ -602,7 +602,7 @@ func (rep *report) write(dir string) error {
 		target(run+": PostgreSQL CPU of its own connections ≤ 1 s per 1M events (the server's background left out)", cpuTarget("postgres backends", 1))
 		target(run+": worker CPU ≤ 5 s per 1M events", cpuTarget("worker", 5))
 	}
-	for i, times := range []eventTimes{liveTimes, datasetTimes} {
+	for i, times := range freshnessTimes {
 		for _, d := range []struct {
 			design string
 			f      func(*workloadReport) freshness

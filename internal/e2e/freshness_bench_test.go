@@ -21,9 +21,10 @@ import (
 // each timed from its Produce call to the first poll of ingest_acks that
 // covers it. Their occurred_at is the moment each is produced (live, the
 // default) or, with CANOPY_BENCH_FRESHNESS_TIMES=dataset, the data set's own
-// (spread over its 30 days, as before 2026-12-05). The ingest is checked against the oracle, as in the report,
-// and its CPU per event and the worker's peak RSS reported as the report's
-// (the clock starts once the restater has written the import);
+// (spread over its 30 days, as before 2026-12-05). The ingest is checked
+// against the oracle, as in the report, and its CPU per event and the
+// worker's peak RSS reported as the report's (the clock starts once the
+// restater has written the import);
 // CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
 // Worker settings come from the environment
 // (CANOPY_INGEST_FETCH_MAX_PARTITION_MB=8, …).
