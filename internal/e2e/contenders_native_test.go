@@ -132,10 +132,16 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		ends, err := e.admin.ListEndOffsets(actx, topic)
+		if err == nil {
+			err = ends.Error() // a partition's own error
+		}
 		if err != nil {
 			return 0, err
 		}
 		committed, err := e.admin.FetchOffsets(actx, group)
+		if err == nil {
+			err = committed.Error()
+		}
 		if err != nil {
 			return 0, err
 		}
