@@ -210,7 +210,8 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 		name:   "ClickHouse-native, " + variant,
 		events: events, elapsed: elapsed, cpu: used,
 		how: "produce to Kafka → Kafka engine → materialized views (arrayJoin over the chain) → SummingMergeTree; " +
-			"driver = the producer" + map[bool]string{true: ", which also walks the chain", false: ""}[variant == nativeInMessage] + stalled,
+			"driver = the producer" + map[bool]string{true: ", which also walks the chain", false: ""}[variant == nativeInMessage] +
+			"; done when the engine's committed offsets reach the topic's end and both tables hold every event" + stalled,
 	}
 }
 
