@@ -131,29 +131,7 @@ func (bd *benchData) runNative(b *testing.B, e *env, variant string) ingestResul
 	behind := func() (int64, error) {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		ends, err := e.admin.ListEndOffsets(actx, topic)
-		if err == nil {
-			err = ends.Error() // a partition's own error
-		}
-		if err != nil {
-			return 0, err
-		}
-		committed, err := e.admin.FetchOffsets(actx, group)
-		if err == nil {
-			err = committed.Error()
-		}
-		if err != nil {
-			return 0, err
-		}
-		var n int64
-		ends.Each(func(o kadm.ListedOffset) {
-			if c, ok := committed.Lookup(topic, o.Partition); ok {
-				n += max(o.Offset-c.At, 0)
-			} else {
-				n += o.Offset
-			}
-		})
-		return n, nil
+		return e.groupLag(actx, topic, group)
 	}
 	count := func() (h, d int64, err error) {
 		err = e.ch.QueryRow(ctx, fmt.Sprintf(`SELECT

@@ -359,22 +359,39 @@ func (e *env) waitAckedOf(n uint64, timeout time.Duration, whole bool) {
 func (e *env) routedAndAcked(acked uint64) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ends, err := e.admin.ListEndOffsets(ctx, e.topic)
-	if err != nil {
-		return false
+	lag, err := e.groupLag(ctx, e.topic, e.name+".router")
+	return err == nil && lag == 0 && acked >= e.topicRecords(e.ackTopic)
+}
+
+// groupLag is how many records of topic lie past group's committed
+// offsets, summed over its partitions (a partition without a commit counts
+// whole). A partition the broker could not list or fetch is an error: kadm
+// reports it inside the results, with offset -1, which would count as
+// caught up.
+func (e *env) groupLag(ctx context.Context, topic, group string) (int64, error) {
+	ends, err := e.admin.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
 	}
-	committed, err := e.admin.FetchOffsets(ctx, e.name+".router")
 	if err != nil {
-		return false
+		return 0, err
 	}
-	routed := true
+	committed, err := e.admin.FetchOffsets(ctx, group)
+	if err == nil {
+		err = committed.Error()
+	}
+	if err != nil {
+		return 0, err
+	}
+	var n int64
 	ends.Each(func(o kadm.ListedOffset) {
-		c, ok := committed.Lookup(e.topic, o.Partition)
-		if o.Offset > 0 && (!ok || c.At < o.Offset) {
-			routed = false
+		if c, ok := committed.Lookup(topic, o.Partition); ok {
+			n += max(o.Offset-c.At, 0)
+		} else {
+			n += max(o.Offset, 0)
 		}
 	})
-	return routed && acked >= e.topicRecords(e.ackTopic)
+	return n, nil
 }
 
 // countTopic reads a topic from the start to its end and counts records.
