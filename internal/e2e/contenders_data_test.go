@@ -29,6 +29,9 @@ type benchData struct {
 	gen    synth.Events
 	day0   int64 // days since 1970-01-01 of the first day
 	chains int64 // sum over all events of their chain's length
+	// partitions of Canopy's events topic (and so of its by-id topic);
+	// 0 is the report's 4.
+	partitions int32
 }
 
 func newBenchData(n, events int) *benchData {

@@ -26,6 +26,8 @@ import (
 // worker's peak RSS reported as the report's (the clock starts once the
 // restater has written the import);
 // CANOPY_BENCH_FRESHNESS_SECONDS=0 measures only that.
+// CANOPY_BENCH_PARTITIONS (default 4, as in the report) is the events
+// topic's partition count, and so the by-id topic's.
 // Worker settings come from the environment
 // (CANOPY_INGEST_FETCH_MAX_PARTITION_MB=8, …).
 func BenchmarkFreshness(b *testing.B) {
@@ -50,6 +52,11 @@ func BenchmarkFreshness(b *testing.B) {
 		b.Fatalf("CANOPY_BENCH_WORKLOAD: %v", err)
 	}
 	bd := newBenchData(entities, events).workload(dist)
+	parts := envInt(b, "CANOPY_BENCH_PARTITIONS", 4)
+	if parts < 1 || parts > 1024 {
+		b.Fatalf("CANOPY_BENCH_PARTITIONS: %d is not between 1 and 1024", parts)
+	}
+	bd.partitions = int32(parts) //nolint:gosec // checked above
 	full := bd.oracle(bd.gen)
 	for i := 0; i < b.N; i++ {
 		r, e := bd.runCanopy(b, 1, partitioned)
