@@ -72,7 +72,7 @@ func waitReady(t testing.TB, addr string) {
 // ingest_acks covers them all (an ack is written after the batch's rows).
 // The environment is returned for later stages.
 func (bd *benchData) runCanopy(b *testing.B, workers int, partitioned bool) (ingestResult, *env) {
-	e := newEnv(b, cmp.Or(bd.partitions, 4))
+	e := newEnv(b, bd.partitions)
 	name, how := fmt.Sprintf("Canopy, %d worker%s", workers, map[bool]string{true: "s"}[workers > 1]),
 		"produce to Kafka → worker(s) → ClickHouse rows and acks visible; exactly-once ledger on, event ids claimed in PostgreSQL (ingest.dedup=postgres)"
 	if !partitioned {

@@ -29,13 +29,13 @@ type benchData struct {
 	gen    synth.Events
 	day0   int64 // days since 1970-01-01 of the first day
 	chains int64 // sum over all events of their chain's length
-	// partitions of Canopy's events topic (and so of its by-id topic);
-	// 0 is the report's 4.
+	// partitions of Canopy's events topic (and so of its by-id topic): the
+	// report's 4 unless BenchmarkFreshness is told otherwise.
 	partitions int32
 }
 
 func newBenchData(n, events int) *benchData {
-	bd := &benchData{n: n, parent: make([]int64, n+1), depth: make([]uint8, n+1), leaf: make([]bool, n+1)}
+	bd := &benchData{n: n, parent: make([]int64, n+1), depth: make([]uint8, n+1), leaf: make([]bool, n+1), partitions: 4}
 	for i := range bd.leaf {
 		bd.leaf[i] = true
 	}

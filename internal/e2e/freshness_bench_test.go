@@ -52,7 +52,7 @@ func BenchmarkFreshness(b *testing.B) {
 		b.Fatalf("CANOPY_BENCH_WORKLOAD: %v", err)
 	}
 	bd := newBenchData(entities, events).workload(dist)
-	parts := envInt(b, "CANOPY_BENCH_PARTITIONS", 4)
+	parts := envInt(b, "CANOPY_BENCH_PARTITIONS", int(bd.partitions))
 	if parts < 1 || parts > 1024 {
 		b.Fatalf("CANOPY_BENCH_PARTITIONS: %d is not between 1 and 1024", parts)
 	}
