@@ -579,14 +579,18 @@ func pipelineHealth(o Options) *board {
 	bd.prom(sdk.NewTimeseries("Unacknowledged records (canopy reconcile --watch)"), 12, 8, "short",
 		[2]string{`max(canopy_ack_gap_records)`, "records in unacknowledged ranges"},
 		[2]string{`sum(rate(canopy_reprocessed_records_total[` + rate + `]))`, "reprocessed/s"})
+	// A replayed range writes its ack row again: one row per range. A topic
+	// deleted and created again reuses its name and offsets, so its ranges
+	// are told apart by topic_id, or the new incarnation's first ranges
+	// would hide the old one's.
 	bd.sql(sdk.NewTimeseries("Acknowledged records per minute (ingest_acks)"), 12, 8, fmt.Sprintf(`
 SELECT toStartOfMinute(at) AS time, sum(accepted) AS accepted, sum(duplicates) AS duplicates, sum(dead_lettered) AS dead_lettered, sum(retried) AS retried
 FROM (
-    SELECT topic, partition, first_offset, any(processed_at) AS at, any(accepted) AS accepted,
+    SELECT topic, topic_id, partition, first_offset, any(processed_at) AS at, any(accepted) AS accepted,
            any(duplicates) AS duplicates, any(dead_lettered) AS dead_lettered, any(retried) AS retried
     FROM %s.ingest_acks
     WHERE $__timeFilter(processed_at)
-    GROUP BY topic, partition, first_offset
+    GROUP BY topic, topic_id, partition, first_offset
 )
 GROUP BY time
 ORDER BY time`, db), true, panelExtra{unit: "short"})
