@@ -518,12 +518,9 @@ func TestDashboardQueriesMatchOracle(t *testing.T) {
 					t.Errorf("%s %q: %d rows, want %d unresolved failures", q.board, q.title, len(got), o.bad)
 				}
 			case strings.HasPrefix(q.title, "Acknowledged records per minute"):
-				var tot [4]int64
-				for _, r := range got {
-					for i := range tot {
-						n, _ := strconv.ParseInt(r[i+1], 10, 64)
-						tot[i] += n
-					}
+				tot, err := ackTotals(got)
+				if err != nil {
+					t.Fatalf("%s %q: %v", q.board, q.title, err)
 				}
 				g := []string{"", strconv.FormatInt(tot[0], 10), strconv.FormatInt(tot[1], 10), strconv.FormatInt(tot[2], 10), strconv.FormatInt(tot[3], 10)}
 				if strings.Join(g, ",") != strings.Join(want[0], ",") {
@@ -916,15 +913,9 @@ func TestAcksPanelSeparatesTopicIncarnations(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v\n%s", q.title, err, sql)
 		}
-		var got [4]int64
-		for _, r := range rows {
-			for i := range got {
-				n, err := strconv.ParseInt(r[i+1], 10, 64)
-				if err != nil {
-					t.Fatalf("%q: row %v: %v", q.title, r, err)
-				}
-				got[i] += n
-			}
+		got, err := ackTotals(rows)
+		if err != nil {
+			t.Fatalf("%q: %v", q.title, err)
 		}
 		if got != want {
 			t.Errorf("%q: accepted, duplicates, dead-lettered, retried = %v, want %v", q.title, got, want)
@@ -933,4 +924,20 @@ func TestAcksPanelSeparatesTopicIncarnations(t *testing.T) {
 	if !found {
 		t.Fatal("no panel of ingest_acks in the committed dashboards")
 	}
+}
+
+// ackTotals sums the acks panel's rows (time, accepted, duplicates,
+// dead-lettered, retried) over its minutes.
+func ackTotals(rows [][]string) ([4]int64, error) {
+	var tot [4]int64
+	for _, r := range rows {
+		for i := range tot {
+			n, err := strconv.ParseInt(r[i+1], 10, 64)
+			if err != nil {
+				return tot, fmt.Errorf("row %v: %w", r, err)
+			}
+			tot[i] += n
+		}
+	}
+	return tot, nil
 }
