@@ -579,6 +579,11 @@ func pipelineHealth(o Options) *board {
 	bd.prom(sdk.NewTimeseries("Unacknowledged records (canopy reconcile --watch)"), 12, 8, "short",
 		[2]string{`max(canopy_ack_gap_records)`, "records in unacknowledged ranges"},
 		[2]string{`sum(rate(canopy_reprocessed_records_total[` + rate + `]))`, "reprocessed/s"})
+	// A new owner of a by-id partition reads its event-id state back from
+	// the topic before the partition's first batch: hours at scale.
+	bd.prom(sdk.NewTimeseries("Event-id state restores (new partition owners)"), 12, 8, "short",
+		[2]string{`sum by (instance) (canopy_dedup_restore_remaining_records)`, "{{instance}}: offsets left"},
+		[2]string{`sum(rate(canopy_dedup_restored_records_total[` + rate + `]))`, "records restored/s"})
 	// A replayed range writes its ack row again: one row per range. A topic
 	// deleted and created again reuses its name and offsets, so its ranges
 	// are told apart by topic_id, or the new incarnation's first ranges

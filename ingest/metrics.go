@@ -19,6 +19,7 @@ type Metrics struct {
 	dedupBytes   prometheus.Gauge
 	restores     prometheus.Histogram // partitioned dedup: rebuilding a partition's state
 	restoredRecs prometheus.Counter
+	restoreLeft  prometheus.Gauge       // summed over the partitions restoring
 	routed       prometheus.Counter     // records the router copied to the by-id topic
 	buffered     prometheus.Gauge       // bytes fetched, not processed yet
 	paused       prometheus.Gauge       // partitions paused at the fetch
@@ -58,7 +59,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}),
 		restoredRecs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "canopy_dedup_restored_records_total", Help: "By-id records read to rebuild local event-id state.",
+			Name: "canopy_dedup_restored_records_total", Help: "By-id records read to rebuild local event-id state, counted as they are read.",
+		}),
+		restoreLeft: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "canopy_dedup_restore_remaining_records",
+			Help: "Offsets of the by-id topic still to read, over the partitions whose local event-id state is being rebuilt (their batches wait meanwhile); 0 when none is.",
 		}),
 		routed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "canopy_routed_records_total", Help: "Records the router copied to the by-id topic (ingest.dedup=partitioned).",
@@ -74,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"class"}),
 	}
 	reg.MustRegister(m.records, m.rollupRows, m.batchSeconds, m.batchErrors, m.lag, m.hierarchyVer, m.dedupIDs, m.dedupBytes,
-		m.restores, m.restoredRecs, m.routed, m.buffered, m.paused, m.deadByClass)
+		m.restores, m.restoredRecs, m.restoreLeft, m.routed, m.buffered, m.paused, m.deadByClass)
 	// Every series exists from the start, at 0, so dashboards and alerts see
 	// "none yet" rather than "no data".
 	for _, o := range []string{"accepted", "duplicate", "dead_lettered", "retried"} {
@@ -119,12 +124,21 @@ func (m *Metrics) SetDedupState(ids, bytes int64) {
 	m.dedupBytes.Set(float64(bytes))
 }
 
-func (m *Metrics) observeRestore(records int, d time.Duration) {
+// restoreRead counts n records read to rebuild a partition's state, whose
+// offsets left to read changed by dLeft.
+func (m *Metrics) restoreRead(n int, dLeft int64) {
+	if m == nil {
+		return
+	}
+	m.restoredRecs.Add(float64(n))
+	m.restoreLeft.Add(float64(dLeft))
+}
+
+func (m *Metrics) restoreFinished(d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.restores.Observe(d.Seconds())
-	m.restoredRecs.Add(float64(records))
 }
 
 func (m *Metrics) addRouted(n int) {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,11 @@ type PartitionedClaims struct {
 		ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
 	}
 	Topic string
+	// ProgressEvery is how often a restore that is still reading logs its
+	// progress; default 30s. Records read and records left are metrics
+	// after every chunk (canopy_dedup_restored_records_total,
+	// canopy_dedup_restore_remaining_records).
+	ProgressEvery time.Duration
 
 	mu    sync.Mutex
 	ready map[int32]int64 // per partition: State reflects the log up to here (inclusive)
@@ -134,7 +140,10 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 		}
 		from = through + 1
 	}
-	start, n := time.Now(), 0
+	now := time.Now()
+	pr := restoreProgress{p: p, from: from, since: since, to: first, start: now, logged: now,
+		every: cmp.Or(max(c.ProgressEvery, 0), 30*time.Second), log: c.log(), m: c.Metrics}
+	defer pr.done()
 	var ev Event
 	err := c.Restore.Read(ctx, p, from, since, first, func(recs []Record) error {
 		claims := make([]Claim, 0, len(recs))
@@ -151,21 +160,76 @@ func (c *PartitionedClaims) catchUp(ctx context.Context, p int32, first int64, s
 			claims = append(claims, Claim{EventID: ev.ID, OccurredAt: ev.OccurredAt, Offset: r.Offset,
 				Time: r.Time, RetryOf: o.RetryOf})
 		}
-		n += len(recs)
-		_, err := c.claim(p, claims)
-		return err
+		if _, err := c.claim(p, claims); err != nil {
+			return err
+		}
+		if len(recs) > 0 {
+			pr.read(len(recs), recs[len(recs)-1].Offset+1)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("restore event-id state of partition %d: %w", p, err)
 	}
 	c.setReady(p, first-1)
-	if n == 0 {
-		return nil
-	}
-	c.Metrics.observeRestore(n, time.Since(start))
-	c.log().Info("event-id state restored from the by-id topic", "partition", p, "from", from, "since", since,
-		"to", first-1, "records", n, "took", time.Since(start).Round(time.Millisecond))
+	pr.finished()
 	return nil
+}
+
+// restoreProgress reports one partition's restore as it reads: the
+// records read and left as metrics after every chunk, and a log line every
+// ProgressEvery, so a new owner reading days of the by-id topic is seen
+// working rather than stuck.
+type restoreProgress struct {
+	p             int32
+	from, to      int64
+	since         time.Time
+	start, logged time.Time // logged: when progress was last logged
+	every         time.Duration
+	log           *slog.Logger
+	m             *Metrics
+	n             int   // records read
+	left          int64 // offsets left to read, as added to the metric
+}
+
+// read records n more records read, next the offset after the last.
+func (r *restoreProgress) read(n int, next int64) {
+	r.n += n
+	left := max(r.to-next, 0)
+	r.m.restoreRead(n, left-r.left)
+	r.left = left
+	now := time.Now()
+	if now.Sub(r.logged) < r.every || left == 0 {
+		return
+	}
+	r.logged = now
+	took := now.Sub(r.start)
+	rate := float64(r.n) / took.Seconds()
+	args := []any{"partition", r.p, "records", r.n, "next", next, "to", r.to, "left", left,
+		"records_per_second", int64(rate), "took", took.Round(time.Second)}
+	if rate > 0 {
+		args = append(args, "eta", time.Duration(float64(left)/rate*float64(time.Second)).Round(time.Second))
+	}
+	r.log.Info("restoring event-id state from the by-id topic", args...)
+}
+
+// finished reports a restore that read every record it needed.
+func (r *restoreProgress) finished() {
+	if r.n == 0 {
+		return
+	}
+	d := time.Since(r.start)
+	r.m.restoreFinished(d)
+	r.log.Info("event-id state restored from the by-id topic", "partition", r.p, "from", r.from, "since", r.since,
+		"to", r.to-1, "records", r.n, "took", d.Round(time.Millisecond))
+}
+
+// done takes the partition's offsets left off the metric, the restore
+// finished or not: a failed one is tried again by the next batch, which
+// adds them anew.
+func (r *restoreProgress) done() {
+	r.m.restoreRead(0, -r.left)
+	r.left = 0
 }
 
 // Release implements Releaser: for every dead letter whose record held its

@@ -1,13 +1,24 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/canopyhq/canopy/ingest/idstate"
+	"github.com/canopyhq/canopy/schema"
 )
 
 // logRestorer serves a partition's log from memory.
@@ -174,4 +185,161 @@ func TestPartitionedReleaseFreesDeadLetteredClaim(t *testing.T) {
 	epoch, _ = ledger.Acquire(ctx, Source{Topic: "byid", Partition: 2}, "b")
 	sink = qsink
 	process(q, Counts{Records: 1, Duplicates: 1}, add(Record{Partition: 2, Offset: 7, Value: []byte(ev("x", 4, "2"))}))
+}
+
+// chunkRestorer serves a partition's log in chunks of size records, calls
+// after once each chunk is taken, and fails after failAfter chunks when
+// failAfter > 0.
+type chunkRestorer struct {
+	log       []Record
+	size      int
+	failAfter int
+	after     func()
+}
+
+func (c *chunkRestorer) Read(_ context.Context, _ int32, from int64, _ time.Time, to int64, fn func([]Record) error) error {
+	var out []Record
+	for _, r := range c.log {
+		if r.Offset >= max(from, 0) && r.Offset < to {
+			out = append(out, r)
+		}
+	}
+	for i, chunks := 0, 0; i < len(out); i, chunks = i+c.size, chunks+1 {
+		if c.failAfter > 0 && chunks == c.failAfter {
+			return errors.New("broker gone")
+		}
+		if err := fn(out[i:min(i+c.size, len(out))]); err != nil {
+			return err
+		}
+		c.after()
+	}
+	return nil
+}
+
+// A new owner's restore is visible while it reads: the records read and the
+// records left are metrics after every chunk, it logs its progress, and the
+// records left go back to 0 once the restore ends, finished or failed.
+func TestPartitionedRestoreReportsProgress(t *testing.T) {
+	ctx := context.Background()
+	at := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	const records, chunk, partition = 10, 3, 2
+	var log []Record
+	for off := range int64(records) {
+		log = append(log, Record{Topic: "byid", Partition: partition, Offset: off,
+			Value: []byte(ev(fmt.Sprintf("id-%d", off), 3, "1")), Time: at.Add(time.Duration(off) * time.Second)})
+	}
+
+	for _, failAfter := range []int{0, 2} {
+		t.Run(fmt.Sprintf("failAfter=%d", failAfter), func(t *testing.T) {
+			st, err := idstate.Open(t.TempDir(), idstate.Options{Horizon: 24 * time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			m := NewMetrics(prometheus.NewRegistry())
+			var logs bytes.Buffer
+			type seen struct{ read, left float64 }
+			var got []seen
+			r := &chunkRestorer{log: log, size: chunk, failAfter: failAfter, after: func() {
+				got = append(got, seen{testutil.ToFloat64(m.restoredRecs), testutil.ToFloat64(m.restoreLeft)})
+			}}
+			c := &PartitionedClaims{State: st, Restore: r, Decoder: NewDecoder(schema.DefaultMeasures(), 0), Horizon: 24 * time.Hour,
+				Metrics: m, Log: slog.New(slog.NewJSONHandler(&logs, nil)), ProgressEvery: time.Nanosecond}
+			err = c.catchUp(ctx, partition, records, at)
+
+			// The oracle: chunk k (from 1) ends at offset min(k·chunk, records).
+			var want []seen
+			for k := 1; k*chunk-chunk < records && (failAfter == 0 || k <= failAfter); k++ {
+				end := min(k*chunk, records)
+				want = append(want, seen{float64(end), float64(records - end)})
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("(read, left) after each chunk = %v, want %v", got, want)
+			}
+			if left := testutil.ToFloat64(m.restoreLeft); left != 0 {
+				t.Errorf("records left after the restore: %v, want 0", left)
+			}
+			var progress, restored int
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var l struct {
+					Msg        string
+					Left, Next int64
+				}
+				if err := json.Unmarshal([]byte(line), &l); err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				switch l.Msg {
+				case "restoring event-id state from the by-id topic":
+					progress++
+					if l.Left != records-l.Next {
+						t.Errorf("progress line %s: left %d, want %d", line, l.Left, records-l.Next)
+					}
+				case "event-id state restored from the by-id topic":
+					restored++
+				}
+			}
+			if failAfter > 0 {
+				if err == nil {
+					t.Fatal("catchUp succeeded over a failing read")
+				}
+				if progress != failAfter || restored != 0 || histCount(t, m) != 0 {
+					t.Errorf("failed restore: %d progress lines, %d restored lines, %d restores timed; want %d, 0, 0",
+						progress, restored, histCount(t, m), failAfter)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Every chunk but the last, which leaves nothing, logs progress.
+			if wantProgress := len(want) - 1; progress != wantProgress || restored != 1 || histCount(t, m) != 1 {
+				t.Errorf("%d progress lines, %d restored lines, %d restores timed; want %d, 1, 1", progress, restored, histCount(t, m), wantProgress)
+			}
+			// The rebuilt state refuses the ids it read.
+			dup, err := c.claim(partition, []Claim{{EventID: "id-4", OccurredAt: at, Offset: records, Time: at.Add(time.Minute)}})
+			if err != nil || dup[0] {
+				t.Errorf("claiming id-4 again after the restore = %v, %v; want refused", dup, err)
+			}
+		})
+	}
+}
+
+// histCount is how many restores the restore-time histogram observed.
+func histCount(t *testing.T, m *Metrics) uint64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.restores.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetHistogram().GetSampleCount()
+}
+
+// The records left are summed over the partitions restoring at once, each
+// taking its own off when it ends.
+func TestRestoreRemainingSumsPartitions(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry())
+	progress := func(p int32, to int64) *restoreProgress {
+		return &restoreProgress{p: p, to: to, start: time.Now(), logged: time.Now(), every: time.Hour, log: slog.New(slog.DiscardHandler), m: m}
+	}
+	a, b := progress(1, 10), progress(2, 20)
+	steps := []struct {
+		do   func()
+		left float64
+	}{
+		{func() { a.read(4, 4) }, 6},
+		{func() { b.read(5, 5) }, 6 + 15},
+		{func() { a.read(2, 6) }, 4 + 15},
+		{a.done, 15}, // a failed: the next batch restores it again
+		{func() { b.read(15, 20) }, 0},
+		{b.done, 0},
+	}
+	for i, s := range steps {
+		s.do()
+		if got := testutil.ToFloat64(m.restoreLeft); got != s.left {
+			t.Fatalf("step %d: records left %v, want %v", i, got, s.left)
+		}
+	}
+	if got := testutil.ToFloat64(m.restoredRecs); got != 26 {
+		t.Fatalf("records restored %v, want 26", got)
+	}
 }
