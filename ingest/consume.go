@@ -53,6 +53,12 @@ type WorkerConfig struct {
 	// DefaultSessionTimeout. A member that is silent longer loses its
 	// partitions (a zombie if it wakes).
 	SessionTimeout time.Duration
+	// InstanceID, when set, makes the worker a static member of its group
+	// (KIP-345): it leaves no gap on shutdown, and the same ID back within
+	// SessionTimeout gets its partitions again without a rebalance, so a
+	// restart keeps them on the machine whose local state holds them. ""
+	// is a dynamic member.
+	InstanceID string
 	// ShutdownTimeout bounds the final commit on shutdown; default 10s.
 	ShutdownTimeout time.Duration
 	// RetryBackoffMax caps the backoff between attempts of a batch that
@@ -255,6 +261,9 @@ func NewWorker(cfg WorkerConfig, proc *Processor, log *slog.Logger, extra ...kgo
 		kgo.OnPartitionsRevoked(w.revoked),
 		kgo.OnPartitionsLost(w.revoked),
 	}
+	if cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
+	}
 	cl, err := kgo.NewClient(append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
@@ -358,6 +367,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		w.once.Do(func() { close(w.ready) })
 		gone := fetchErrors(ctx, fetches, &w.watch, w.log, "fetch error")
+		if err := instanceFenced(fetches, w.cfg.Group, w.cfg.InstanceID); err != nil {
+			w.cl.AllowRebalance()
+			return err
+		}
 		if w.cfg.StateFromTopic && slices.Contains(gone, w.cfg.Topic) {
 			w.cl.AllowRebalance()
 			return fmt.Errorf("%w: %s was deleted and created again; "+

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Class names a kind of failure. It is written to the dead-letter headers and
@@ -58,7 +59,24 @@ var (
 	// topic. Only a restart, which creates the topic and forgets the stale
 	// state, continues.
 	ErrTopicGone = errors.New("ingest: the by-id topic was deleted or created again while in use")
+	// ErrInstanceFenced means another member joined the group under this
+	// member's instance ID (static membership): two workers were given
+	// one kafka.instance_id. Rejoining would push the other out in turn,
+	// for as long as both run.
+	ErrInstanceFenced = errors.New("ingest: another member of the group joined with this member's instance ID")
 )
+
+// instanceFenced returns an error wrapping ErrInstanceFenced when a poll
+// reports that the group fenced this member's instance ID.
+func instanceFenced(fetches kgo.Fetches, group, id string) error {
+	var err error
+	fetches.EachError(func(_ string, _ int32, e error) {
+		if err == nil && errors.Is(e, kerr.FencedInstanceID) {
+			err = fmt.Errorf("%w: group %s, instance %q; give each worker a kafka.instance_id of its own", ErrInstanceFenced, group, id)
+		}
+	})
+	return err
+}
 
 // PoisonError is a record that can never succeed as it is. It goes to the
 // dead-letter topic at once, with Class and the message.

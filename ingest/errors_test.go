@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // One classifier: each error of the pipeline, wrapped as the Processor
@@ -61,5 +63,28 @@ func TestClassify(t *testing.T) {
 	}
 	if p := asPoison(poison(ClassBadDecimal, "amount")); p.Class != ClassBadDecimal || p.Msg != "amount" {
 		t.Errorf("asPoison of a poison = %+v", p)
+	}
+}
+
+// A poll that reports the group fenced this member's instance ID stops the
+// loop with ErrInstanceFenced; other fetch errors, FencedInstanceID among
+// them only by name, do not.
+func TestInstanceFenced(t *testing.T) {
+	poll := func(errs ...error) kgo.Fetches {
+		var parts []kgo.FetchPartition
+		for i, err := range errs {
+			parts = append(parts, kgo.FetchPartition{Partition: int32(i), Err: err}) //nolint:gosec // a few
+		}
+		return kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "t", Partitions: parts}}}}
+	}
+	if err := instanceFenced(poll(), "g", "w-1"); err != nil {
+		t.Fatalf("no errors: %v", err)
+	}
+	if err := instanceFenced(poll(kerr.UnknownTopicID, errors.New("FENCED_INSTANCE_ID")), "g", "w-1"); err != nil {
+		t.Fatalf("other errors: %v", err)
+	}
+	err := instanceFenced(poll(kerr.UnknownTopicID, &kgo.ErrGroupSession{Err: kerr.FencedInstanceID}), "canopy", "w-1")
+	if !errors.Is(err, ErrInstanceFenced) || !strings.Contains(err.Error(), `group canopy, instance "w-1"`) {
+		t.Fatalf("fenced: %v", err)
 	}
 }

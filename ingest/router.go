@@ -41,6 +41,9 @@ type RouterConfig struct {
 	// (ingest.session_timeout); default DefaultSessionTimeout. A router
 	// that dies holds its partitions this long.
 	SessionTimeout time.Duration
+	// InstanceID, when set, makes the router a static member of its group,
+	// as WorkerConfig.InstanceID does the worker.
+	InstanceID string
 	// ShutdownTimeout bounds leaving the group on shutdown; default 10s.
 	ShutdownTimeout time.Duration
 	// TopicGoneAfter is how long the by-id topic must stay deleted (or
@@ -132,6 +135,9 @@ func NewRouter(cfg RouterConfig, log *slog.Logger, m *Metrics, opts ...kgo.Opt) 
 		kgo.OnPartitionsRevoked(r.revoked),
 		kgo.OnPartitionsLost(r.revoked),
 	)
+	if cfg.InstanceID != "" {
+		all = append(all, kgo.InstanceID(cfg.InstanceID))
+	}
 	cl, err := kgo.NewClient(all...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
@@ -181,6 +187,10 @@ func (r *Router) Run(ctx context.Context) error {
 			return nil
 		}
 		gone := fetchErrors(ctx, fetches, &r.watch, r.log, "router fetch error")
+		if err := instanceFenced(fetches, r.cfg.Group, r.cfg.InstanceID); err != nil {
+			r.cl.AllowRebalance()
+			return err
+		}
 		r.mu.Lock()
 		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 			k := partitionKey{fp.Topic, fp.Partition}

@@ -27,13 +27,14 @@ import (
 type kind int
 
 const (
-	kindString   kind = iota // any text, empty allowed unless nonEmpty
-	kindDuration             // a Go duration within [minDur, ∞)
-	kindInt                  // a decimal integer within [min, max], except skip
-	kindBool                 // true|false
-	kindEnum                 // one of enum
-	kindAddr                 // host:port
-	kindIdent                // a plain SQL identifier
+	kindString    kind = iota // any text, empty allowed unless nonEmpty
+	kindDuration              // a Go duration within [minDur, ∞)
+	kindInt                   // a decimal integer within [min, max], except skip
+	kindBool                  // true|false
+	kindEnum                  // one of enum
+	kindAddr                  // host:port
+	kindIdent                 // a plain SQL identifier
+	kindKafkaName             // empty, or a name Kafka takes for a topic or a group instance
 )
 
 // setting is one configuration value. Precedence: flag > CANOPY_* environment
@@ -85,6 +86,10 @@ func (s *setting) oneOf(v ...string) *setting {
 func (s *setting) boolean() *setting { s.kind = kindBool; return s }
 func (s *setting) addr() *setting    { s.kind = kindAddr; return s }
 func (s *setting) ident() *setting   { s.kind = kindIdent; return s }
+func (s *setting) kafkaName() *setting {
+	s.kind = kindKafkaName
+	return s
+}
 func (s *setting) password() *setting {
 	s.secret = true
 	return s
@@ -113,18 +118,23 @@ func (s *setting) accepted() string {
 		return "host:port, such as 127.0.0.1:9464 (an empty host listens on every interface)"
 	case kindIdent:
 		return "a plain identifier: a letter or _, then letters, digits or _ (at most 64)"
+	case kindKafkaName:
+		return "empty, or 1 to 249 of letters, digits, '.', '_' and '-' (not . or ..)"
 	}
 	return "a non-empty value"
 }
 
 var plainIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
+// kafkaName is what Kafka takes as a topic name or a group.instance.id.
+var kafkaName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
+
 // parse checks s.val and sets the typed value.
 func (s *setting) parse() error {
 	v := strings.TrimSpace(s.val)
 	s.val = v
 	if v == "" {
-		if s.nonEmpty || (s.kind != kindString) {
+		if s.nonEmpty || (s.kind != kindString && s.kind != kindKafkaName) {
 			return s.invalid("is empty")
 		}
 		return nil
@@ -170,6 +180,10 @@ func (s *setting) parse() error {
 	case kindIdent:
 		if !plainIdent.MatchString(v) {
 			return s.invalid("is not a plain identifier")
+		}
+	case kindKafkaName:
+		if !kafkaName.MatchString(v) || v == "." || v == ".." {
+			return s.invalid("is not a name Kafka accepts")
 		}
 	}
 	return nil
@@ -218,6 +232,7 @@ func newConfig() *config {
 	add("kafka.dlq_topic", "canopy.events.dlq", "dead-letter topic").required()
 	add("kafka.byid_topic", "canopy.events.byid", "topic of events keyed by event_id (ingest.dedup=partitioned)").required()
 	add("kafka.group", "canopy", "consumer group of the workers").required()
+	add("kafka.instance_id", "", "static group membership for this worker: an ID unique among the workers and kept across its restarts (e.g. the pod's name), so a restart within ingest.session_timeout keeps its partitions, and their local event-id state, without a rebalance (empty: dynamic member)").kafkaName()
 	// Connections (docs/security.md): one place builds every client's TLS and
 	// authentication from these (secure.go).
 	add("kafka.tls.enabled", "false", "connect to the brokers over TLS (SSL and SASL_SSL listeners)").boolean()

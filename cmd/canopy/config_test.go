@@ -197,6 +197,12 @@ func TestBadSettingsRefused(t *testing.T) {
 			[]string{"http.pprof", "env CANOPY_HTTP_PPROF", "true or false"}},
 		{"database not an identifier", "", nil, []string{"--clickhouse-database=a;drop"},
 			[]string{"clickhouse.database", "plain identifier"}},
+		{"instance id with a space", "", map[string]string{"CANOPY_KAFKA_INSTANCE_ID": "worker 1"}, nil,
+			[]string{"kafka.instance_id", "env CANOPY_KAFKA_INSTANCE_ID", "not a name Kafka accepts", "1 to 249"}},
+		{"instance id dot", "kafka:\n  instance_id: ..\n", nil, nil,
+			[]string{"kafka.instance_id", "key kafka.instance_id", "not a name Kafka accepts"}},
+		{"instance id too long", "", nil, []string{"--kafka-instance-id=" + strings.Repeat("w", 250)},
+			[]string{"kafka.instance_id", "flag --kafka-instance-id", "not a name Kafka accepts"}},
 		{"empty brokers", "", nil, []string{"--kafka-brokers="},
 			[]string{"kafka.brokers", "empty"}},
 		{"unknown key", "kafka:\n  broker: [a:1]\n", nil, nil,
@@ -236,7 +242,7 @@ func TestBadSettingsRefused(t *testing.T) {
 
 func TestGoodSettingsAccepted(t *testing.T) {
 	file := writeConfig(t, "ingest:\n  max_types_per_batch: -1\n  retry_backoff: 250ms\nhttp:\n  pprof: true\n")
-	out, code, err := runRoot(t, map[string]string{"CANOPY_INGEST_DEDUP": "POSTGRES"},
+	out, code, err := runRoot(t, map[string]string{"CANOPY_INGEST_DEDUP": "POSTGRES", "CANOPY_KAFKA_INSTANCE_ID": "canopy-worker-0." + strings.Repeat("w", 232)},
 		"config", "--config", file, "--ingest-max-poll-records", "100", "--http-addr", ":0")
 	if code != 0 {
 		t.Fatalf("exit %d: %v", code, err)
@@ -249,6 +255,7 @@ func TestGoodSettingsAccepted(t *testing.T) {
 		"ingest.max_poll_records     = 100  (flag --ingest-max-poll-records)",
 		"http.addr                   = :0  (flag --http-addr)",
 		"kafka.group                 = canopy  (default)",
+		"kafka.instance_id           = canopy-worker-0." + strings.Repeat("w", 232) + "  (env CANOPY_KAFKA_INSTANCE_ID)",
 	} {
 		if !strings.Contains(squeeze(out), squeeze(w)) {
 			t.Errorf("canopy config lacks %q:\n%s", w, out)

@@ -131,6 +131,9 @@ func runDev(ctx context.Context, cfg *config, o devOptions, out io.Writer) error
 	}
 	defer broker.Close()
 	cfg.byKey["kafka.brokers"].val = strings.Join(broker.ListenAddrs(), ",")
+	// One worker in this process, on a broker of its own: a static group
+	// membership meant for a deployed worker has no place here.
+	cfg.byKey["kafka.instance_id"].val = ""
 	if st := cfg.byKey["ingest.state_dir"]; st.val == st.def {
 		st.val = filepath.Join(o.dataDir, "state") // beside the broker's log it indexes
 	}

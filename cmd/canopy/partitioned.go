@@ -313,6 +313,9 @@ func (s *standIn) start(ctx context.Context) error {
 	s.log.Info("backfill: no worker consumes the group; running one in this process until the forwarded records are processed",
 		"group", s.cfg.get("kafka.group"))
 	s.cfg.byKey["http.addr"].val = "127.0.0.1:0" // its metrics are this run's alone
+	// Nor is it the static member kafka.instance_id names: joining as that
+	// member would push the worker that is out of the group out of it.
+	s.cfg.byKey["kafka.instance_id"].val = ""
 	wctx, cancel := context.WithCancel(ctx)
 	ready, done := make(chan string, 1), make(chan error, 1)
 	go func() { done <- runWorker(wctx, s.cfg, ready) }()

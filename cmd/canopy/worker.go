@@ -95,6 +95,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 			Group: cfg.get("kafka.group") + ".router", MaxPoll: cfg.int("ingest.max_poll_records"),
 			MaxRetryDelay:  cfg.duration("ingest.retry_max_backoff"),
 			SessionTimeout: cfg.duration("ingest.session_timeout"),
+			InstanceID:     cfg.get("kafka.instance_id"),
 		}, log.With("component", "router"), metrics, cfg.kafkaOpts(extra...)...)
 		if err != nil {
 			return err
@@ -110,6 +111,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 		FetchMaxPartitionBytes: cfg.int("ingest.fetch_max_partition_mb") << 20,
 		HeadBatchBytes:         cfg.int("ingest.head_batch_mb") << 20,
 		SessionTimeout:         cfg.duration("ingest.session_timeout"),
+		InstanceID:             cfg.get("kafka.instance_id"),
 		// The by-id topic is written by the router alone; anyone may write
 		// the events topic.
 		TrustHeaders:       cfg.partitioned(),

@@ -384,3 +384,70 @@ func tail(b []byte, n int) []byte {
 	}
 	return b
 }
+
+// TestStaticMemberRestartKeepsItsPartitions: two workers with their own
+// kafka.instance_id share the topic's four partitions; one is stopped
+// (SIGTERM) mid-stream, events keep coming, and it is started again within
+// ingest.session_timeout. As static members, nothing moves while it is
+// away: the other worker rebuilds no partition's event-id state from the
+// by-id topic, which it would as a dynamic member (the stopped worker's
+// leave hands it that worker's partitions, whose records it has never
+// seen, and their new events make it begin batches there). The rollups
+// equal the oracle.
+func TestStaticMemberRestartKeepsItsPartitions(t *testing.T) {
+	seed := seedFromEnv(t)
+	t.Logf("seed %d (set CANOPY_TEST_SEED to replay)", seed)
+	e := newEnv(t, 4)
+	byid := e.partitioned()
+	e.vars = append(e.vars, "CANOPY_INGEST_SESSION_TIMEOUT=60s")
+	sc := e.setUp(seed, 1500, 20000)
+	first, second := halves(sc.events)
+
+	addrs := []string{freeAddr(t), freeAddr(t)}
+	start := func(i int) *worker {
+		e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[i], fmt.Sprintf("CANOPY_KAFKA_INSTANCE_ID=%s-w%d", e.name, i))
+		w := e.startWorker(i)
+		waitReady(t, addrs[i])
+		return w
+	}
+	restarted, other := start(0), start(1)
+	e.sendEvents(first)
+	e.settled(byid, uint64(len(first)), 3*time.Minute)
+	restarted.stop(t)
+	// While it is away the other worker goes on with its own partitions
+	// (and would take the stopped one's over, were they dynamic members).
+	_, accepted, _ := e.outcomes(byid)
+	e.sendEvents(second)
+	e.waitFor("the other worker accepting events of the second half", 2*time.Minute, func() bool {
+		_, a, _ := e.outcomes(byid)
+		return a > accepted
+	})
+	time.Sleep(5 * time.Second)
+	restarted = start(0)
+	e.settled(byid, uint64(len(sc.events)), 3*time.Minute)
+	e.verify(sc)
+
+	if got := scrape(t, addrs[1])["canopy_dedup_restored_records_total"]; got != 0 {
+		t.Errorf("the worker that stayed rebuilt event-id state from %v records of the by-id topic, want none: it took partitions over", got)
+	}
+	t.Logf("the restarted worker read %v records of the by-id topic to catch its own state up",
+		scrape(t, addrs[0])["canopy_dedup_restored_records_total"])
+
+	// A second worker given the same instance ID pushes the first out of
+	// the group; the first exits 1 saying so, rather than rejoin and push
+	// the second out in turn for as long as both run.
+	addrs = append(addrs, freeAddr(t))
+	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[2], fmt.Sprintf("CANOPY_KAFKA_INSTANCE_ID=%s-w%d", e.name, 1))
+	e.startWorker(2)
+	select {
+	case <-other.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the worker whose instance ID another took still runs after a minute")
+	}
+	code := other.cmd.ProcessState.ExitCode()
+	b, _ := os.ReadFile(other.log)
+	if code != 1 || !strings.Contains(string(b), "joined with this member's instance ID") {
+		t.Fatalf("the worker whose instance ID another took exited %d, want 1 naming the cause; its log ends:\n%s", code, tail(b, 2000))
+	}
+	restarted.stop(t)
+}
