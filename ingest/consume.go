@@ -54,10 +54,10 @@ type WorkerConfig struct {
 	// partitions (a zombie if it wakes).
 	SessionTimeout time.Duration
 	// InstanceID, when set, makes the worker a static member of its group
-	// (KIP-345): it leaves no gap on shutdown, and the same ID back within
-	// SessionTimeout gets its partitions again without a rebalance, so a
-	// restart keeps them on the machine whose local state holds them. ""
-	// is a dynamic member.
+	// (KIP-345): it does not leave the group on shutdown, and the same ID
+	// back within SessionTimeout gets its partitions again without a
+	// rebalance, so a restart keeps them on the machine whose local state
+	// holds them. "" is a dynamic member.
 	InstanceID string
 	// ShutdownTimeout bounds the final commit on shutdown; default 10s.
 	ShutdownTimeout time.Duration
