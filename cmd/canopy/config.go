@@ -83,13 +83,10 @@ func (s *setting) oneOf(v ...string) *setting {
 	s.kind, s.enum = kindEnum, v
 	return s
 }
-func (s *setting) boolean() *setting { s.kind = kindBool; return s }
-func (s *setting) addr() *setting    { s.kind = kindAddr; return s }
-func (s *setting) ident() *setting   { s.kind = kindIdent; return s }
-func (s *setting) kafkaName() *setting {
-	s.kind = kindKafkaName
-	return s
-}
+func (s *setting) boolean() *setting   { s.kind = kindBool; return s }
+func (s *setting) addr() *setting      { s.kind = kindAddr; return s }
+func (s *setting) ident() *setting     { s.kind = kindIdent; return s }
+func (s *setting) kafkaName() *setting { s.kind = kindKafkaName; return s }
 func (s *setting) password() *setting {
 	s.secret = true
 	return s

@@ -403,14 +403,16 @@ func TestStaticMemberRestartKeepsItsPartitions(t *testing.T) {
 	sc := e.setUp(seed, 1500, 20000)
 	first, second := halves(sc.events)
 
-	addrs := []string{freeAddr(t), freeAddr(t)}
-	start := func(i int) *worker {
-		e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[i], fmt.Sprintf("CANOPY_KAFKA_INSTANCE_ID=%s-w%d", e.name, i))
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	// start runs worker i, with its own state directory and address, as
+	// the group member whose instance ID is the id-th.
+	start := func(i, id int) *worker {
+		e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[i], fmt.Sprintf("CANOPY_KAFKA_INSTANCE_ID=%s-w%d", e.name, id))
 		w := e.startWorker(i)
 		waitReady(t, addrs[i])
 		return w
 	}
-	restarted, other := start(0), start(1)
+	restarted, other := start(0, 0), start(1, 1)
 	e.sendEvents(first)
 	e.settled(byid, uint64(len(first)), 3*time.Minute)
 	restarted.stop(t)
@@ -423,7 +425,7 @@ func TestStaticMemberRestartKeepsItsPartitions(t *testing.T) {
 		return a > accepted
 	})
 	time.Sleep(5 * time.Second)
-	restarted = start(0)
+	restarted = start(0, 0)
 	e.settled(byid, uint64(len(sc.events)), 3*time.Minute)
 	e.verify(sc)
 
@@ -436,9 +438,7 @@ func TestStaticMemberRestartKeepsItsPartitions(t *testing.T) {
 	// A second worker given the same instance ID pushes the first out of
 	// the group; the first exits 1 saying so, rather than rejoin and push
 	// the second out in turn for as long as both run.
-	addrs = append(addrs, freeAddr(t))
-	e.vars = append(e.vars, "CANOPY_HTTP_ADDR="+addrs[2], fmt.Sprintf("CANOPY_KAFKA_INSTANCE_ID=%s-w%d", e.name, 1))
-	e.startWorker(2)
+	start(2, 1)
 	select {
 	case <-other.done:
 	case <-time.After(time.Minute):
