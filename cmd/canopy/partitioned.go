@@ -69,10 +69,11 @@ func (l *localDedup) Purge(ctx context.Context, horizon, keep time.Duration) (in
 
 // openPartitioned opens the local event-id state in a free slot of dir,
 // makes sure the by-id topic exists, and puts PartitionedClaims in front of
-// the processor's ledger.
-func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir string, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
+// the processor's ledger. A temporary state starts empty and is emptied
+// again on Close (idstate.Options.Temporary).
+func openPartitioned(ctx context.Context, cfg *config, log *slog.Logger, dir string, temporary bool, proc *ingest.Processor, metrics *ingest.Metrics, extra ...kgo.Opt) (*localDedup, error) {
 	horizon := cfg.duration("ingest.dedup_horizon")
-	state, err := openSlot(dir, idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log})
+	state, err := openSlot(dir, idstate.Options{Horizon: horizon, Keep: keepIntents, Logger: log, Temporary: temporary})
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +130,7 @@ func openSlot(dir string, opts idstate.Options) (*idstate.Store, error) {
 		}
 		return st, nil
 	}
-	return nil, fmt.Errorf("ingest.state_dir %s: all %d slots are held by running workers", dir, stateSlots)
+	return nil, fmt.Errorf("ingest.state_dir %s: all %d slots are held by running processes", dir, stateSlots)
 }
 
 // ensureByIDTopic creates the by-id topic with as many partitions as the

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +60,12 @@ does.`,
 	return cmd
 }
 
+// reconcileDir holds reconcile's temporary event-id states, one slot per
+// running reconcile, beside the workers' slots in ingest.state_dir.
+func reconcileDir(cfg *config) string {
+	return filepath.Join(cfg.get("ingest.state_dir"), "reconcile")
+}
+
 func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Duration) error {
 	log := cfg.logger()
 	if watch > 0 {
@@ -73,13 +79,12 @@ func runReconcile(ctx context.Context, cfg *config, dryRun bool, watch time.Dura
 	topic, failuresOf := cfg.get("kafka.events_topic"), cfg.get("kafka.events_topic")
 	if cfg.partitioned() {
 		// Claims are decided from the by-id topic's log: a temporary state
-		// rebuilt from it decides as the partition's owner does.
-		dir, err := os.MkdirTemp("", "canopy-reconcile-")
-		if err != nil {
-			return err
-		}
-		defer func() { _ = os.RemoveAll(dir) }()
-		local, err := openPartitioned(ctx, cfg, log, dir, p.proc, nil)
+		// rebuilt from it decides as the partition's owner does. It can
+		// grow as large as a worker's, so it goes where the operator put
+		// state (a slot of reconcileDir, not the system's temporary
+		// directory); a run killed before it emptied its slot leaves it
+		// to the next run that takes the slot, which empties it first.
+		local, err := openPartitioned(ctx, cfg, log, reconcileDir(cfg), true, p.proc, nil)
 		if err != nil {
 			return err
 		}

@@ -83,7 +83,7 @@ func runWorker(ctx context.Context, cfg *config, ready chan<- string, extra ...k
 	dedup := dedupState(&pgDedup{proc.Ledger.(*pgledger.Ledger)})
 	var router *ingest.Router
 	if cfg.partitioned() {
-		local, err := openPartitioned(ctx, cfg, log, cfg.get("ingest.state_dir"), proc, metrics, extra...)
+		local, err := openPartitioned(ctx, cfg, log, cfg.get("ingest.state_dir"), false, proc, metrics, extra...)
 		if err != nil {
 			return err
 		}

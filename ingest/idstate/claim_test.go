@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -468,4 +470,57 @@ func TestOtherFormatDropped(t *testing.T) {
 		t.Fatalf("Size after a format change = %d ids, want 0", ids)
 	}
 	diff(t, "rebuilt", log, claimAll(t, s, 1, log, randomSplits(r, len(log), 50)), want)
+}
+
+// TestTemporary checks that a Temporary store never reads what a directory
+// holds (the state of a process killed before its Close emptied it) and
+// leaves nothing but its lock file once closed, while an ordinary store in
+// the same directory keeps its state across Close and Open.
+func TestTemporary(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Horizon: time.Hour}
+	r := rand.New(rand.NewPCG(3, 3))
+	log, want := randomLog(r, logSpec{n: 500, ids: 50, horizon: o.Horizon}, base)
+
+	// What a killed run leaves: state that was never emptied.
+	s := openT(t, dir, o)
+	diff(t, "first run", log, claimAll(t, s, 2, log, [][2]int{{0, len(log)}}), want)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "stray"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	o.Temporary = true
+	s = openT(t, dir, o)
+	if ids, _ := s.Size(); ids != 0 {
+		t.Fatalf("a temporary store opened over an old state holds %d ids, want 0", ids)
+	}
+	if _, ok := s.Through(2); ok {
+		t.Fatal("a temporary store opened over an old state knows partition 2")
+	}
+	// Every id is new to it again: the same answers as the first run.
+	diff(t, "temporary run", log, claimAll(t, s, 2, log, [][2]int{{0, len(log)}}), want)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	left, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].Name() != lockFile {
+		names := make([]string, len(left))
+		for i, e := range left {
+			names[i] = e.Name()
+		}
+		t.Fatalf("after a temporary store's Close the directory holds %v, want only %s", names, lockFile)
+	}
+	// An ordinary store opens there afresh.
+	o.Temporary = false
+	s = openT(t, dir, o)
+	defer s.Close()
+	if ids, _ := s.Size(); ids != 0 {
+		t.Fatalf("after a temporary store, %d ids", ids)
+	}
 }

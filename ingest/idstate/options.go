@@ -43,6 +43,12 @@ type Options struct {
 	// Logger receives Pebble's messages: informational ones at Debug.
 	// Default: discarded.
 	Logger *slog.Logger
+	// Temporary makes the store scratch space: Open empties the directory
+	// once it holds its lock, and Close empties it again before letting the
+	// lock go. A directory left behind by a process that was killed is so
+	// reclaimed by the next Open of it, never read. Default false: the
+	// state is kept across Close and Open.
+	Temporary bool
 }
 
 // segmentWidths are the default candidates for Options.Segment, widest first.

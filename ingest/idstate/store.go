@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,9 +21,10 @@ import (
 // Pebble DB. Its methods are safe for concurrent use; calls for the same
 // partition are serialised, calls for different partitions run in parallel.
 type Store struct {
-	db   *pebble.DB
-	lock *pebble.Lock
-	dir  string
+	db        *pebble.DB
+	lock      *pebble.Lock
+	dir       string
+	temporary bool // Options.Temporary: emptied on Close
 
 	horizon, seg, keep int64 // milliseconds
 
@@ -72,6 +74,12 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("idstate: lock %s: %w", dir, err)
 	}
+	if o.Temporary {
+		if err := empty(dir); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
 	// Pebble charges memtables to the block cache; without room for them
 	// a large memtable would leave no block cached at all.
 	cache := pebble.NewCache(o.CacheBytes + 2*o.MemTableBytes)
@@ -94,7 +102,7 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("idstate: open %s: %w", dir, err)
 	}
 	s := &Store{
-		db: db, lock: lock, dir: dir,
+		db: db, lock: lock, dir: dir, temporary: o.Temporary,
 		horizon: o.Horizon.Milliseconds(),
 		seg:     o.Segment.Milliseconds(),
 		keep:    o.Keep.Milliseconds(),
@@ -114,6 +122,27 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("idstate: open %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// lockFile is the name of the lock file pebble.LockDirectory keeps in a
+// store's directory.
+const lockFile = "LOCK"
+
+// empty removes everything in dir but its lock file.
+func empty(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("idstate: empty %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.Name() == lockFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("idstate: empty %s: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 // isLockHeld tells a lock held elsewhere from other failures to lock.
@@ -223,6 +252,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	err := s.db.Close()
+	if s.temporary && err == nil {
+		err = empty(s.dir) // under the lock still: nobody else has opened it
+	}
 	if lerr := s.lock.Close(); err == nil {
 		err = lerr
 	}

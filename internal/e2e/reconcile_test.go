@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -77,6 +79,18 @@ func TestReconcileFillsGaps(t *testing.T) {
 			}
 			if got := lines(e.run("reconcile")); strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("reconcile reprocessed\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if mode == "partitioned" {
+				// Its temporary state was a slot of ingest.state_dir, emptied
+				// when it ended (a killed run's is emptied by the next).
+				slot := filepath.Join(e.logDir, "state", "reconcile", "0")
+				left, err := os.ReadDir(slot)
+				if err != nil {
+					t.Fatalf("reconcile's state slot: %v", err)
+				}
+				if len(left) != 1 || left[0].Name() != "LOCK" {
+					t.Fatalf("after reconcile its state slot %s holds %d entries (%v), want only LOCK", slot, len(left), left)
+				}
 			}
 			e.waitAcked(uint64(len(values)), time.Minute)
 			w.stop(t)
