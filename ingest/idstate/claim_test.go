@@ -451,17 +451,13 @@ func TestOtherFormatDropped(t *testing.T) {
 	dir := t.TempDir()
 	o := Options{Horizon: time.Hour}
 	r := rand.New(rand.NewPCG(9, 9))
-	log, want := randomLog(r, logSpec{n: 500, ids: 20, horizon: o.Horizon}, base)
-	s := openT(t, dir, o)
-	diff(t, "first run", log, claimAll(t, s, 1, log, [][2]int{{0, len(log)}}), want)
-	if err := s.db.Set(formatKey, binary.AppendUvarint(nil, valueFormat-1), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	log, want := leaveState(t, dir, o, r, 1, func(s *Store) {
+		if err := s.db.Set(formatKey, binary.AppendUvarint(nil, valueFormat-1), nil); err != nil {
+			t.Fatal(err)
+		}
+	})
 
-	s = openT(t, dir, o)
+	s := openT(t, dir, o)
 	defer s.Close()
 	if _, ok := s.Through(1); ok {
 		t.Fatal("Through survived a format change; the partition would not be rebuilt")
@@ -472,28 +468,39 @@ func TestOtherFormatDropped(t *testing.T) {
 	diff(t, "rebuilt", log, claimAll(t, s, 1, log, randomSplits(r, len(log), 50)), want)
 }
 
-// TestTemporary checks that a Temporary store never reads what a directory
-// holds (the state of a process killed before its Close emptied it) and
-// leaves nothing but its lock file once closed, while an ordinary store in
-// the same directory keeps its state across Close and Open.
+// leaveState claims a random log of 500 entries in partition p of a store
+// opened in dir with o, runs before (if any) on it and closes it: the state
+// a later Open of dir finds. It returns the log and its oracle's answers.
+func leaveState(t *testing.T, dir string, o Options, r *rand.Rand, p int32, before func(*Store)) ([]Entry, []bool) {
+	t.Helper()
+	log, want := randomLog(r, logSpec{n: 500, ids: 20, horizon: o.Horizon}, base)
+	s := openT(t, dir, o)
+	diff(t, "first run", log, claimAll(t, s, p, log, [][2]int{{0, len(log)}}), want)
+	if before != nil {
+		before(s)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return log, want
+}
+
+// TestTemporary checks that a Temporary store never reads what its
+// directory holds (the state of a process killed before its Close emptied
+// it), and that it leaves nothing but its lock file once closed.
 func TestTemporary(t *testing.T) {
 	dir := t.TempDir()
 	o := Options{Horizon: time.Hour}
 	r := rand.New(rand.NewPCG(3, 3))
-	log, want := randomLog(r, logSpec{n: 500, ids: 50, horizon: o.Horizon}, base)
-
-	// What a killed run leaves: state that was never emptied.
-	s := openT(t, dir, o)
-	diff(t, "first run", log, claimAll(t, s, 2, log, [][2]int{{0, len(log)}}), want)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// What a killed run leaves: state that was never emptied, and a stray
+	// file.
+	log, want := leaveState(t, dir, o, r, 2, nil)
 	if err := os.WriteFile(filepath.Join(dir, "stray"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	o.Temporary = true
-	s = openT(t, dir, o)
+	s := openT(t, dir, o)
 	if ids, _ := s.Size(); ids != 0 {
 		t.Fatalf("a temporary store opened over an old state holds %d ids, want 0", ids)
 	}
